@@ -1,0 +1,213 @@
+"""The ``curate`` command line. Errors print as one line plus a hint, never a traceback
+(``--debug`` shows it)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from curate import __version__
+from curate.errors import CurateError, ShardFailed
+
+
+def _cmd_demo_data(args: argparse.Namespace) -> int:
+    from curate.demo.generator import make_demo_pool
+
+    pool = make_demo_pool(args.out, seed=args.seed, shards=args.shards,
+                          samples_per_shard=args.per_shard)
+    print(f"wrote {pool.samples} samples in {len(pool.shards)} shards to {pool.out_dir}")
+    print("kinds: " + ", ".join(f"{k} {v}" for k, v in sorted(pool.kinds.items())))
+    print(f"ground truth: {pool.out_dir / 'ground_truth.parquet'}")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from curate.config import load_pipeline
+    from curate.runner import run
+
+    overrides: dict[str, dict[str, Any]] = {}
+    if args.input:
+        key = "urls" if args.input.endswith((".parquet", ".csv", ".tsv", ".txt", ".json")) \
+            else "shards"
+        overrides["input"] = {key: args.input}
+    if args.workers:
+        overrides["run"] = {"workers": args.workers}
+    pipeline = load_pipeline(args.pipeline, overrides)
+    out = args.out or str(Path("runs") / pipeline.name)
+    result = run(pipeline, out, address=args.address, progress=not args.no_progress)
+    print(f"run {pipeline.name}: {result.samples} samples in {result.shards} shards "
+          f"({result.shards_resumed} resumed) in {result.seconds:.1f}s")
+    _print_funnel(result.samples, result.funnel, result.kept)
+    print(f"results in {result.run_dir}")
+    print(f"  manifest:  {result.run_dir / 'manifest.parquet'}")
+    print(f"  shards:    {result.run_dir / 'output'} ({result.output_shards} tar files)")
+    print(f"  query:     curate query {out} \"select reason, count(*) from manifest group by 1\"")
+    return 0
+
+
+def _print_funnel(samples: int, funnel: Sequence[tuple[str, int]], kept: int) -> None:
+    width = max([len(r) for r, _ in funnel] + [12]) + 4
+    print(f"{'samples in':<{width}}{samples:>9}")
+    for reason, n in funnel:
+        share = f"{100 * n / samples:5.1f}%" if samples else ""
+        print(f"  - {reason:<{width - 4}}{n:>9}  {share}")
+    share = f"{100 * kept / samples:5.1f}%" if samples else ""
+    print(f"{'kept':<{width}}{kept:>9}  {share}")
+
+
+def _cmd_stats(args: argparse.Namespace) -> int:
+    path = Path(args.run_dir) / "stats.json"
+    if not path.is_file():
+        raise CurateError(f"{args.run_dir} has no stats.json: not a finished curate run",
+                          "run `curate run PIPELINE.yaml --out DIR` (a rerun resumes)")
+    stats = json.loads(path.read_text())
+    if args.json:
+        print(json.dumps(stats, indent=1))
+        return 0
+    print(f"run {args.run_dir} (pipeline {stats['pipeline']}), {stats['shards']} shards, "
+          f"{stats['seconds']:.1f}s")
+    _print_funnel(stats["samples"], [(f["reason"], f["dropped"]) for f in stats["funnel"]],
+                  stats["kept"])
+    print("\nstage           samples   errors   seconds")
+    for name, c in stats["stages"].items():
+        print(f"{name:<14}{c['samples']:>9}{c['errors']:>9}{c['seconds']:>10.2f}")
+    return 0
+
+
+def _cmd_query(args: argparse.Namespace) -> int:
+    import duckdb
+
+    from curate.catalog import open_catalog
+
+    con = open_catalog(args.run_dir)
+    try:
+        cur = con.execute(args.sql)
+    except duckdb.Error as exc:
+        raise CurateError(f"query failed: {str(exc).splitlines()[0]}",
+                          "views: manifest, kept, drops, signals, shards, funnel, stages "
+                          "(try: curate query RUN \"describe manifest\")") from exc
+    if cur.description is None:
+        return 0
+    names = [d[0] for d in cur.description]
+    rows = cur.fetchmany(args.max_rows + 1) if args.max_rows else cur.fetchall()
+    more = bool(args.max_rows) and len(rows) > args.max_rows
+    rows = rows[: args.max_rows] if args.max_rows else rows
+    if args.format == "csv":
+        w = csv.writer(sys.stdout)
+        w.writerow(names)
+        w.writerows(rows)
+    elif args.format == "json":
+        for r in rows:
+            print(json.dumps(dict(zip(names, r, strict=True)), default=str))
+    else:
+        print(_table(names, rows))
+        if more:
+            print(f"(first {args.max_rows} rows; --max-rows 0 for all)")
+    return 0
+
+
+def _table(names: list[str], rows: list[tuple[Any, ...]]) -> str:
+    def cell(v: Any) -> str:
+        s = "NULL" if v is None else str(v)
+        s = s.replace("\n", " ")
+        return s if len(s) <= 60 else s[:59] + "…"
+
+    cells = [[cell(v) for v in r] for r in rows]
+    widths = [max([len(n)] + [len(r[i]) for r in cells]) for i, n in enumerate(names)]
+    numeric = [all(isinstance(r[i], (int, float)) or r[i] is None for r in rows) and bool(rows)
+               for i in range(len(names))]
+
+    def line(vals: list[str]) -> str:
+        return " | ".join(v.rjust(w) if num else v.ljust(w)
+                          for v, w, num in zip(vals, widths, numeric, strict=True)).rstrip()
+
+    out = [line(names), "-+-".join("-" * w for w in widths)]
+    out += [line(r) for r in cells]
+    out.append(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
+    return "\n".join(out)
+
+
+def _cmd_stages(args: argparse.Namespace) -> int:
+    from curate.config import known_presets
+    from curate.stages.base import registered
+
+    for kind in ("scorer", "rule", "selector"):
+        print(f"{kind}s:")
+        for name, cls in sorted(registered(kind).items()):
+            doc = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
+            print(f"  {name:<16}{doc.split(': ', 1)[-1]}")
+    print("presets: " + ", ".join(known_presets()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="curate", description="Score once, select later: curate image-text pools into "
+        "CLIP training sets.")
+    ap.add_argument("--version", action="version", version=f"curate {__version__}")
+    ap.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("demo-data", help="write the demo pool (deterministic by seed)")
+    p.add_argument("out", help="directory for the shards and ground_truth.parquet")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shards", type=int, default=8)
+    p.add_argument("--per-shard", type=int, default=64)
+    p.set_defaults(fn=_cmd_demo_data)
+
+    p = sub.add_parser("run", help="run a pipeline (resumes an earlier run into the same --out)")
+    p.add_argument("pipeline", help="pipeline YAML, e.g. pipelines/demo.yaml")
+    p.add_argument("--out", help="run directory (default: runs/<pipeline name>)")
+    p.add_argument("--input", help="override the input: shard pattern or URL list file")
+    p.add_argument("--address", help="join this Ray cluster (e.g. auto, ray://head:10001)")
+    p.add_argument("--workers", type=int, help="scoring workers (default: one per CPU/GPU)")
+    p.add_argument("--no-progress", action="store_true", help="no progress output")
+    p.set_defaults(fn=_cmd_run)
+
+    p = sub.add_parser("query", help="SQL over a run's DuckDB views (manifest, kept, drops, ...)")
+    p.add_argument("run_dir")
+    p.add_argument("sql")
+    p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    p.add_argument("--max-rows", type=int, default=100, help="0 for all (default 100)")
+    p.set_defaults(fn=_cmd_query)
+
+    p = sub.add_parser("stats", help="the funnel of a run: samples in, drops per rule, kept")
+    p.add_argument("run_dir")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=_cmd_stats)
+
+    p = sub.add_parser("stages", help="list the scorers, rules, selectors and presets")
+    p.set_defaults(fn=_cmd_stages)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.fn(args))
+    except CurateError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc.message}", file=sys.stderr)
+        if exc.hint:
+            print(f"hint: {exc.hint}", file=sys.stderr)
+        return 1 if isinstance(exc, ShardFailed) else 2
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(f"error: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print("hint: rerun with `curate --debug ...` for the traceback and report it",
+              file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,355 @@
+"""Pipeline definitions: YAML → validated ``Pipeline``, before any work starts.
+
+A pipeline file::
+
+    name: demo
+    input:
+      shards: demo/pool/{00000..00007}.tar     # or a glob, a list, fsspec URLs
+      # urls: urls.parquet                     # or a URL list downloaded by img2dataset
+    score:                                     # scorers, in order; a name or {name: {params}}
+      - image_info
+      - language: {model_path: null}
+    select:                                    # rules, presets and selectors, in order
+      - preset: datacomp_basic
+      - rule: threshold
+        column: caption_words
+        gt: 2
+        reason: caption_too_few_words
+      - selector: exact_dedup
+    output:
+      samples_per_shard: 1000
+    run:
+      workers: null                            # default: one per free CPU (or GPU)
+      batch_size: 256
+
+Every problem (unknown key, unknown stage, bad parameter, a rule naming a column no scorer
+makes) raises ``ConfigError`` naming where in the file it is.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import duckdb
+import pyarrow as pa
+import yaml
+from pydantic import BaseModel, Field, ValidationError, model_validator
+
+from curate.errors import ConfigError
+from curate.schema import BATCH_ONLY_COLUMNS, MANIFEST_COLUMNS, SAMPLE_COLUMNS
+from curate.stages.base import Params, Rule, Scorer, Selector, Stage, StageKind, registered
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+
+class DownloadConfig(Params):
+    """img2dataset settings for URL-list input (images are stored as downloaded)."""
+
+    timeout: int = Field(default=10, gt=0)
+    thread_count: int = Field(default=32, gt=0)
+    processes_count: int = Field(default=1, gt=0)
+    samples_per_shard: int = Field(default=10_000, gt=0)
+    retries: int = Field(default=0, ge=0)
+    user_agent_token: str | None = None
+
+
+class InputConfig(Params):
+    shards: str | list[str] | None = None
+    urls: str | None = None
+    url_col: str = "url"
+    caption_col: str | None = "caption"
+    format: Literal["parquet", "csv", "tsv", "txt", "json"] | None = None
+    download: DownloadConfig = DownloadConfig()
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> InputConfig:
+        if (self.shards is None) == (self.urls is None):
+            raise ValueError("give exactly one of 'shards' (webdataset tars) or 'urls' "
+                             "(a URL list to download)")
+        return self
+
+
+class OutputConfig(Params):
+    samples_per_shard: int = Field(default=1000, gt=0)
+    write_shards: bool = True
+
+
+class RunConfig(Params):
+    workers: int | None = Field(default=None, gt=0)
+    batch_size: int = Field(default=256, gt=0)
+    max_retries: int = Field(default=2, ge=0)
+    address: str | None = None  # join this Ray cluster instead of starting a local one
+
+
+class _PipelineFile(Params):
+    name: str = "pipeline"
+    description: str | None = None
+    input: InputConfig
+    score: list[Any] = Field(min_length=1)
+    select: list[Any] = []
+    output: OutputConfig = OutputConfig()
+    run: RunConfig = RunConfig()
+
+
+@dataclass(frozen=True)
+class Step:
+    """A configured stage and where it was defined (for error messages)."""
+
+    stage: Stage
+    where: str
+
+
+@dataclass
+class Pipeline:
+    name: str
+    description: str | None
+    input: InputConfig
+    scorers: list[Step]
+    select: list[Step]
+    output: OutputConfig
+    run: RunConfig
+    source: str  # the file it came from, or "<dict>"
+    raw: dict[str, Any]
+
+    def scorer_stages(self) -> list[Scorer]:
+        return [s.stage for s in self.scorers]  # type: ignore[misc]
+
+    def signal_columns(self) -> dict[str, pa.DataType]:
+        """Every column of a signals file, in order."""
+        cols = dict(SAMPLE_COLUMNS)
+        for s in self.scorer_stages():
+            cols.update(s.outputs())
+        return cols
+
+    def selector_columns(self) -> dict[str, pa.DataType]:
+        cols: dict[str, pa.DataType] = {}
+        for step in self.select:
+            if isinstance(step.stage, Selector):
+                cols.update(step.stage.extra_columns())
+        return cols
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def load_pipeline(path: str | Path, overrides: dict[str, Any] | None = None) -> Pipeline:
+    """Read and validate a pipeline YAML file. ``overrides`` replace top-level sections' keys,
+    e.g. ``{"input": {"shards": "x/*.tar"}}``."""
+    p = Path(path)
+    if not p.is_file():
+        known = sorted(x.name for x in Path("pipelines").glob("*.yaml")) if Path(
+            "pipelines").is_dir() else []
+        raise ConfigError(f"pipeline file {str(path)!r} not found",
+                          f"pipelines here: {', '.join(known)}" if known else None)
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}"
+                          ) from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a pipeline is a YAML mapping (name, input, score, ...)")
+    for section, values in (overrides or {}).items():
+        merged = dict(data.get(section) or {})
+        merged.update(values)
+        if section == "input" and "urls" in values:
+            merged.pop("shards", None)
+        if section == "input" and "shards" in values:
+            merged.pop("urls", None)
+        data[section] = merged
+    return pipeline_from_dict(data, source=str(path))
+
+
+def pipeline_from_dict(data: dict[str, Any], source: str = "<dict>") -> Pipeline:
+    """Validate a pipeline given as a dict (the parsed YAML)."""
+    try:
+        spec = _PipelineFile.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {_first_error(exc)}", _hint_for(exc, _PipelineFile)
+                          ) from exc
+    scorers = [_scorer_step(item, f"score[{i}]", source) for i, item in enumerate(spec.score)]
+    select: list[Step] = []
+    for i, item in enumerate(spec.select):
+        select.extend(_select_steps(item, f"select[{i}]", source))
+    pipeline = Pipeline(name=spec.name, description=spec.description, input=spec.input,
+                        scorers=scorers, select=select, output=spec.output, run=spec.run,
+                        source=source, raw=data)
+    check_columns(pipeline)
+    return pipeline
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif err["type"] == "missing":
+        msg = "required key is missing"
+    return f"{loc}: {msg}"
+
+
+def _hint_for(exc: ValidationError, model: type[BaseModel]) -> str | None:
+    err = exc.errors()[0]
+    if err["type"] != "extra_forbidden":
+        return None
+    # Walk the location to the model that rejected the key, then list its keys.
+    current: Any = model
+    for part in err["loc"][:-1]:
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None or not isinstance(field.annotation, type):
+            break
+        current = field.annotation
+    keys = sorted(getattr(current, "model_fields", {}))
+    bad = str(err["loc"][-1])
+    close = difflib.get_close_matches(bad, keys, n=1)
+    hint = f"allowed keys: {', '.join(keys)}" if keys else None
+    if close:
+        hint = f"did you mean {close[0]!r}? ({hint})"
+    return hint
+
+
+def _build(kind: StageKind, name: Any, params: Any, where: str, source: str) -> Stage:
+    table = registered(kind)
+    if not isinstance(name, str) or name not in table:
+        close = difflib.get_close_matches(str(name), list(table), n=1)
+        hint = f"did you mean {close[0]!r}?" if close else None
+        raise ConfigError(f"{source}: {where}: unknown {kind} {name!r}; known {kind}s: "
+                          f"{', '.join(sorted(table))}", hint)
+    cls = table[name]
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise ConfigError(f"{source}: {where} ({kind} {name}): parameters must be a mapping, "
+                          f"got {type(params).__name__}")
+    try:
+        validated = cls.Params.model_validate(params)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {where} ({kind} {name}): {_first_error(exc)}",
+                          _hint_for(exc, cls.Params) or _param_list(cls)) from exc
+    return cls(validated)
+
+
+def _param_list(cls: type[Stage]) -> str | None:
+    keys = sorted(cls.Params.model_fields)
+    return f"parameters of {cls.name}: {', '.join(keys)}" if keys else f"{cls.name} takes no " \
+        "parameters"
+
+
+def _scorer_step(item: Any, where: str, source: str) -> Step:
+    if isinstance(item, str):
+        return Step(_build("scorer", item, {}, where, source), where)
+    if isinstance(item, dict) and len(item) == 1:
+        (name, params), = item.items()
+        return Step(_build("scorer", name, params, where, source), where)
+    raise ConfigError(f"{source}: {where}: a scorer is a name or a one-key mapping "
+                      "{name: {params}}", "e.g. `- image_info` or `- language: {}`")
+
+
+def _select_steps(item: Any, where: str, source: str) -> list[Step]:
+    if not isinstance(item, dict):
+        raise ConfigError(f"{source}: {where}: a select step is a mapping with one of the keys "
+                          "rule, preset, selector", "e.g. `- preset: datacomp_basic`")
+    kinds = [k for k in ("rule", "preset", "selector") if k in item]
+    if len(kinds) != 1:
+        raise ConfigError(f"{source}: {where}: give exactly one of rule, preset, selector "
+                          f"(got {', '.join(kinds) or 'none'})")
+    key = kinds[0]
+    params = {k: v for k, v in item.items() if k != key}
+    if key == "preset":
+        if params:
+            raise ConfigError(f"{source}: {where}: a preset takes no parameters "
+                              f"(got {', '.join(params)})",
+                              "copy the preset's rules into the pipeline to change them")
+        return _preset(item[key], where, source)
+    kind: StageKind = "rule" if key == "rule" else "selector"
+    return [Step(_build(kind, item[key], params, where, source), where)]
+
+
+def known_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def _preset(name: Any, where: str, source: str) -> list[Step]:
+    path = PRESET_DIR / f"{name}.yaml"
+    if not isinstance(name, str) or not path.is_file():
+        raise ConfigError(f"{source}: {where}: unknown preset {name!r}; known presets: "
+                          f"{', '.join(known_presets())}")
+    items = yaml.safe_load(path.read_text(encoding="utf-8"))
+    steps: list[Step] = []
+    for i, item in enumerate(items):
+        steps.extend(_select_steps(item, f"{where} (preset {name}[{i}])", str(path)))
+    return steps
+
+
+def check_columns(p: Pipeline) -> None:
+    """Check every scorer's inputs and every rule's SQL against the columns that will exist."""
+    available = {**SAMPLE_COLUMNS, **BATCH_ONLY_COLUMNS}
+    producers: dict[str, str] = {}
+    for step in p.scorers:
+        s: Scorer = step.stage  # type: ignore[assignment]
+        for col in s.inputs():
+            if col not in available:
+                raise ConfigError(f"{p.source}: {step.where} (scorer {s.name}): needs column "
+                                  f"{col!r}, which no earlier scorer produces",
+                                  _who_makes(col))
+        for col, dtype in s.outputs().items():
+            if col in available:
+                by = producers.get(col, "the sample reader")
+                raise ConfigError(f"{p.source}: {step.where} (scorer {s.name}): column {col!r} "
+                                  f"is already produced by {by}",
+                                  "each scorer may appear once per pipeline")
+            available[col] = dtype
+            producers[col] = s.name
+    # Rules and selectors see the signal columns plus the columns selectors add.
+    cols = {**p.signal_columns(), **p.selector_columns(), **MANIFEST_COLUMNS}
+    con = duckdb.connect()
+    schema = pa.schema(cols)
+    con.register("signals_probe", schema.empty_table())
+    reasons: dict[str, str] = {}
+    for step in p.select:
+        st = step.stage
+        if isinstance(st, Rule):
+            try:
+                con.execute(f"SELECT ({st.keep_sql()})::BOOLEAN FROM signals_probe").fetchall()
+            except duckdb.Error as exc:
+                msg = str(exc).splitlines()[0]
+                raise ConfigError(f"{p.source}: {step.where} (rule {st.name}, reason "
+                                  f"{st.reason}): {msg}", _missing_column_hint(msg)) from exc
+            own = [st.reason]
+        else:
+            sel: Selector = st  # type: ignore[assignment]
+            for col in getattr(sel, "columns", lambda: [])():
+                if col not in cols:
+                    raise ConfigError(f"{p.source}: {step.where} (selector {sel.name}): needs "
+                                      f"column {col!r}", _who_makes(col))
+            own = list(sel.reasons())
+        for r in own:
+            if r in reasons or r.startswith("error:") or r == "duplicate_uid":
+                raise ConfigError(f"{p.source}: {step.where}: drop reason {r!r} is already used"
+                                  f" ({reasons.get(r, 'reserved')})",
+                                  "give the rule its own `reason`")
+            reasons[r] = step.where
+    con.close()
+
+
+def _who_makes(column: str) -> str | None:
+    for name, cls in sorted(registered("scorer").items()):
+        try:
+            outs = cls().outputs()  # type: ignore[attr-defined]
+        except Exception:  # noqa: BLE001 - a scorer whose outputs need params
+            continue
+        if column in outs:
+            return f"scorer {name!r} produces {column!r}: add it to `score:`"
+    return None
+
+
+def _missing_column_hint(msg: str) -> str | None:
+    import re
+
+    m = re.search(r'column "?([A-Za-z0-9_]+)"? not found', msg, re.IGNORECASE)
+    return _who_makes(m.group(1)) if m else None

@@ -1,0 +1,272 @@
+"""Finding and reading webdataset tar shards.
+
+Shards are named by local paths, brace patterns (``pool/{00000..00099}.tar``), globs
+(``pool/*.tar``) or any fsspec URL (``s3://bucket/pool/{0000..0999}.tar``, ``file://``,
+``memory://``). Reading streams the tar once, groups members into samples by webdataset's key
+convention (the member name up to the first dot of its base name), and yields Arrow batches.
+Nothing is ever extracted to disk, so member names (``../x``, absolute paths) are only strings.
+
+Problems inside a shard never raise: a sample without an image, a caption that is not UTF-8 or a
+json member that is not JSON become samples with ``status = error`` (stage ``read``); a tar that
+ends early keeps every sample read before the break and reports the shard as ``truncated``.
+Only a shard that cannot be opened at all raises (the runner retries it).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import posixpath
+import tarfile
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import braceexpand
+import fsspec
+import pyarrow as pa
+
+from curate.errors import CurateError
+from curate.schema import BATCH_SCHEMA, STATUS_ERROR, STATUS_OK
+from curate.uid import derive_uid, normalise_uid
+
+# What a tar that ends early or has a corrupt block raises while streaming.
+_TRUNCATION = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile)
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
+CAPTION_EXTENSIONS = ("txt", "text", "caption")
+
+
+@dataclass(frozen=True)
+class ShardRef:
+    """One input shard: where to read it (``url``) and its stable id (relative to the root)."""
+
+    url: str
+    shard_id: str
+
+
+def _strip_protocol(url: str) -> tuple[str, str]:
+    if "://" in url:
+        proto, rest = url.split("://", 1)
+        return proto + "://", rest
+    return "", url
+
+
+def list_shards(patterns: str | list[str]) -> list[ShardRef]:
+    """Expand ``patterns`` (brace patterns, globs, fsspec URLs) into sorted, unique shards.
+
+    Raises ``CurateError`` when a pattern matches nothing or a named file does not exist.
+    """
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    urls: list[str] = []
+    for pattern in patterns:
+        for expanded in braceexpand.braceexpand(pattern):
+            fs, path = fsspec.core.url_to_fs(expanded)
+            proto, _ = _strip_protocol(expanded)
+            if any(ch in path for ch in "*?["):
+                found = sorted(fs.glob(path))
+                if not found:
+                    raise CurateError(f"input pattern {expanded!r} matches no file",
+                                      "check the path; patterns are relative to the current "
+                                      "directory")
+                urls.extend(_join_proto(proto, fs, p) for p in found)
+            else:
+                if not fs.exists(path):
+                    raise CurateError(f"input shard {expanded!r} does not exist",
+                                      "check the path, or run `curate demo-data DIR` for a "
+                                      "demo pool")
+                urls.append(_join_proto(proto, fs, path))
+    if not urls:
+        raise CurateError("the pipeline's input names no shard")
+    unique = sorted(set(urls))
+    root = _common_root(unique)
+    return [ShardRef(url=u, shard_id=_relative(u, root)) for u in unique]
+
+
+def _join_proto(proto: str, fs: Any, path: str) -> str:
+    if not proto or proto == "file://":
+        return os.path.abspath(path) if not proto else "file://" + path
+    return proto + path
+
+
+def _common_root(urls: list[str]) -> str:
+    """The deepest directory holding every shard (shard ids are relative to it)."""
+    parents = [posixpath.dirname(_strip_protocol(u)[1].replace(os.sep, "/")) for u in urls]
+    if len({p.startswith("/") for p in parents}) > 1:
+        return ""
+    return posixpath.commonpath(parents)
+
+
+def _relative(url: str, root: str) -> str:
+    path = _strip_protocol(url)[1].replace(os.sep, "/")
+    return posixpath.relpath(path, root) if root else path
+
+
+def split_member(name: str) -> tuple[str, str] | None:
+    """webdataset's convention: ``dir/abc.seg.jpg`` → key ``dir/abc``, extension ``seg.jpg``."""
+    base = posixpath.basename(name)
+    if "." not in base or base.startswith("."):
+        return None
+    prefix = name[: len(name) - len(base)]
+    stem, ext = base.split(".", 1)
+    return prefix + stem, ext.lower()
+
+
+@dataclass
+class ShardReadReport:
+    """What reading one shard found."""
+
+    samples: int = 0
+    read_errors: int = 0
+    truncated: str | None = None  # the tar error when the shard ended early
+    ignored_members: int = 0
+    key_collisions: int = 0
+
+
+@dataclass
+class _Pending:
+    key: str
+    members: dict[str, bytes] = field(default_factory=dict)
+    broken: str | None = None
+
+
+class ShardReader:
+    """Stream the samples of one shard as Arrow batches (``BATCH_SCHEMA``).
+
+    ``report`` is complete once iteration ends. The stream is read once, front to back.
+    """
+
+    def __init__(self, ref: ShardRef, batch_size: int = 256) -> None:
+        self.ref = ref
+        self.batch_size = batch_size
+        self.report = ShardReadReport()
+        self._seen: dict[str, int] = {}
+
+    def __iter__(self) -> Iterator[pa.Table]:
+        rows: list[dict[str, Any]] = []
+        for sample in self._samples():
+            rows.append(sample)
+            if len(rows) >= self.batch_size:
+                yield pa.Table.from_pylist(rows, schema=BATCH_SCHEMA)
+                rows = []
+        if rows:
+            yield pa.Table.from_pylist(rows, schema=BATCH_SCHEMA)
+
+    def _samples(self) -> Iterator[dict[str, Any]]:
+        with fsspec.open(self.ref.url, "rb") as f:  # OSError here: the shard is unreadable
+            pending: _Pending | None = None
+            try:
+                with tarfile.open(fileobj=f, mode="r|*") as tar:
+                    for info in tar:
+                        if not info.isfile():
+                            continue
+                        parts = split_member(info.name)
+                        if parts is None or posixpath.basename(parts[0]).startswith("__"):
+                            self.report.ignored_members += 1
+                            continue
+                        key, ext = parts
+                        if pending is not None and (key != pending.key or ext in pending.members):
+                            yield self._finish(pending)
+                            pending = None
+                        if pending is None:
+                            pending = _Pending(key)
+                        data = tar.extractfile(info)
+                        pending.members[ext] = data.read() if data is not None else b""
+            except _TRUNCATION as exc:
+                self.report.truncated = f"{type(exc).__name__}: {exc}"
+                if pending is not None:
+                    pending.broken = f"the shard ends inside this sample ({self.report.truncated})"
+            if pending is not None:
+                yield self._finish(pending)
+
+    def _finish(self, p: _Pending) -> dict[str, Any]:
+        index = self.report.samples
+        self.report.samples += 1
+        n = self._seen.get(p.key, 0)
+        self._seen[p.key] = n + 1
+        if n:
+            self.report.key_collisions += 1
+        problems: list[str] = []
+        if p.broken:
+            problems.append(p.broken)
+        image_ext = next((e for e in IMAGE_EXTENSIONS if e in p.members), None)
+        if image_ext is None:
+            problems.append("no image member (looked for ." + ", .".join(IMAGE_EXTENSIONS) + ")")
+        caption: str | None = None
+        cap_ext = next((e for e in CAPTION_EXTENSIONS if e in p.members), None)
+        if cap_ext is not None:
+            raw = p.members[cap_ext]
+            try:
+                caption = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                caption = raw.decode("utf-8", errors="replace")
+                problems.append(f"caption is not valid UTF-8 ({exc.reason} at byte {exc.start})")
+        meta_text: str | None = None
+        meta: dict[str, Any] = {}
+        if "json" in p.members:
+            try:
+                meta_text = p.members["json"].decode("utf-8")
+                loaded = json.loads(meta_text)
+                if not isinstance(loaded, dict):
+                    raise ValueError("not a JSON object")
+                meta = loaded
+            except (UnicodeDecodeError, ValueError) as exc:
+                problems.append(f"json member is not a valid JSON object ({exc})")
+        uid = normalise_uid(meta.get("uid"))
+        if uid is None:
+            uid = derive_uid(self.ref.shard_id, p.key if not n else f"{p.key}#{n}")
+        url = meta.get("url")
+        if problems:
+            self.report.read_errors += 1
+        return {
+            "uid": uid,
+            "shard": self.ref.shard_id,
+            "key": p.key,
+            "index": index,
+            "image_member": image_ext,
+            "url": url if isinstance(url, str) else None,
+            "caption": caption,
+            "status": STATUS_ERROR if problems else STATUS_OK,
+            "error_stage": "read" if problems else None,
+            "error": "; ".join(problems) if problems else None,
+            "image": p.members.get(image_ext) if image_ext else None,
+            "json": meta_text,
+        }
+
+
+def read_members(ref: ShardRef, indices: set[int]) -> dict[int, dict[str, bytes]]:
+    """The raw members (extension → bytes) of the samples at ``indices`` of one shard.
+
+    Used by the writer to copy kept samples byte for byte. Grouping is the same as ``ShardReader``.
+    """
+    out: dict[int, dict[str, bytes]] = {}
+    index = -1
+    current: str | None = None
+    seen_exts: set[str] = set()
+    want = max(indices) if indices else -1
+    with fsspec.open(ref.url, "rb") as f:
+        try:
+            with tarfile.open(fileobj=f, mode="r|*") as tar:
+                for info in tar:
+                    if not info.isfile():
+                        continue
+                    parts = split_member(info.name)
+                    if parts is None or posixpath.basename(parts[0]).startswith("__"):
+                        continue
+                    key, ext = parts
+                    if key != current or ext in seen_exts:
+                        index += 1
+                        current, seen_exts = key, set()
+                        if index > want:
+                            break
+                    seen_exts.add(ext)
+                    if index in indices:
+                        data = tar.extractfile(info)
+                        out.setdefault(index, {})[ext] = data.read() if data else b""
+        except _TRUNCATION as exc:
+            if set(indices) - set(out):
+                raise CurateError(f"shard {ref.url} changed since it was scored: {exc}") from exc
+    return out

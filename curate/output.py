@@ -1,0 +1,130 @@
+"""Writing the curated webdataset shards from the manifest.
+
+Kept samples, in pool order, are cut into output shards of ``samples_per_shard``
+(``output/00000.tar``, ...). Each output sample has:
+
+* ``__key__`` = the sample's uid;
+* the image member under its original extension, its bytes copied untouched from the input;
+* ``txt``: the caption member's original bytes;
+* ``json``: the input json object plus ``uid`` and ``scores`` (every scorer column).
+
+``output/sizes.json`` maps shard names to sample counts (open_clip's training loader reads it to
+know the dataset size). Every tar is written atomically; ``output/.state/NNNNN.json`` records a
+digest of what the shard holds, so a rerun rewrites only shards whose content changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import webdataset as wds
+
+from curate.io.atomic import atomic_path, write_text
+from curate.io.shards import ShardRef, read_members
+from curate.sql import ident, literal
+
+
+@dataclass(frozen=True)
+class OutputShard:
+    number: int
+    items: list[dict[str, Any]]  # uid, shard, index, image_member, scores
+
+    @property
+    def name(self) -> str:
+        return f"{self.number:05d}.tar"
+
+    def digest(self) -> str:
+        blob = json.dumps(self.items, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def plan(manifest: Path, score_columns: list[str], samples_per_shard: int) -> list[OutputShard]:
+    """Cut the kept rows of ``manifest`` into output shards, in pool order."""
+    con = duckdb.connect()
+    scores = "".join(f", {ident(c)}" for c in score_columns)
+    rows = con.execute(f"""
+        SELECT uid, shard, "index", image_member {scores}
+        FROM read_parquet({literal(str(manifest))}) WHERE kept ORDER BY shard, "index"
+    """).fetchall()
+    con.close()
+    shards: list[OutputShard] = []
+    for n in range(math.ceil(len(rows) / samples_per_shard)):
+        chunk = rows[n * samples_per_shard:(n + 1) * samples_per_shard]
+        items = [{"uid": r[0], "shard": r[1], "index": r[2], "image_member": r[3],
+                  "scores": {c: _json_value(v) for c, v in zip(score_columns, r[4:], strict=True)}}
+                 for r in chunk]
+        shards.append(OutputShard(n, items))
+    return shards
+
+
+def _json_value(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def is_current(out_dir: Path, shard: OutputShard) -> bool:
+    state = out_dir / ".state" / f"{shard.number:05d}.json"
+    if not (out_dir / shard.name).is_file() or not state.is_file():
+        return False
+    try:
+        return json.loads(state.read_text()).get("digest") == shard.digest()
+    except (OSError, ValueError):
+        return False
+
+
+def write_shard(shard: OutputShard, refs: dict[str, ShardRef], out_dir: str) -> int:
+    """Write one output shard (atomically); returns its sample count."""
+    out = Path(out_dir)
+    wanted: dict[str, set[int]] = defaultdict(set)
+    for item in shard.items:
+        wanted[item["shard"]].add(item["index"])
+    members = {sid: read_members(refs[sid], idx) for sid, idx in wanted.items()}
+    with atomic_path(out / shard.name) as tmp:
+        with open(tmp, "wb") as f:
+            writer = wds.TarWriter(f, encoder=False, mtime=0.0)
+            for item in shard.items:
+                m = members[item["shard"]][item["index"]]
+                sample: dict[str, Any] = {"__key__": item["uid"],
+                                          item["image_member"]: m[item["image_member"]]}
+                caption = next((m[e] for e in ("txt", "text", "caption") if e in m), None)
+                if caption is not None:
+                    sample["txt"] = caption
+                sample["json"] = _json_member(m.get("json"), item)
+                writer.write(sample)
+            writer.close()
+    write_text(json.dumps({"digest": shard.digest(), "samples": len(shard.items)}),
+               out / ".state" / f"{shard.number:05d}.json")
+    return len(shard.items)
+
+
+def _json_member(original: bytes | None, item: dict[str, Any]) -> bytes:
+    meta: dict[str, Any] = {}
+    if original:
+        try:
+            loaded = json.loads(original)
+            if isinstance(loaded, dict):
+                meta = loaded
+        except ValueError:
+            pass
+    meta["uid"] = item["uid"]
+    meta["scores"] = item["scores"]
+    return json.dumps(meta, sort_keys=True, ensure_ascii=False).encode()
+
+
+def finish(out_dir: Path, shards: list[OutputShard]) -> None:
+    """Remove shards left over from an earlier run with more output; write sizes.json."""
+    keep = {s.name for s in shards}
+    for old in out_dir.glob("[0-9][0-9][0-9][0-9][0-9].tar"):
+        if old.name not in keep:
+            old.unlink()
+            (out_dir / ".state" / (old.stem + ".json")).unlink(missing_ok=True)
+    sizes = {s.name: len(s.items) for s in shards}
+    write_text(json.dumps(sizes, indent=1, sort_keys=True), out_dir / "sizes.json")

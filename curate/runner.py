@@ -1,0 +1,377 @@
+"""Running a pipeline: ingest → score (Ray, per shard) → select (DuckDB) → write → catalogue.
+
+``run(pipeline, out)`` is the library entry point behind ``curate run``. Ray is started locally
+for the run (and stopped after) unless an address is given or Ray is already initialised in the
+process, in which case that cluster is used.
+
+The run directory::
+
+    pipeline.yaml        the pipeline as run
+    run_log.jsonl        machine-readable events (one JSON object per line)
+    download/            img2dataset output, when the input is a URL list
+    signals/*.parquet    per input shard: one row per sample, every score (resume unit)
+    shards.parquet       per input shard: status, counts, attempts, seconds, node
+    manifest.parquet     one row per input sample: scores, kept, reason
+    funnel.parquet       the selection funnel; stages.parquet: per-scorer counters
+    output/*.tar         curated webdataset shards (+ sizes.json)
+    stats.json           summary; catalog.duckdb: views over all of the above
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sys
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import yaml
+
+from curate import __version__
+from curate.catalog import write_catalog
+from curate.config import Pipeline, load_pipeline
+from curate.errors import CurateError, ShardFailed
+from curate.io.atomic import write_parquet, write_text
+from curate.io.shards import ShardRef, list_shards
+from curate.scoring import (
+    ShardSummary,
+    ShardWorker,
+    completed_summary,
+    scoring_fingerprint,
+    shard_summaries_table,
+    signals_path,
+)
+from curate.selection import Selection, select
+from curate.stages.base import Resources, StageCounters
+
+log = logging.getLogger("curate")
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    samples: int
+    kept: int
+    funnel: list[tuple[str, int]]
+    shards: int
+    shards_resumed: int
+    output_shards: int
+    seconds: float
+    stages: dict[str, dict[str, float | int]] = field(default_factory=dict)
+
+
+class RunLog:
+    """Appends one JSON object per event to ``run_log.jsonl`` (timestamps in seconds)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = open(path, "a", encoding="utf-8")
+        self._t0 = time.time()
+
+    def event(self, event: str, **fields: Any) -> None:
+        record = {"ts": round(time.time(), 3), "event": event, **fields}
+        self._f.write(json.dumps(record, default=str) + "\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
+
+
+class Progress:
+    """A tqdm bar on a terminal; a plain line every few seconds otherwise (CI logs)."""
+
+    def __init__(self, total: int, what: str, enabled: bool | None) -> None:
+        self.total, self.what, self.done, self.samples = total, what, 0, 0
+        self._t0 = self._last = time.perf_counter()
+        tty = sys.stderr.isatty()
+        self.enabled = tty if enabled is None else enabled
+        self._bar = None
+        if self.enabled and tty:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, desc=what, unit="shard", dynamic_ncols=True)
+
+    def update(self, shards: int = 1, samples: int = 0) -> None:
+        self.done += shards
+        self.samples += samples
+        rate = self.samples / max(1e-9, time.perf_counter() - self._t0)
+        if self._bar is not None:
+            self._bar.set_postfix_str(f"{self.samples} samples, {rate:.0f}/s", refresh=False)
+            self._bar.update(shards)
+        elif self.enabled and (time.perf_counter() - self._last > 5 or self.done == self.total):
+            self._last = time.perf_counter()
+            left = (self.total - self.done) * (time.perf_counter() - self._t0) / max(1, self.done)
+            print(f"{self.what}: {self.done}/{self.total} shards, {self.samples} samples, "
+                  f"{rate:.0f} samples/s, ETA {left:.0f}s", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None) -> Iterator[None]:
+    """Use the Ray already initialised in this process, join ``address``, or start one."""
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
+    try:
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private, local cluster
+            ray.init(**kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise CurateError(f"could not start or join Ray ({address or 'local'}): {exc}",
+                          "check --address (e.g. ray://head:10001 or auto)") from exc
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def run(pipeline: Pipeline | str | Path, out: str | Path, *, address: str | None = None,
+        progress: bool | None = None) -> RunResult:
+    """Run ``pipeline`` into the run directory ``out``; resumes whatever an earlier run of the
+    same pipeline into ``out`` finished. Raises ``ShardFailed`` when shards still fail after
+    their retries (the finished ones are kept for the next attempt)."""
+    p = pipeline if isinstance(pipeline, Pipeline) else load_pipeline(pipeline)
+    run_dir = Path(out).absolute()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    rlog = RunLog(run_dir / "run_log.jsonl")
+    rlog.event("run_start", pipeline=p.name, source=p.source, curate=__version__)
+    write_text(yaml.safe_dump(p.raw, sort_keys=False), run_dir / "pipeline.yaml")
+    try:
+        with ray_session(address or p.run.address):
+            refs = _inputs(p, run_dir, rlog, progress)
+            summaries = _score_all(p, refs, run_dir, rlog, progress)
+            write_parquet(shard_summaries_table(summaries), run_dir / "shards.parquet")
+            stages = _sum_stages(summaries)
+            write_parquet(_stages_table(stages), run_dir / "stages.parquet")
+            t_sel = time.perf_counter()
+            error_stages = ["download", "read"] + [s.name for s in p.scorer_stages()]
+            selection = select(p, [signals_path(run_dir, r.shard_id) for r in refs], run_dir,
+                               error_stages)
+            write_parquet(_funnel_table(selection), run_dir / "funnel.parquet")
+            rlog.event("selected", samples=selection.samples, kept=selection.kept,
+                       seconds=round(time.perf_counter() - t_sel, 3))
+            n_out = _write_output(p, refs, run_dir, rlog, progress) if p.output.write_shards \
+                else 0
+            write_catalog(run_dir)
+    except BaseException as exc:
+        rlog.event("run_failed", error=f"{type(exc).__name__}: {exc}")
+        rlog.close()
+        raise
+    result = RunResult(
+        run_dir=run_dir, samples=selection.samples, kept=selection.kept,
+        funnel=[(f.reason, f.dropped) for f in selection.funnel], shards=len(refs),
+        shards_resumed=sum(s.resumed for s in summaries), output_shards=n_out,
+        seconds=round(time.perf_counter() - t0, 3), stages=stages)
+    stats = {"pipeline": p.name, "samples": result.samples, "kept": result.kept,
+             "funnel": [{"reason": r, "dropped": n} for r, n in result.funnel],
+             "shards": result.shards, "shards_resumed": result.shards_resumed,
+             "output_shards": n_out, "seconds": result.seconds, "stages": stages}
+    write_text(json.dumps(stats, indent=1), run_dir / "stats.json")
+    rlog.event("run_end", samples=result.samples, kept=result.kept, seconds=result.seconds)
+    rlog.close()
+    return result
+
+
+def _inputs(p: Pipeline, run_dir: Path, rlog: RunLog, progress: bool | None) -> list[ShardRef]:
+    if p.input.urls is not None:
+        from curate.ingest import download
+
+        refs = download(p.input, run_dir / "download", rlog)
+    else:
+        assert p.input.shards is not None
+        refs = list_shards(p.input.shards)
+    rlog.event("shards_listed", count=len(refs))
+    return refs
+
+
+def _worker_resources(p: Pipeline) -> Resources:
+    scorers = p.scorer_stages()
+    return Resources(cpus=max((s.resources.cpus for s in scorers), default=1.0),
+                     gpus=max((s.resources.gpus for s in scorers), default=0.0))
+
+
+def _score_all(p: Pipeline, refs: list[ShardRef], run_dir: Path, rlog: RunLog,
+               progress: bool | None) -> list[ShardSummary]:
+    import ray
+    from ray.exceptions import RayActorError, RayTaskError
+
+    scorers = p.scorer_stages()
+    fingerprint = scoring_fingerprint(scorers)
+    summaries: dict[str, ShardSummary] = {}
+    todo: deque[ShardRef] = deque()
+    for ref in refs:
+        done = completed_summary(signals_path(run_dir, ref.shard_id), fingerprint)
+        if done is not None:
+            summaries[ref.shard_id] = done
+        else:
+            todo.append(ref)
+    rlog.event("scoring_start", shards=len(refs), resumed=len(summaries), todo=len(todo),
+               fingerprint=fingerprint)
+    if not todo:
+        return [summaries[r.shard_id] for r in refs]
+
+    res = _worker_resources(p)
+    cluster = ray.cluster_resources()
+    use_gpu = res.gpus > 0 and cluster.get("GPU", 0) > 0
+    if res.gpus > 0 and not use_gpu:
+        log.warning("no GPU in the Ray cluster: scoring on CPU")
+    capacity = int(cluster.get("GPU", 0) // res.gpus) if use_gpu else int(
+        cluster.get("CPU", 1) // max(res.cpus, 0.01))
+    n_workers = max(1, min(p.run.workers or capacity, len(todo)))
+    actor_cls = ray.remote(ShardWorker).options(  # type: ignore[attr-defined]
+        num_cpus=res.cpus, num_gpus=res.gpus if use_gpu else 0,
+        scheduling_strategy="SPREAD", max_restarts=0)
+
+    def new_worker() -> Any:
+        return actor_cls.remote(scorers, fingerprint, p.run.batch_size,
+                                "cuda" if use_gpu else "cpu")
+
+    workers = [new_worker() for _ in range(n_workers)]
+    try:
+        ray.get([w.setup.remote() for w in workers])
+    except RayTaskError as exc:
+        cause = exc.cause if exc.cause is not None else exc
+        for w in workers:
+            ray.kill(w)
+        if isinstance(cause, CurateError):
+            raise cause from None
+        raise CurateError(f"a scorer failed to set up: {type(cause).__name__}: {cause}") from exc
+    rlog.event("workers_started", workers=n_workers, cpus=res.cpus,
+               gpus=res.gpus if use_gpu else 0)
+
+    bar = Progress(len(refs), "scoring", progress)
+    bar.update(shards=len(summaries), samples=0)
+    attempts: dict[str, int] = {}
+    failed: dict[str, str] = {}
+    inflight: dict[Any, tuple[Any, ShardRef]] = {}
+    idle = list(workers)
+    try:
+        while todo or inflight:
+            while idle and todo:
+                ref = todo.popleft()
+                worker = idle.pop()
+                attempts[ref.shard_id] = attempts.get(ref.shard_id, 0) + 1
+                fut = worker.score.remote(ref, str(signals_path(run_dir, ref.shard_id)))
+                inflight[fut] = (worker, ref)
+            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
+            for fut in ready:
+                worker, ref = inflight.pop(fut)
+                try:
+                    summary: ShardSummary = ray.get(fut)
+                except RayActorError as exc:  # the worker died (OOM, crash): replace it
+                    ray.kill(worker)
+                    worker = new_worker()
+                    error = f"worker died: {exc}".splitlines()[0]
+                except RayTaskError as exc:
+                    cause = exc.cause if exc.cause is not None else exc
+                    error = f"{type(cause).__name__}: {cause}".splitlines()[0]
+                else:
+                    summary.attempts = attempts[ref.shard_id]
+                    summaries[ref.shard_id] = summary
+                    rlog.event("shard_done", shard=ref.shard_id, samples=summary.samples,
+                               errors=summary.errors, status=summary.status,
+                               seconds=summary.seconds, node=summary.node,
+                               attempts=summary.attempts)
+                    if summary.read_error:
+                        log.warning("shard %s is truncated: kept the %d samples before the "
+                                    "break (%s)", ref.shard_id, summary.samples,
+                                    summary.read_error)
+                    bar.update(samples=summary.samples)
+                    idle.append(worker)
+                    continue
+                idle.append(worker)
+                if attempts[ref.shard_id] <= p.run.max_retries:
+                    rlog.event("shard_retry", shard=ref.shard_id, attempt=attempts[ref.shard_id],
+                               error=error)
+                    todo.append(ref)
+                else:
+                    failed[ref.shard_id] = error
+                    rlog.event("shard_failed", shard=ref.shard_id, attempts=attempts[ref.shard_id],
+                               error=error)
+                    bar.update(samples=0)
+    finally:
+        bar.close()
+        for w in workers + idle:
+            with contextlib.suppress(Exception):
+                ray.kill(w)
+    if failed:
+        first, why = next(iter(failed.items()))
+        raise ShardFailed(
+            f"{len(failed)} of {len(refs)} shards failed after {p.run.max_retries + 1} attempts "
+            f"(first: {first}: {why})",
+            "fix the cause and run the same command again: finished shards are kept; "
+            "see run_log.jsonl for every failure")
+    return [summaries[r.shard_id] for r in refs]
+
+
+def _sum_stages(summaries: list[ShardSummary]) -> dict[str, dict[str, float | int]]:
+    total: dict[str, StageCounters] = {}
+    for s in summaries:
+        for name, c in s.stages.items():
+            total.setdefault(name, StageCounters()).add(StageCounters(**c))  # type: ignore[arg-type]
+    return {k: v.as_dict() for k, v in total.items()}
+
+
+def _stages_table(stages: dict[str, dict[str, float | int]]) -> pa.Table:
+    return pa.Table.from_pylist(
+        [{"stage": k, **v} for k, v in stages.items()],
+        schema=pa.schema({"stage": pa.string(), "samples": pa.int64(), "errors": pa.int64(),
+                          "skipped": pa.int64(), "seconds": pa.float64()}))
+
+
+def _funnel_table(sel: Selection) -> pa.Table:
+    rows, remaining = [], sel.samples
+    for i, f in enumerate(sel.funnel):
+        remaining -= f.dropped
+        rows.append({"step": i + 1, "reason": f.reason, "dropped": f.dropped,
+                     "remaining": remaining})
+    return pa.Table.from_pylist(rows, schema=pa.schema(
+        {"step": pa.int32(), "reason": pa.string(), "dropped": pa.int64(),
+         "remaining": pa.int64()}))
+
+
+def _write_output(p: Pipeline, refs: list[ShardRef], run_dir: Path, rlog: RunLog,
+                  progress: bool | None) -> int:
+    import ray
+
+    from curate import output
+
+    out_dir = run_dir / "output"
+    out_dir.mkdir(exist_ok=True)
+    score_cols = [c for s in p.scorer_stages() for c in s.outputs()]
+    score_cols += list(p.selector_columns())
+    shards = output.plan(run_dir / "manifest.parquet", score_cols, p.output.samples_per_shard)
+    todo = [s for s in shards if not output.is_current(out_dir, s)]
+    rlog.event("writing_start", shards=len(shards), todo=len(todo))
+    bar = Progress(len(shards), "writing", progress)
+    bar.update(shards=len(shards) - len(todo))
+    if todo:
+        refs_by_id = ray.put({r.shard_id: r for r in refs})
+        task = ray.remote(output.write_shard).options(num_cpus=1, max_retries=p.run.max_retries)
+        pending = {task.remote(s, refs_by_id, str(out_dir)): s for s in todo}
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for fut in ready:
+                s = pending.pop(fut)
+                n = ray.get(fut)
+                rlog.event("output_shard_done", shard=s.name, samples=n)
+                bar.update(samples=n)
+    bar.close()
+    output.finish(out_dir, shards)
+    return len(shards)

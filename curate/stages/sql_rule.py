@@ -1,0 +1,25 @@
+"""Rule ``sql``: keep rows where a DuckDB boolean expression over signal columns is true.
+
+The expression is the user's own and is checked against the pipeline's columns before any work
+starts. Example: ``{rule: sql, keep: "least(width, height) >= 200", reason: image_too_small}``.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from curate.stages.base import Params, Rule, register
+
+
+class SqlParams(Params):
+    keep: str = Field(min_length=1)
+    reason: str
+
+
+@register
+class SqlRule(Rule):
+    name = "sql"
+    Params = SqlParams
+
+    def keep_sql(self) -> str:
+        return self.params.keep  # type: ignore[attr-defined,no-any-return]
