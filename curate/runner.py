@@ -124,7 +124,10 @@ def ray_session(address: str | None) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
-    kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
+    kwargs: dict[str, Any] = {
+        "include_dashboard": False, "logging_level": logging.WARNING,
+        "runtime_env": {"env_vars": {"NO_ALBUMENTATIONS_UPDATE": "1"}},
+    }
     try:
         if address:
             ray.init(address=address, **kwargs)

@@ -45,6 +45,7 @@ class ShardRef:
 
     url: str
     shard_id: str
+    failures: str | None = None  # img2dataset's per-shard Parquet: URLs that failed to download
 
 
 def _strip_protocol(url: str) -> tuple[str, str]:
@@ -115,6 +116,24 @@ def split_member(name: str) -> tuple[str, str] | None:
     return prefix + stem, ext.lower()
 
 
+def _size(fs: Any, path: str) -> int | None:
+    try:
+        size = fs.size(path)
+    except (OSError, NotImplementedError, ValueError):
+        return None
+    return int(size) if size is not None else None
+
+
+def _check_end(offset: int, size: int | None) -> None:
+    """A complete tar has an end-of-archive block (512 zero bytes) after its last member;
+    Python's tarfile stops silently when the file simply ends, so check for it here (for
+    uncompressed shards of known size)."""
+    if size is None:
+        return
+    if size - offset < 512:
+        raise tarfile.ReadError(f"no end-of-archive block after byte {offset} of {size}")
+
+
 @dataclass
 class ShardReadReport:
     """What reading one shard found."""
@@ -156,7 +175,35 @@ class ShardReader:
             yield pa.Table.from_pylist(rows, schema=BATCH_SCHEMA)
 
     def _samples(self) -> Iterator[dict[str, Any]]:
-        with fsspec.open(self.ref.url, "rb") as f:  # OSError here: the shard is unreadable
+        if self.ref.failures is None or fsspec.core.url_to_fs(self.ref.url)[0].exists(
+                fsspec.core.url_to_fs(self.ref.url)[1]):
+            yield from self._tar_samples()
+        if self.ref.failures is not None:
+            yield from self._failed_downloads(self.ref.failures)
+
+    def _failed_downloads(self, path: str) -> Iterator[dict[str, Any]]:
+        """One error sample per URL that img2dataset could not download."""
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path)
+        names = set(table.column_names)
+        for row in table.to_pylist():
+            if row.get("status") == "success":
+                continue
+            index = self.report.samples
+            self.report.samples += 1
+            self.report.read_errors += 1
+            uid = normalise_uid(row.get("uid")) or derive_uid(self.ref.shard_id, str(row["key"]))
+            yield {"uid": uid, "shard": self.ref.shard_id, "key": str(row["key"]),
+                   "index": index, "image_member": None, "url": row.get("url"),
+                   "caption": row.get("caption") if "caption" in names else None,
+                   "status": STATUS_ERROR, "error_stage": "download",
+                   "error": str(row.get("error_message") or row.get("status") or "failed"),
+                   "image": None, "json": None}
+
+    def _tar_samples(self) -> Iterator[dict[str, Any]]:
+        fs, path = fsspec.core.url_to_fs(self.ref.url)
+        with fs.open(path, "rb") as f:  # OSError here: the shard is unreadable (retried)
             pending: _Pending | None = None
             try:
                 with tarfile.open(fileobj=f, mode="r|*") as tar:
@@ -174,7 +221,13 @@ class ShardReader:
                         if pending is None:
                             pending = _Pending(key)
                         data = tar.extractfile(info)
-                        pending.members[ext] = data.read() if data is not None else b""
+                        blob = data.read() if data is not None else b""
+                        if len(blob) != info.size:
+                            raise tarfile.ReadError(f"member {info.name} has {len(blob)} of "
+                                                    f"{info.size} bytes")
+                        pending.members[ext] = blob
+                    if getattr(tar.fileobj, "comptype", "tar") == "tar":  # not compressed
+                        _check_end(tar.offset, _size(fs, path))
             except _TRUNCATION as exc:
                 self.report.truncated = f"{type(exc).__name__}: {exc}"
                 if pending is not None:

@@ -1,7 +1,8 @@
 """Rule ``sql``: keep rows where a DuckDB boolean expression over signal columns is true.
 
 The expression is the user's own and is checked against the pipeline's columns before any work
-starts. Example: ``{rule: sql, keep: "least(width, height) >= 200", reason: image_too_small}``.
+starts. A null result drops the row. Beware that DuckDB's ``least``/``greatest`` skip nulls.
+Example: ``{rule: sql, keep: "width >= 200 AND height >= 200", reason: image_too_small}``.
 """
 
 from __future__ import annotations

@@ -1,0 +1,53 @@
+# Two commands from a fresh clone:  `make demo`  and  `make test`.
+# Both create .venv, install everything (system packages too, when missing and run as root),
+# then run the demo or the test suite.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= demo
+SYSTEM_PACKAGES := fonts-dejavu-core
+
+.PHONY: install system-deps demo test lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml requirements/base.txt requirements/constraints.txt
+	@$(MAKE) --no-print-directory system-deps
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c requirements/constraints.txt -r requirements/base.txt
+	$(BIN)/pip install -q --no-deps img2dataset==1.47.0
+	$(BIN)/pip install -q --no-deps -e .
+	@touch $(STAMP)
+
+# Debian packages: installed only when missing, and only when we may (root or passwordless sudo).
+system-deps:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do \
+	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; \
+	  else echo "please install:$$missing (apt-get install$$missing)"; exit 0; fi; \
+	  echo "installing system packages:$$missing"; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+demo: $(STAMP)
+	$(BIN)/curate demo-data $(DEMO_DIR)/pool
+	$(BIN)/curate run pipelines/demo.yaml --out $(DEMO_DIR)/run
+	$(BIN)/curate query $(DEMO_DIR)/run "select reason, count(*) as samples from manifest group by 1 order by 2 desc"
+	@echo
+	@echo "The demo run is in $(DEMO_DIR)/run: manifest.parquet (one row per input sample),"
+	@echo "output/*.tar (curated shards), catalog.duckdb (views). Try:"
+	@echo "  $(BIN)/curate stats $(DEMO_DIR)/run"
+	@echo "  $(BIN)/curate query $(DEMO_DIR)/run \"select * from drops limit 10\""
+
+lint: $(STAMP)
+	$(BIN)/ruff check curate tests benchmarks
+
+test: $(STAMP) lint
+	$(BIN)/python -m pytest -q --durations=10
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) runs .pytest_cache .ruff_cache

@@ -1,0 +1,65 @@
+"""Shared fixtures: a local Ray for the session, the demo pool and one demo run."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).parent))
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+
+@pytest.fixture(scope="session")
+def ray_local() -> Iterator[None]:
+    """A 2-CPU local Ray shared by the tests of this session (shut down at the end)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING",
+                 runtime_env={"env_vars": {"NO_ALBUMENTATIONS_UPDATE": "1"}})
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def demo_pool(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from curate.demo.generator import make_demo_pool
+
+    out = tmp_path_factory.mktemp("demo") / "pool"
+    make_demo_pool(out)
+    return out
+
+
+def demo_pipeline(pool: Path, **run: object) -> object:
+    from curate.config import load_pipeline
+
+    overrides: dict[str, dict[str, object]] = {"input": {"shards": str(pool / "*.tar")}}
+    if run:
+        overrides["run"] = dict(run)
+    return load_pipeline(REPO / "pipelines" / "demo.yaml", overrides)
+
+
+@pytest.fixture(scope="session")
+def demo_run(demo_pool: Path, ray_local: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo pipeline run once on the demo pool through the session's local Ray."""
+    from curate.runner import run
+
+    out = tmp_path_factory.mktemp("demo_run") / "run"
+    run(demo_pipeline(demo_pool), out, progress=False)
+    return out
+
+
+def curate_cli(*args: str, cwd: Path | None = None, timeout: float = 300,
+               ) -> subprocess.CompletedProcess[str]:
+    """Run the installed ``curate`` command in a subprocess."""
+    exe = shutil.which("curate", path=str(Path(sys.executable).parent)) or "curate"
+    return subprocess.run([exe, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
