@@ -182,8 +182,14 @@ def pipeline_from_dict(data: dict[str, Any], source: str = "<dict>") -> Pipeline
     return pipeline
 
 
+def _main_error(exc: ValidationError) -> Any:
+    """The error to report: an unknown key first (a typo also makes the real key 'missing')."""
+    errors = exc.errors()
+    return next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+
+
 def _first_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
+    err = _main_error(exc)
     loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
     msg = err["msg"]
     if err["type"] == "extra_forbidden":
@@ -194,7 +200,7 @@ def _first_error(exc: ValidationError) -> str:
 
 
 def _hint_for(exc: ValidationError, model: type[BaseModel]) -> str | None:
-    err = exc.errors()[0]
+    err = _main_error(exc)
     if err["type"] != "extra_forbidden":
         return None
     # Walk the location to the model that rejected the key, then list its keys.

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -220,8 +221,12 @@ class StageBug(Exception):
     """A stage broke its contract (wrong columns or lengths): a bug, not bad data."""
 
 
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
 def _describe(exc: BaseException) -> str:
-    text = str(exc).strip().replace("\n", " ")
+    """``Type: message`` on one line, without memory addresses (reruns must be identical)."""
+    text = _ADDRESS.sub("", str(exc).strip().replace("\n", " "))
     if len(text) > 500:
         text = text[:500] + "…"
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

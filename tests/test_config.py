@@ -1,0 +1,67 @@
+"""Pipeline validation: everything wrong is found before any work, with its location."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from conftest import REPO
+
+from curate.config import load_pipeline, pipeline_from_dict
+from curate.errors import ConfigError
+
+
+def base(**kw: Any) -> dict[str, Any]:
+    d: dict[str, Any] = {"name": "t", "input": {"shards": "x/*.tar"},
+                         "score": ["image_info", "caption_stats", "language", "exact_hash"]}
+    d.update(kw)
+    return d
+
+
+def test_shipped_pipelines_validate() -> None:
+    for path in sorted((REPO / "pipelines").glob("*.yaml")):
+        load_pipeline(path)
+
+
+def test_presets_expand_into_rules_in_order() -> None:
+    p = pipeline_from_dict(base(select=[{"preset": "datacomp_basic"},
+                                        {"selector": "exact_dedup"}]))
+    assert [s.stage.label for s in p.select] == [
+        "caption_too_short", "caption_too_few_words", "not_english", "image_too_small",
+        "aspect_ratio_too_extreme", "exact_dedup"]
+
+
+@pytest.mark.parametrize(("data", "message", "hint"), [
+    (base(score=["image_info", "languag"]), "score[1]: unknown scorer 'languag'",
+     "did you mean 'language'?"),
+    (base(select=[{"rule": "threshold", "column": "width"}]), "give at least one of", None),
+    (base(select=[{"rule": "threshold", "colum": "width", "min": 1}]), "colum: unknown key",
+     "did you mean 'column'?"),
+    (base(select=[{"rule": "sql", "keep": "nonexistent > 1", "reason": "r"}]),
+     "select[0] (rule sql, reason r)", None),
+    (base(score=["caption_stats"], select=[{"rule": "threshold", "column": "width", "min": 1}]),
+     "width", "scorer 'image_info' produces 'width'"),
+    (base(select=[{"selector": "exact_dedup"}], score=["image_info"]),
+     "needs column 'image_sha256'", "exact_hash"),
+    (base(score=["image_info", "image_info"]), "already produced by image_info", None),
+    (base(select=[{"rule": "in_set", "column": "lang", "values": ["en"], "reason": "x"},
+                  {"rule": "in_set", "column": "lang", "values": ["de"], "reason": "x"}]),
+     "drop reason 'x' is already used", None),
+    (base(select=[{"rule": "threshold", "preset": "x"}]), "give exactly one of", None),
+    (base(input={"shards": "a", "urls": "b"}), "exactly one of 'shards'", None),
+    (base(run={"workers": 0}), "run.workers", None),
+    (base(score=[]), "score", None),
+])
+def test_errors_name_the_place(data: dict[str, Any], message: str, hint: str | None) -> None:
+    with pytest.raises(ConfigError) as info:
+        pipeline_from_dict(data)
+    assert message in info.value.message
+    if hint:
+        assert info.value.hint is not None and hint in info.value.hint
+
+
+def test_missing_file_lists_known_pipelines(tmp_path: Any, monkeypatch: Any) -> None:
+    monkeypatch.chdir(REPO)
+    with pytest.raises(ConfigError) as info:
+        load_pipeline("pipelines/dmeo.yaml")
+    assert info.value.hint is not None and "demo.yaml" in info.value.hint
