@@ -149,6 +149,8 @@ def run(pipeline: Pipeline | str | Path, out: str | Path, *, address: str | None
     same pipeline into ``out`` finished. Raises ``ShardFailed`` when shards still fail after
     their retries (the finished ones are kept for the next attempt)."""
     p = pipeline if isinstance(pipeline, Pipeline) else load_pipeline(pipeline)
+    # Shard inputs are listed before anything is created or started: a wrong path costs nothing.
+    listed = list_shards(p.input.shards) if p.input.shards is not None else None
     run_dir = Path(out).absolute()
     run_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -157,7 +159,8 @@ def run(pipeline: Pipeline | str | Path, out: str | Path, *, address: str | None
     write_text(yaml.safe_dump(p.raw, sort_keys=False), run_dir / "pipeline.yaml")
     try:
         with ray_session(address or p.run.address):
-            refs = _inputs(p, run_dir, rlog, progress)
+            refs = listed if listed is not None else _download(p, run_dir, rlog)
+            rlog.event("shards_listed", count=len(refs))
             summaries = _score_all(p, refs, run_dir, rlog, progress)
             write_parquet(shard_summaries_table(summaries), run_dir / "shards.parquet")
             stages = _sum_stages(summaries)
@@ -191,16 +194,10 @@ def run(pipeline: Pipeline | str | Path, out: str | Path, *, address: str | None
     return result
 
 
-def _inputs(p: Pipeline, run_dir: Path, rlog: RunLog, progress: bool | None) -> list[ShardRef]:
-    if p.input.urls is not None:
-        from curate.ingest import download
+def _download(p: Pipeline, run_dir: Path, rlog: RunLog) -> list[ShardRef]:
+    from curate.ingest import download
 
-        refs = download(p.input, run_dir / "download", rlog)
-    else:
-        assert p.input.shards is not None
-        refs = list_shards(p.input.shards)
-    rlog.event("shards_listed", count=len(refs))
-    return refs
+    return download(p.input, run_dir / "download", rlog)
 
 
 def _worker_resources(p: Pipeline) -> Resources:

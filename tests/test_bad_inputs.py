@@ -92,4 +92,4 @@ def test_missing_input_is_rejected_before_work(tmp_path: Path) -> None:
                      "--input", str(tmp_path / "nowhere" / "{00000..00003}.tar"))
     assert res.returncode == 2
     assert "does not exist" in res.stderr and "hint:" in res.stderr
-    assert not (tmp_path / "r" / "signals").exists()
+    assert not (tmp_path / "r").exists()
