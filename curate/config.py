@@ -329,7 +329,7 @@ def check_columns(p: Pipeline) -> None:
             own = [st.reason]
         else:
             sel: Selector = st  # type: ignore[assignment]
-            for col in getattr(sel, "columns", lambda: [])():
+            for col in sel.columns():
                 if col not in cols:
                     raise ConfigError(f"{p.source}: {step.where} (selector {sel.name}): needs "
                                       f"column {col!r}", _who_makes(col))

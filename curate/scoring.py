@@ -161,10 +161,6 @@ class ShardWorker:
                            node=self.node())
 
 
-def load_signals(path: Path) -> pa.Table:
-    return pq.read_table(path)
-
-
 def shard_summaries_table(summaries: list[ShardSummary]) -> pa.Table:
     rows: list[dict[str, Any]] = []
     for s in summaries:

@@ -131,6 +131,10 @@ class Selector(Stage):
 
     kind: ClassVar[StageKind] = "selector"
 
+    def columns(self) -> Sequence[str]:
+        """Signal columns this selector reads (checked before the run starts)."""
+        return ()
+
     def reasons(self) -> Sequence[str]:
         """Every reason this selector can write, in the order the funnel shows them."""
         return (self.name,)
