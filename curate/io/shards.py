@@ -145,6 +145,21 @@ class ShardReadReport:
     key_collisions: int = 0
 
 
+def _sample_members(tar: tarfile.TarFile, report: ShardReadReport | None,
+                    ) -> Iterator[tuple[tarfile.TarInfo, str, str]]:
+    """(member, key, extension) of every file member that belongs to a sample; directories,
+    names without an extension and webdataset's ``__``-prefixed meta members are skipped."""
+    for info in tar:
+        if not info.isfile():
+            continue
+        parts = split_member(info.name)
+        if parts is None or posixpath.basename(parts[0]).startswith("__"):
+            if report is not None:
+                report.ignored_members += 1
+            continue
+        yield info, parts[0], parts[1]
+
+
 @dataclass
 class _Pending:
     key: str
@@ -208,14 +223,7 @@ class ShardReader:
             pending: _Pending | None = None
             try:
                 with tarfile.open(fileobj=f, mode="r|*") as tar:
-                    for info in tar:
-                        if not info.isfile():
-                            continue
-                        parts = split_member(info.name)
-                        if parts is None or posixpath.basename(parts[0]).startswith("__"):
-                            self.report.ignored_members += 1
-                            continue
-                        key, ext = parts
+                    for info, key, ext in _sample_members(tar, self.report):
                         if pending is not None and (key != pending.key or ext in pending.members):
                             yield self._finish(pending)
                             pending = None
@@ -304,13 +312,7 @@ def read_members(ref: ShardRef, indices: set[int]) -> dict[int, dict[str, bytes]
     with fsspec.open(ref.url, "rb") as f:
         try:
             with tarfile.open(fileobj=f, mode="r|*") as tar:
-                for info in tar:
-                    if not info.isfile():
-                        continue
-                    parts = split_member(info.name)
-                    if parts is None or posixpath.basename(parts[0]).startswith("__"):
-                        continue
-                    key, ext = parts
+                for info, key, ext in _sample_members(tar, None):
                     if key != current or ext in seen_exts:
                         index += 1
                         current, seen_exts = key, set()
