@@ -118,10 +118,12 @@ class Pipeline:
         return [s.stage for s in self.scorers]  # type: ignore[misc]
 
     def signal_columns(self) -> dict[str, pa.DataType]:
-        """Every column of a signals file, in order."""
+        """Every column of a signals file, in order (sidecar arrays such as embeddings are
+        stored beside the signals, not in them)."""
         cols = dict(SAMPLE_COLUMNS)
         for s in self.scorer_stages():
-            cols.update(s.outputs())
+            side = set(s.sidecars())
+            cols.update({c: t for c, t in s.outputs().items() if c not in side})
         return cols
 
     def selector_columns(self) -> dict[str, pa.DataType]:
@@ -321,7 +323,8 @@ def check_columns(p: Pipeline) -> None:
         st = step.stage
         if isinstance(st, Rule):
             try:
-                con.execute(f"SELECT ({st.keep_sql()})::BOOLEAN FROM signals_probe").fetchall()
+                con.execute(f"SELECT ({st.keep_sql('signals_probe')})::BOOLEAN FROM signals_probe"
+                            ).fetchall()
             except duckdb.Error as exc:
                 msg = str(exc).splitlines()[0]
                 raise ConfigError(f"{p.source}: {step.where} (rule {st.name}, reason "

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -44,8 +45,29 @@ def signals_path(run_dir: Path, shard_id: str) -> Path:
 def signals_schema(scorers: list[Scorer]) -> pa.Schema:
     cols = dict(SAMPLE_COLUMNS)
     for s in scorers:
-        cols.update(s.outputs())
+        side = set(s.sidecars())
+        cols.update({c: t for c, t in s.outputs().items() if c not in side})
     return pa.schema(cols)
+
+
+def sidecar_path(signals: Path, column: str) -> Path:
+    """Where the sidecar array ``column`` of the shard whose signals are ``signals`` lives:
+    ``RUN/embeddings/<column>/<shard>.npy`` (memory-map it with ``np.load(mmap_mode="r")``)."""
+    return signals.parent.parent / "embeddings" / column / (signals.stem + ".npy")
+
+
+def _as_matrix(chunks: list[pa.Array], dtype: pa.DataType) -> np.ndarray:
+    """Fixed-size-list chunks → float16 [n, d], NaN rows where the value is null."""
+    d = dtype.list_size  # type: ignore[attr-defined]
+    arr = pa.concat_arrays([c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c
+                            for c in chunks]) if chunks else pa.array([], type=dtype)
+    flat = arr.values.slice(arr.offset * d, len(arr) * d)
+    out = flat.to_numpy(zero_copy_only=False).astype(np.float16).reshape(len(arr), d)
+    nulls = arr.is_null().to_numpy(zero_copy_only=False)
+    if nulls.any():
+        out = out.copy()
+        out[nulls] = np.nan
+    return out
 
 
 @dataclass
@@ -79,6 +101,8 @@ def score_shard(ref: ShardRef, scorers: list[Scorer], dest: Path, fingerprint: s
     reader = ShardReader(ref, batch_size=batch_size)
     counters: dict[str, StageCounters] = {}
     schema = signals_schema(scorers)
+    side_types = {c: s.outputs()[c] for s in scorers for c in s.sidecars()}
+    side_parts: dict[str, list[pa.Array]] = {c: [] for c in side_types}
     parts: list[pa.Table] = []
     for batch in reader:
         errors = BatchErrors.from_batch(batch)
@@ -92,6 +116,8 @@ def score_shard(ref: ShardRef, scorers: list[Scorer], dest: Path, fingerprint: s
                                  pa.array(errors.stage, pa.string()))
         batch = batch.set_column(batch.schema.get_field_index("error"), "error",
                                  pa.array(errors.message, pa.string()))
+        for c in side_types:
+            side_parts[c].append(batch.column(c))
         parts.append(batch.select(schema.names).cast(schema))
     table = pa.concat_tables(parts) if parts else schema.empty_table()
     n_errors = int(pc.sum(pc.equal(table.column("status"), STATUS_ERROR)).as_py() or 0) \
@@ -105,6 +131,9 @@ def score_shard(ref: ShardRef, scorers: list[Scorer], dest: Path, fingerprint: s
                          "errors": reader.report.read_errors, "skipped": 0, "seconds": 0.0},
                 **{k: v.as_dict() for k, v in counters.items()}},
     )
+    for c, dtype in side_types.items():  # before the signals file, which marks the shard done
+        with atomic_path(sidecar_path(dest, c)) as tmp, open(tmp, "wb") as f:
+            np.save(f, _as_matrix(side_parts[c], dtype))
     meta = {FINGERPRINT_KEY: fingerprint.encode(), SUMMARY_KEY: summary.to_json().encode()}
     table = table.replace_schema_metadata(meta)
     with atomic_path(dest) as tmp:

@@ -77,7 +77,7 @@ def select(pipeline: Pipeline, signal_files: list[Path], run_dir: Path,
     for step in pipeline.select:
         st = step.stage
         if isinstance(st, Rule):
-            drop(literal(st.reason), f"NOT coalesce(({st.keep_sql()})::BOOLEAN, FALSE)")
+            drop(literal(st.reason), f"NOT coalesce(({st.keep_sql(TABLE)})::BOOLEAN, FALSE)")
             order.append(st.reason)
         else:
             sel: Selector = st  # type: ignore[assignment]

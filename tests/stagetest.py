@@ -26,7 +26,7 @@ def score(scorer: Scorer, rows: list[dict[str, Any]]) -> tuple[list[dict[str, An
 def rule_keeps(rule: Rule, rows: list[dict[str, Any]]) -> list[bool]:
     con = duckdb.connect()
     con.register("t", pa.Table.from_pylist(rows))
-    sql = f"SELECT coalesce(({rule.keep_sql()})::BOOLEAN, FALSE) FROM t"
+    sql = f"SELECT coalesce(({rule.keep_sql('t')})::BOOLEAN, FALSE) FROM t"
     return [r[0] for r in con.execute(sql).fetchall()]
 
 

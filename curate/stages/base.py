@@ -31,6 +31,9 @@ from pydantic import BaseModel, ConfigDict
 
 StageKind = Literal["scorer", "rule", "selector"]
 
+# Key a batch scorer may add to its result: per row, None or the message of a failed sample.
+SAMPLE_ERRORS = "__errors__"
+
 
 class Params(BaseModel):
     """Base of every stage's parameters: unknown keys are errors, values are validated."""
@@ -75,7 +78,7 @@ class Scorer(Stage):
     """Adds columns to batches of samples. See the module docs."""
 
     kind: ClassVar[StageKind] = "scorer"
-    resources: ClassVar[Resources] = Resources()
+    resources: Resources = Resources()  # a scorer may set its own from params in __init__
     version: ClassVar[int] = 1  # bump when outputs change for the same params
     device: str = "cpu"  # set by the runner before setup(): "cuda" when the worker has a GPU
 
@@ -87,12 +90,19 @@ class Scorer(Stage):
         """Columns this scorer adds, with their Arrow types."""
         raise NotImplementedError
 
+    def sidecars(self) -> Sequence[str]:
+        """Output columns stored as arrays beside the signals instead of in them (embeddings:
+        fixed-size lists of floats → ``embeddings/<column>/<shard>.npy``, float16, row i =
+        sample i of the shard, NaN rows for samples without a value)."""
+        return ()
+
     def setup(self) -> None:
         """Load models and other per-worker state. Called once per worker, before scoring."""
 
     def score_batch(self, batch: pa.Table) -> Mapping[str, Sequence[Any] | pa.Array]:
-        """Return one value per row for every output column. Raise to fail the batch: the
-        framework then rescoring each sample alone, so only the bad samples are marked failed."""
+        """Return one value per row for every output column. To fail single samples, also
+        return ``SAMPLE_ERRORS``: one message (or None) per row. Raising fails the batch: the
+        framework then rescores each sample alone, so only the bad samples are marked failed."""
         raise NotImplementedError
 
 
@@ -117,7 +127,9 @@ class Rule(Stage):
     def label(self) -> str:
         return self.reason
 
-    def keep_sql(self) -> str:
+    def keep_sql(self, table: str) -> str:
+        """A boolean SQL expression over the columns of ``table`` (the pool being selected; a
+        rule may query it as a whole, e.g. for a global quantile)."""
         raise NotImplementedError
 
 
@@ -231,6 +243,8 @@ _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 def _describe(exc: BaseException) -> str:
     """``Type: message`` on one line, without memory addresses (reruns must be identical)."""
     text = _ADDRESS.sub("", str(exc).strip().replace("\n", " "))
+    if isinstance(exc, _Reported):
+        return text
     if len(text) > 500:
         text = text[:500] + "…"
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
@@ -286,6 +300,10 @@ def _score_one_by_one(scorer: Scorer, sub: pa.Table,
     return values, failures
 
 
+class _Reported(Exception):
+    """A failure a batch scorer reported for one sample (its message is kept as given)."""
+
+
 def _first(values: Sequence[Any] | pa.Array) -> Any:
     v = values[0]
     return v.as_py() if isinstance(v, pa.Scalar) else v
@@ -318,6 +336,13 @@ def run_scorer(scorer: Scorer, batch: pa.Table, errors: BatchErrors) -> pa.Table
                 raise
             except Exception:  # noqa: BLE001 - isolate the bad samples one by one
                 computed, failures = _score_one_by_one(scorer, sub)
+            else:
+                reported = computed.get(SAMPLE_ERRORS)
+                if reported is not None:
+                    if len(reported) != len(ok):
+                        raise StageBug(f"scorer {scorer.name!r}: {len(reported)} errors for "
+                                       f"{len(ok)} samples")
+                    failures = [None if m is None else _Reported(str(m)) for m in reported]
     # Row r of the batch takes value j of the scored subset, or null when skipped/failed.
     position: list[int | None] = [None] * batch.num_rows
     for j, row in enumerate(ok):

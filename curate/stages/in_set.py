@@ -27,6 +27,6 @@ class InSet(Rule):
         p: InSetParams = self.params  # type: ignore[assignment]
         return p.reason or f"{p.column}_not_allowed"
 
-    def keep_sql(self) -> str:
+    def keep_sql(self, table: str) -> str:
         p: InSetParams = self.params  # type: ignore[assignment]
         return f"{ident(p.column)} IN ({', '.join(literal(v) for v in p.values)})"

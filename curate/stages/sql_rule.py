@@ -22,5 +22,5 @@ class SqlRule(Rule):
     name = "sql"
     Params = SqlParams
 
-    def keep_sql(self) -> str:
+    def keep_sql(self, table: str) -> str:
         return self.params.keep  # type: ignore[attr-defined,no-any-return]

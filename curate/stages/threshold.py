@@ -37,7 +37,7 @@ class Threshold(Rule):
         p: ThresholdParams = self.params  # type: ignore[assignment]
         return p.reason or f"{p.column}_out_of_range"
 
-    def keep_sql(self) -> str:
+    def keep_sql(self, table: str) -> str:
         p: ThresholdParams = self.params  # type: ignore[assignment]
         col = ident(p.column)
         parts = [f"{col} {op} {literal(v)}" for op, v in
