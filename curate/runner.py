@@ -166,7 +166,7 @@ def run(pipeline: Pipeline | str | Path, out: str | Path, *, address: str | None
             stages = _sum_stages(summaries)
             write_parquet(_stages_table(stages), run_dir / "stages.parquet")
             t_sel = time.perf_counter()
-            error_stages = ["download", "read"] + [s.name for s in p.scorer_stages()]
+            error_stages = ["download", "read"] + [s.label for s in p.scorer_stages()]
             selection = select(p, [signals_path(run_dir, r.shard_id) for r in refs], run_dir,
                                error_stages)
             write_parquet(_funnel_table(selection), run_dir / "funnel.parquet")

@@ -2,6 +2,7 @@
 
 from curate.stages import (  # noqa: F401
     caption_stats,
+    clip,
     exact_dedup,
     exact_hash,
     image_info,

@@ -317,7 +317,7 @@ def run_scorer(scorer: Scorer, batch: pa.Table, errors: BatchErrors) -> pa.Table
     that raises is retried one sample at a time so that only the bad samples fail. A stage that
     breaks its contract raises ``StageBug``.
     """
-    counters = errors.counters.setdefault(scorer.name, StageCounters())
+    counters = errors.counters.setdefault(scorer.label, StageCounters())
     t0 = time.perf_counter()
     outputs = scorer.outputs()
     ok = errors.ok_rows()
@@ -349,7 +349,7 @@ def run_scorer(scorer: Scorer, batch: pa.Table, errors: BatchErrors) -> pa.Table
         if failures[j] is None:
             position[row] = j
         else:
-            errors.fail(row, scorer.name, failures[j])  # type: ignore[arg-type]
+            errors.fail(row, scorer.label, failures[j])  # type: ignore[arg-type]
             counters.errors += 1
     dense = all(p == i for i, p in enumerate(position))
     take = None if dense else pa.array(position, type=pa.int64())

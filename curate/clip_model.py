@@ -1,0 +1,128 @@
+"""Loading open_clip models the way every curate CLIP path does (scorer, train-filter, bench).
+
+A model is named by any of:
+
+* an open_clip name plus ``pretrained``: a tag (``ViT-B-32`` + ``laion2b_s34b_b79k``), a local
+  checkpoint file, or None for random weights (tests and benchmarks only);
+* ``hf-hub:org/repo`` (open_clip's Hugging Face schema);
+* a local directory holding ``open_clip_config.json`` and weights, as ``curate train-filter``
+  writes (also accepted as ``local-dir:/path``).
+
+curate's own configs (``curate/model_configs/*.json``, e.g. ``curate-tiny``) are registered
+with open_clip first. Weights that cannot be had (offline, unknown tag, missing file) raise
+``CurateError`` naming the model and how to pass a local path.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from curate.errors import CurateError
+from curate.torch_compat import ensure_torchvision
+
+CONFIG_DIR = Path(__file__).parent / "model_configs"
+
+
+def _open_clip() -> Any:
+    ensure_torchvision()
+    try:
+        import open_clip
+    except ImportError as exc:
+        raise CurateError("CLIP stages need open_clip", "pip install open_clip_torch==3.3.0"
+                          ) from exc
+    if "curate-tiny" not in open_clip.list_models():
+        open_clip.add_model_config(CONFIG_DIR)
+    return open_clip
+
+
+def model_id(model: str) -> str:
+    """The open_clip identifier for ``model`` (a directory becomes ``local-dir:``)."""
+    if model.startswith(("hf-hub:", "local-dir:")):
+        return model
+    if Path(model).is_dir():
+        return "local-dir:" + str(Path(model).resolve())
+    return model
+
+
+def model_config(model: str) -> dict[str, Any]:
+    """The open_clip model config (embed_dim, vision_cfg, text_cfg) without building it."""
+    mid = model_id(model)
+    if mid.startswith("local-dir:"):
+        path = Path(mid.removeprefix("local-dir:")) / "open_clip_config.json"
+        if not path.is_file():
+            raise CurateError(f"{model} has no open_clip_config.json",
+                              "point model at a directory written by `curate train-filter`")
+        return dict(json.loads(path.read_text())["model_cfg"])
+    open_clip = _open_clip()
+    if mid.startswith("hf-hub:"):
+        try:
+            from huggingface_hub import hf_hub_download
+
+            path = hf_hub_download(mid.removeprefix("hf-hub:"), "open_clip_config.json")
+        except Exception as exc:
+            raise CurateError(f"cannot fetch the config of {model}: {exc}".splitlines()[0],
+                              "download the repo and pass its directory as model") from exc
+        return dict(json.loads(Path(path).read_text())["model_cfg"])
+    cfg = open_clip.get_model_config(mid)
+    if cfg is None:
+        raise CurateError(f"unknown open_clip model {model!r}",
+                          "see open_clip.list_models(), or pass a directory or hf-hub:org/repo")
+    return dict(cfg)
+
+
+@dataclass
+class LoadedClip:
+    model: Any
+    transform: Any  # PIL image → tensor (the model's eval preprocessing)
+    tokenizer: Any
+    preprocess_cfg: dict[str, Any]
+
+
+def load_clip(model: str, pretrained: str | None, device: str = "cpu") -> LoadedClip:
+    """Build ``model`` with its weights, in eval mode on ``device``."""
+    open_clip = _open_clip()
+    mid = model_id(model)
+    if pretrained and not mid.startswith(("hf-hub:", "local-dir:")) and "/" in pretrained \
+            and not Path(pretrained).is_file():
+        raise CurateError(f"checkpoint {pretrained!r} for {model} does not exist",
+                          "pretrained is an open_clip tag or a path to a checkpoint file")
+    if pretrained is None and not mid.startswith(("hf-hub:", "local-dir:")):
+        logging.getLogger("curate").warning("%s: no pretrained weights, using random ones", model)
+    try:
+        net, _, transform = open_clip.create_model_and_transforms(
+            mid, pretrained=pretrained or None, device=device)
+    except (RuntimeError, OSError, ValueError) as exc:
+        cause = str(exc).splitlines()[0][:300]
+        raise CurateError(
+            f"could not load CLIP weights for {model}"
+            f"{f' ({pretrained})' if pretrained else ''}: {cause}",
+            f"offline? pass a local checkpoint: `model: {model}` with `pretrained: "
+            "/path/to/open_clip_pytorch_model.bin`, or `model: /path/to/dir` holding "
+            "open_clip_config.json and weights") from exc
+    net.eval()
+    return LoadedClip(model=net, transform=transform, tokenizer=open_clip.get_tokenizer(mid),
+                      preprocess_cfg=dict(open_clip.get_model_preprocess_cfg(net)))
+
+
+def save_clip_dir(net: Any, model_cfg: dict[str, Any], preprocess_cfg: dict[str, Any],
+                  out: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    """Write ``net`` as a directory that ``load_clip(model=out)`` (and open_clip's
+    ``local-dir:``) loads: ``open_clip_config.json`` + ``open_clip_pytorch_model.bin``."""
+    import torch
+
+    from curate.io.atomic import atomic_path, write_text
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "open_clip_pytorch_model.bin") as tmp:
+        torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, tmp)
+    cfg = {"model_cfg": model_cfg,
+           "preprocess_cfg": {k: list(v) if isinstance(v, tuple) else v
+                              for k, v in preprocess_cfg.items()},
+           **(extra or {})}
+    write_text(json.dumps(cfg, indent=1), out / "open_clip_config.json")
+    return out

@@ -1,0 +1,192 @@
+"""Scorer ``clip``: CLIP image-text similarity with open_clip, plus both embeddings.
+
+Outputs ``clip_score<suffix>``: the cosine of the L2-normalised image and text embeddings, as
+LAION and DataComp threshold it. Unless ``embeddings: false``, it also outputs
+``clip_image_emb<suffix>`` and ``clip_text_emb<suffix>``. These are float16, stored beside the
+signals as ``embeddings/<column>/<shard>.npy`` (row i = sample i of the shard; memory-map them).
+``name`` sets the suffix (``name: l14`` → ``clip_score_l14``), so several CLIP models can score
+one run.
+
+Speed: JPEGs are decoded at reduced DCT scale (``curate.imaging``) by ``decode_threads`` threads
+running ahead of the model, so the model does not wait on decoding. Pillow and torch release the
+GIL, so the threads overlap. Captions are tokenised on the same threads. On a GPU the towers run
+in fp16 (``precision: auto``) on large batches; on CPU in fp32 with ``cpus`` threads. A sample
+whose image does not decode fails alone (``error:clip``); the rest of its batch is scored.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+from pydantic import Field
+
+from curate.stages.base import SAMPLE_ERRORS, Params, Resources, Scorer, register
+
+
+class ClipParams(Params):
+    model: str = "ViT-B-32"
+    pretrained: str | None = "laion2b_s34b_b79k"
+    name: str = Field(default="", pattern=r"^[a-z0-9_]*$")
+    batch_size: int = Field(default=64, gt=0)
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    embeddings: bool = True
+    embed_dim: int | None = Field(default=None, gt=0)  # only needed for hf-hub models offline
+    cpus: float = Field(default=2.0, gt=0, description="CPU threads of the worker holding it")
+    gpus: float = Field(default=1.0, ge=0, description="GPUs per worker, when the cluster has")
+    decode_threads: int = Field(default=2, gt=0)
+
+
+@register
+class Clip(Scorer):
+    name = "clip"
+    Params = ClipParams
+
+    def __init__(self, params: ClipParams | None = None) -> None:
+        super().__init__(params)
+        p: ClipParams = self.params  # type: ignore[assignment]
+        self.resources = Resources(cpus=p.cpus, gpus=p.gpus)
+        self._suffix = f"_{p.name}" if p.name else ""
+        self._dim: int | None = p.embed_dim
+
+    @property
+    def label(self) -> str:
+        return f"clip{self._suffix}"
+
+    @property
+    def score_column(self) -> str:
+        return f"clip_score{self._suffix}"
+
+    def fingerprint(self) -> str:
+        """Also changes when local weights change (a retrained filter network rescoring)."""
+        import hashlib
+        from pathlib import Path
+
+        p: ClipParams = self.params  # type: ignore[assignment]
+        stamps = []
+        for ref in (p.model.removeprefix("local-dir:"), p.pretrained or ""):
+            path = Path(ref)
+            files = sorted(path.iterdir()) if path.is_dir() else [path] if path.is_file() else []
+            stamps += [f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files]
+        blob = super().fingerprint() + "|".join(stamps)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def embed_dim(self) -> int:
+        if self._dim is None:
+            from curate.clip_model import model_config
+
+            self._dim = int(model_config(self.params.model)["embed_dim"])  # type: ignore[attr-defined]
+        return self._dim
+
+    def inputs(self) -> tuple[str, ...]:
+        return ("image", "caption")
+
+    def outputs(self) -> Mapping[str, pa.DataType]:
+        out: dict[str, pa.DataType] = {self.score_column: pa.float32()}
+        if self.params.embeddings:  # type: ignore[attr-defined]
+            emb = pa.list_(pa.float16(), self.embed_dim())
+            out[f"clip_image_emb{self._suffix}"] = emb
+            out[f"clip_text_emb{self._suffix}"] = emb
+        return out
+
+    def sidecars(self) -> Sequence[str]:
+        return [c for c in self.outputs() if c != self.score_column]
+
+    def setup(self) -> None:
+        import torch
+
+        from curate.clip_model import load_clip
+        from curate.imaging import FastPreprocess
+
+        p: ClipParams = self.params  # type: ignore[assignment]
+        if self.device == "cpu":
+            torch.set_num_threads(max(1, math.floor(p.cpus)))
+        self._torch = torch
+        loaded = load_clip(p.model, p.pretrained, device=self.device)
+        self._model = loaded.model
+        cfg = loaded.preprocess_cfg
+        size = cfg["size"] if isinstance(cfg["size"], (tuple, list)) else (cfg["size"],) * 2
+        self._prep = FastPreprocess(loaded.transform, tuple(size),  # type: ignore[arg-type]
+                                    cfg.get("resize_mode", "shortest"))
+        self._tokenizer = loaded.tokenizer
+        self._pool = ThreadPoolExecutor(max_workers=p.decode_threads,
+                                        thread_name_prefix="clip-decode")
+        precision = p.precision
+        if precision == "auto":
+            precision = "fp16" if self.device.startswith("cuda") else "fp32"
+        self._dtype = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+        self._dim = int(self._model.text_projection.shape[-1]) if hasattr(
+            self._model, "text_projection") and self._model.text_projection is not None \
+            else self.embed_dim()
+
+    # -- the CPU side: runs on the decode threads -----------------------------------------
+    def _decode(self, data: bytes | None) -> Any:
+        if not data:
+            raise ValueError("empty image")
+        return self._prep(data)
+
+    def _tokens(self, captions: list[str | None]) -> Any:
+        return self._tokenizer([c or "" for c in captions])
+
+    # -- the model side -------------------------------------------------------------------
+    def _encode(self, images: Any, tokens: Any) -> tuple[np.ndarray, np.ndarray]:
+        torch = self._torch
+        with torch.inference_mode():
+            images = images.to(self.device, non_blocking=True)
+            tokens = tokens.to(self.device, non_blocking=True)
+            if self._dtype is not None:
+                with torch.autocast(self.device.split(":")[0], dtype=self._dtype):
+                    img = self._model.encode_image(images)
+                    txt = self._model.encode_text(tokens)
+            else:
+                img = self._model.encode_image(images)
+                txt = self._model.encode_text(tokens)
+            img = torch.nn.functional.normalize(img.float(), dim=-1)
+            txt = torch.nn.functional.normalize(txt.float(), dim=-1)
+        return img.cpu().numpy(), txt.cpu().numpy()
+
+    def score_batch(self, batch: pa.Table) -> Mapping[str, Any]:
+        p: ClipParams = self.params  # type: ignore[assignment]
+        images = batch.column("image").to_pylist()
+        captions = batch.column("caption").to_pylist()
+        n = len(images)
+        # Queue every decode and tokenisation now; the model consumes them chunk by chunk
+        # while the threads keep decoding ahead.
+        decoded: list[Future[Any]] = [self._pool.submit(self._decode, b) for b in images]
+        bounds = [(i, min(i + p.batch_size, n)) for i in range(0, n, p.batch_size)]
+        tokens = [self._pool.submit(self._tokens, captions[a:b]) for a, b in bounds]
+        d = self._dim or self.embed_dim()
+        img_emb = np.full((n, d), np.nan, dtype=np.float32)
+        txt_emb = np.full((n, d), np.nan, dtype=np.float32)
+        errors: list[str | None] = [None] * n
+        for (a, b), tok in zip(bounds, tokens, strict=True):
+            good, tensors = [], []
+            for i in range(a, b):
+                try:
+                    tensors.append(decoded[i].result())
+                    good.append(i)
+                except Exception as exc:  # noqa: BLE001 - recorded on the sample
+                    errors[i] = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            if not good:
+                continue
+            t = tok.result()
+            rows = [i - a for i in good]
+            ie, te = self._encode(self._torch.stack(tensors), t[rows])
+            img_emb[good] = ie
+            txt_emb[good] = te
+        scores = np.einsum("nd,nd->n", img_emb, txt_emb)
+        out: dict[str, Any] = {
+            self.score_column: pa.array(scores, pa.float32(), mask=np.isnan(scores)),
+            SAMPLE_ERRORS: errors,
+        }
+        if p.embeddings:
+            for col, mat in ((f"clip_image_emb{self._suffix}", img_emb),
+                             (f"clip_text_emb{self._suffix}", txt_emb)):
+                flat = pa.array(mat.astype(np.float16).reshape(-1), pa.float16())
+                invalid = pa.array(np.isnan(mat[:, 0]))
+                out[col] = pa.FixedSizeListArray.from_arrays(flat, d, mask=invalid)
+        return out
