@@ -29,6 +29,7 @@ makes) raises ``ConfigError`` naming where in the file it is.
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -269,11 +270,7 @@ def _select_steps(item: Any, where: str, source: str) -> list[Step]:
     key = kinds[0]
     params = {k: v for k, v in item.items() if k != key}
     if key == "preset":
-        if params:
-            raise ConfigError(f"{source}: {where}: a preset takes no parameters "
-                              f"(got {', '.join(params)})",
-                              "copy the preset's rules into the pipeline to change them")
-        return _preset(item[key], where, source)
+        return _preset(item[key], params, where, source)
     kind: StageKind = "rule" if key == "rule" else "selector"
     return [Step(_build(kind, item[key], params, where, source), where)]
 
@@ -282,12 +279,35 @@ def known_presets() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 
 
-def _preset(name: Any, where: str, source: str) -> list[Step]:
+def _preset(name: Any, given: dict[str, Any], where: str, source: str) -> list[Step]:
+    """Expand a preset file: a list of select steps, or ``{params: {...}, steps: [...]}`` where
+    ``${param}`` in a value is replaced by the given (or default) parameter."""
     path = PRESET_DIR / f"{name}.yaml"
     if not isinstance(name, str) or not path.is_file():
         raise ConfigError(f"{source}: {where}: unknown preset {name!r}; known presets: "
                           f"{', '.join(known_presets())}")
-    items = yaml.safe_load(path.read_text(encoding="utf-8"))
+    spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    defaults = spec.get("params", {}) if isinstance(spec, dict) else {}
+    items = spec["steps"] if isinstance(spec, dict) else spec
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise ConfigError(f"{source}: {where}: preset {name} has no parameter {unknown[0]!r}",
+                          f"its parameters: {', '.join(sorted(defaults)) or 'none'}")
+    values = {**defaults, **given}
+
+    def fill(v: Any) -> Any:
+        if isinstance(v, str):
+            m = re.fullmatch(r"\$\{(\w+)\}", v)
+            if m:
+                return values[m.group(1)]
+            return re.sub(r"\$\{(\w+)\}", lambda g: str(values[g.group(1)]), v)
+        if isinstance(v, list):
+            return [fill(x) for x in v]
+        if isinstance(v, dict):
+            return {k: fill(x) for k, x in v.items()}
+        return v
+
+    items = fill(items)
     steps: list[Step] = []
     for i, item in enumerate(items):
         steps.extend(_select_steps(item, f"{where} (preset {name}[{i}])", str(path)))

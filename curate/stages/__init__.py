@@ -10,4 +10,5 @@ from curate.stages import (  # noqa: F401
     language,
     sql_rule,
     threshold,
+    top_fraction,
 )
