@@ -35,9 +35,13 @@ system-deps:
 
 demo: $(STAMP)
 	$(BIN)/curate demo-data $(DEMO_DIR)/pool
+	$(BIN)/curate demo-data $(DEMO_DIR)/trusted --trusted --seed 1 --shards 2 --per-shard 256
+	$(BIN)/curate train-filter --data '$(DEMO_DIR)/trusted/*.tar' --out $(DEMO_DIR)/filter
 	$(BIN)/curate run pipelines/demo.yaml --out $(DEMO_DIR)/run
 	$(BIN)/curate query $(DEMO_DIR)/run "select reason, count(*) as samples from manifest group by 1 order by 2 desc"
 	@echo
+	@echo "CLIP drops by sample kind (the generator's ground truth):"
+	@$(BIN)/python -c "import duckdb; duckdb.sql(\"select g.kind, count(*) as dropped_by_clip from '$(DEMO_DIR)/run/manifest.parquet' m join '$(DEMO_DIR)/pool/ground_truth.parquet' g using (uid) where m.reason = 'clip_score_too_low' group by 1 order by 2 desc\").show()"
 	@echo "The demo run is in $(DEMO_DIR)/run: manifest.parquet (one row per input sample),"
 	@echo "output/*.tar (curated shards), catalog.duckdb (views). Try:"
 	@echo "  $(BIN)/curate stats $(DEMO_DIR)/run"

@@ -19,10 +19,25 @@ def _cmd_demo_data(args: argparse.Namespace) -> int:
     from curate.demo.generator import make_demo_pool
 
     pool = make_demo_pool(args.out, seed=args.seed, shards=args.shards,
-                          samples_per_shard=args.per_shard)
+                          samples_per_shard=args.per_shard, trusted=args.trusted)
     print(f"wrote {pool.samples} samples in {len(pool.shards)} shards to {pool.out_dir}")
     print("kinds: " + ", ".join(f"{k} {v}" for k, v in sorted(pool.kinds.items())))
     print(f"ground truth: {pool.out_dir / 'ground_truth.parquet'}")
+    return 0
+
+
+def _cmd_train_filter(args: argparse.Namespace) -> int:
+    from curate.train_filter import TrainConfig, train_filter
+
+    cfg = TrainConfig(data=args.data, out=args.out, model=args.model, pretrained=args.pretrained,
+                      epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                      max_seconds=args.max_seconds, seed=args.seed, device=args.device,
+                      workers=args.workers)
+    r = train_filter(cfg)
+    print(f"trained {args.model} on {r.samples} trusted samples: {r.steps} steps "
+          f"({r.epochs_run:.1f} epochs) in {r.seconds:.0f}s, loss {r.first_loss:.3f} → "
+          f"{r.last_loss:.3f}")
+    print(f"filter network in {r.out}: score with `- clip: {{model: {r.out}, pretrained: null}}`")
     return 0
 
 
@@ -158,7 +173,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shards", type=int, default=8)
     p.add_argument("--per-shard", type=int, default=64)
+    p.add_argument("--trusted", action="store_true",
+                   help="only clean photos and scenes: a trusted set to train a filter network")
     p.set_defaults(fn=_cmd_demo_data)
+
+    p = sub.add_parser("train-filter", help="train a filter network (a CLIP) on trusted shards")
+    p.add_argument("--data", required=True, help="trusted webdataset shards (pattern or URL)")
+    p.add_argument("--out", required=True, help="directory for the model (config + weights)")
+    p.add_argument("--model", default="curate-tiny",
+                   help="open_clip name, hf-hub:org/repo or a model directory to fine-tune")
+    p.add_argument("--pretrained", help="start from these weights (tag or file)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--max-seconds", type=float, help="stop after this much training time")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader decoding processes")
+    p.set_defaults(fn=_cmd_train_filter)
 
     p = sub.add_parser("run", help="run a pipeline (resumes an earlier run into the same --out)")
     p.add_argument("pipeline", help="pipeline YAML, e.g. pipelines/demo.yaml")

@@ -68,6 +68,10 @@ def model_config(model: str) -> dict[str, Any]:
                               "download the repo and pass its directory as model") from exc
         return dict(json.loads(Path(path).read_text())["model_cfg"])
     cfg = open_clip.get_model_config(mid)
+    if cfg is None and ("/" in model or model.startswith(".")):
+        raise CurateError(f"model directory {model!r} does not exist",
+                          f"train one with `curate train-filter --data SHARDS --out {model}`, "
+                          "or give an open_clip name")
     if cfg is None:
         raise CurateError(f"unknown open_clip model {model!r}",
                           "see open_clip.list_models(), or pass a directory or hf-hub:org/repo")

@@ -39,7 +39,7 @@ import pyarrow as pa
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from curate.errors import ConfigError
+from curate.errors import ConfigError, CurateError
 from curate.schema import BATCH_ONLY_COLUMNS, MANIFEST_COLUMNS, SAMPLE_COLUMNS
 from curate.stages.base import Params, Rule, Scorer, Selector, Stage, StageKind, registered
 
@@ -320,6 +320,11 @@ def check_columns(p: Pipeline) -> None:
     producers: dict[str, str] = {}
     for step in p.scorers:
         s: Scorer = step.stage  # type: ignore[assignment]
+        try:
+            s.outputs()  # may look up a model's config
+        except CurateError as exc:
+            raise ConfigError(f"{p.source}: {step.where} (scorer {s.name}): {exc.message}",
+                              exc.hint) from exc
         for col in s.inputs():
             if col not in available:
                 raise ConfigError(f"{p.source}: {step.where} (scorer {s.name}): needs column "

@@ -39,12 +39,26 @@ def demo_pool(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def demo_pipeline(pool: Path, **run: object) -> object:
+    """pipelines/basic.yaml (DataComp basic filtering + exact dedup) on ``pool``."""
     from curate.config import load_pipeline
 
     overrides: dict[str, dict[str, object]] = {"input": {"shards": str(pool / "*.tar")}}
     if run:
         overrides["run"] = dict(run)
-    return load_pipeline(REPO / "pipelines" / "demo.yaml", overrides)
+    return load_pipeline(REPO / "pipelines" / "basic.yaml", overrides)
+
+
+@pytest.fixture(scope="session")
+def demo_filter(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A curate-tiny filter network trained on the demo's trusted set, as `make demo` does."""
+    from curate.demo.generator import make_demo_pool
+    from curate.train_filter import TrainConfig, train_filter
+
+    root = tmp_path_factory.mktemp("filter")
+    make_demo_pool(root / "trusted", seed=1, shards=2, samples_per_shard=256, trusted=True)
+    train_filter(TrainConfig(data=str(root / "trusted" / "*.tar"), out=str(root / "filter")),
+                 progress=False)
+    return root / "filter"
 
 
 @pytest.fixture(scope="session")

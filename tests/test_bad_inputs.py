@@ -88,7 +88,7 @@ def test_bad_pipeline_is_one_clear_line(case: str, tmp_path: Path) -> None:
 
 
 def test_missing_input_is_rejected_before_work(tmp_path: Path) -> None:
-    res = curate_cli("run", str(REPO / "pipelines" / "demo.yaml"), "--out", str(tmp_path / "r"),
+    res = curate_cli("run", str(REPO / "pipelines" / "basic.yaml"), "--out", str(tmp_path / "r"),
                      "--input", str(tmp_path / "nowhere" / "{00000..00003}.tar"))
     assert res.returncode == 2
     assert "does not exist" in res.stderr and "hint:" in res.stderr

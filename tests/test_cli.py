@@ -19,7 +19,7 @@ def test_help_lists_commands() -> None:
 def test_run_starts_its_own_ray_and_resumes(tmp_path: Path) -> None:
     res = curate_cli("demo-data", str(tmp_path / "pool"), "--shards", "2", "--per-shard", "24")
     assert res.returncode == 0 and "48 samples" in res.stdout
-    args = ("run", str(REPO / "pipelines" / "demo.yaml"), "--out", str(tmp_path / "run"),
+    args = ("run", str(REPO / "pipelines" / "basic.yaml"), "--out", str(tmp_path / "run"),
             "--input", str(tmp_path / "pool" / "*.tar"))
     res = curate_cli(*args)
     assert res.returncode == 0, res.stderr

@@ -18,7 +18,13 @@ def base(**kw: Any) -> dict[str, Any]:
     return d
 
 
-def test_shipped_pipelines_validate() -> None:
+def test_shipped_pipelines_validate(tmp_path: Any, monkeypatch: Any) -> None:
+    from clipfixtures import random_clip_dir
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="model directory 'demo/filter' does not exist"):
+        load_pipeline(REPO / "pipelines" / "demo.yaml")
+    random_clip_dir(tmp_path / "demo" / "filter")  # what `make demo` trains first
     for path in sorted((REPO / "pipelines").glob("*.yaml")):
         load_pipeline(path)
 

@@ -36,7 +36,7 @@ def test_two_node_cluster_matches_local_run(demo_pool: Path, demo_run: Path,
                                             tmp_path: Path) -> None:
     out = tmp_path / "run"
     res = subprocess.run([sys.executable, "-c", SCRIPT, str(demo_pool), str(out),
-                          str(REPO / "pipelines" / "demo.yaml")],
+                          str(REPO / "pipelines" / "basic.yaml")],
                          capture_output=True, text=True, timeout=400)
     assert res.returncode == 0, res.stderr[-3000:]
     assert pq.read_table(out / "manifest.parquet").equals(

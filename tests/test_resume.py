@@ -59,7 +59,7 @@ def test_changing_a_rule_reuses_every_score(demo_pool: Path, tmp_path: Path,
 
     out = tmp_path / "run"
     run(demo_pipeline(demo_pool), out, progress=False)
-    raw = (REPO / "pipelines" / "demo.yaml").read_text().replace(
+    raw = (REPO / "pipelines" / "basic.yaml").read_text().replace(
         "  - selector: exact_dedup\n", "  - rule: threshold\n    column: width\n    min: 400\n"
         "    reason: narrow\n  - selector: exact_dedup\n")
     path = tmp_path / "p.yaml"

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import random
 import re
 import tarfile
@@ -33,6 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw, ImageFont
 
+from curate.io.atomic import atomic_open
 from curate.uid import derive_uid
 
 GROUND_TRUTH_FILE = "ground_truth.parquet"
@@ -774,8 +774,15 @@ def _kind_counts(total: int) -> dict[str, int]:
     return counts
 
 
-def _plan_kinds(rng: random.Random, total: int) -> list[str]:
-    """The kind of each pool position: shuffled, with a photo before every duplicate."""
+def _plan_kinds(rng: random.Random, total: int, trusted: bool = False) -> list[str]:
+    """The kind of each pool position: shuffled, with a photo before every duplicate. A trusted
+    set holds only clean photos and scenes, in the pool's proportion."""
+    if trusted:
+        photos = round(total * KIND_SHARES["photo"] / (KIND_SHARES["photo"]
+                                                       + KIND_SHARES["scene"]))
+        kinds = ["photo"] * photos + ["scene"] * (total - photos)
+        rng.shuffle(kinds)
+        return kinds
     kinds = [kind for kind, n in _kind_counts(total).items() for _ in range(n)]
     rng.shuffle(kinds)
     while True:
@@ -792,12 +799,8 @@ def _plan_kinds(rng: random.Random, total: int) -> list[str]:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_open(path) as f:
+        f.write(data)
 
 
 def _tar_bytes(members: Sequence[tuple[str, bytes]]) -> bytes:
@@ -831,14 +834,20 @@ _GROUND_TRUTH_SCHEMA = pa.schema(
 
 
 def make_demo_pool(
-    out_dir: str | Path, *, seed: int = 0, shards: int = 8, samples_per_shard: int = 64
+    out_dir: str | Path,
+    *,
+    seed: int = 0,
+    shards: int = 8,
+    samples_per_shard: int = 64,
+    trusted: bool = False,
 ) -> DemoPool:
     """Write a demo pool of ``shards * samples_per_shard`` samples into ``out_dir``.
 
     Files: ``00000.tar`` ... and ``ground_truth.parquet`` (see the module docs). Each is written
     to a temporary name and moved into place; shard files ``NNNNN.tar`` left from an earlier,
     larger pool in the same directory are removed so the directory always matches its ground
-    truth. The same arguments give byte-identical files.
+    truth. The same arguments give byte-identical files. ``trusted=True`` writes a clean set
+    (photos and scenes with honest captions only) for training a filter network.
     """
     if not 1 <= shards <= _MAX_SHARDS:
         raise ValueError(f"shards must be in [1, {_MAX_SHARDS}], got {shards}")
@@ -851,7 +860,7 @@ def make_demo_pool(
 
     total = shards * samples_per_shard
     builder = _PoolBuilder(seed)
-    for kind in _plan_kinds(builder.rng, total):
+    for kind in _plan_kinds(builder.rng, total, trusted):
         builder.add(kind)
     samples = builder.samples
 

@@ -49,6 +49,15 @@ class Clip(Scorer):
     def __init__(self, params: ClipParams | None = None) -> None:
         super().__init__(params)
         p: ClipParams = self.params  # type: ignore[assignment]
+        # Local model paths are resolved here, on the driver: workers may run elsewhere.
+        from pathlib import Path
+
+        update = {k: str(Path(v).resolve()) for k, v in (("model", p.model),
+                                                        ("pretrained", p.pretrained))
+                  if v and not v.startswith(("hf-hub:", "local-dir:")) and Path(v).exists()}
+        if update:
+            p = p.model_copy(update=update)
+            self.params = p
         self.resources = Resources(cpus=p.cpus, gpus=p.gpus)
         self._suffix = f"_{p.name}" if p.name else ""
         self._dim: int | None = p.embed_dim
