@@ -124,3 +124,23 @@ def test_embeddings_are_written_beside_the_signals(tiny_dir: Path, tmp_path: Pat
     norms = np.linalg.norm(emb[[0, 2]].astype(np.float32), axis=-1)
     assert np.allclose(norms, 1, atol=1e-2)
     assert isinstance(sig.column("clip_score"), pa.ChunkedArray)
+
+
+@pytest.mark.parametrize("arch", ["curate-tiny", "ViT-S-32"])
+def test_trimmed_text_tower_equals_open_clip(arch: str) -> None:
+    import torch
+
+    from curate.clip_model import _open_clip, can_trim_text, encode_text_trimmed, trim_tokens
+
+    open_clip = _open_clip()
+    torch.manual_seed(0)
+    net = open_clip.create_model(arch, pretrained=None).eval()
+    tok = open_clip.get_tokenizer(arch)
+    tokens = tok(["a cat", "two red circles on the left of a blue square", ""])
+    assert can_trim_text(net)
+    short = trim_tokens(tokens)
+    assert short.shape[1] < tokens.shape[1]
+    with torch.inference_mode():
+        full = net.encode_text(tokens)
+        trimmed = encode_text_trimmed(net, short)
+    assert torch.allclose(full, trimmed, atol=1e-5, rtol=1e-4)

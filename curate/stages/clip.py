@@ -9,7 +9,9 @@ one run.
 
 Speed: JPEGs are decoded at reduced DCT scale (``curate.imaging``) by ``decode_threads`` threads
 running ahead of the model, so the model does not wait on decoding. Pillow and torch release the
-GIL, so the threads overlap. Captions are tokenised on the same threads. On a GPU the towers run
+GIL, so the threads overlap. Captions are tokenised on the same threads, and the padding after
+the longest caption of a batch is cut before the text tower (exact for causal CLIP text towers,
+see ``clip_model.encode_text_trimmed``). On a GPU the towers run
 in fp16 (``precision: auto``) on large batches; on CPU in fp32 with ``cpus`` threads. A sample
 whose image does not decode fails alone (``error:clip``); the rest of its batch is scored.
 """
@@ -122,6 +124,15 @@ class Clip(Scorer):
         self._prep = FastPreprocess(loaded.transform, tuple(size),  # type: ignore[arg-type]
                                     cfg.get("resize_mode", "shortest"))
         self._tokenizer = loaded.tokenizer
+        # Cut caption padding when that is exact for this text tower (see clip_model).
+        from curate.clip_model import can_trim_text, encode_text_trimmed, trim_tokens
+
+        if can_trim_text(self._model):
+            self._trim: Any = trim_tokens
+            self._encode_text: Any = lambda t: encode_text_trimmed(self._model, t)
+        else:
+            self._trim = None
+            self._encode_text = self._model.encode_text
         self._pool = ThreadPoolExecutor(max_workers=p.decode_threads,
                                         thread_name_prefix="clip-decode")
         precision = p.precision
@@ -139,7 +150,8 @@ class Clip(Scorer):
         return self._prep(data)
 
     def _tokens(self, captions: list[str | None]) -> Any:
-        return self._tokenizer([c or "" for c in captions])
+        tokens = self._tokenizer([c or "" for c in captions])
+        return self._trim(tokens) if self._trim is not None else tokens
 
     # -- the model side -------------------------------------------------------------------
     def _encode(self, images: Any, tokens: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -150,10 +162,10 @@ class Clip(Scorer):
             if self._dtype is not None:
                 with torch.autocast(self.device.split(":")[0], dtype=self._dtype):
                     img = self._model.encode_image(images)
-                    txt = self._model.encode_text(tokens)
+                    txt = self._encode_text(tokens)
             else:
                 img = self._model.encode_image(images)
-                txt = self._model.encode_text(tokens)
+                txt = self._encode_text(tokens)
             img = torch.nn.functional.normalize(img.float(), dim=-1)
             txt = torch.nn.functional.normalize(txt.float(), dim=-1)
         return img.cpu().numpy(), txt.cpu().numpy()
@@ -182,9 +194,10 @@ class Clip(Scorer):
                     errors[i] = f"{type(exc).__name__}: {exc}".splitlines()[0]
             if not good:
                 continue
-            t = tok.result()
-            rows = [i - a for i in good]
-            ie, te = self._encode(self._torch.stack(tensors), t[rows])
+            t = tok.result()[[i - a for i in good]]
+            if self._trim is not None:
+                t = self._trim(t)
+            ie, te = self._encode(self._torch.stack(tensors), t)
             img_emb[good] = ie
             txt_emb[good] = te
         scores = np.einsum("nd,nd->n", img_emb, txt_emb)
