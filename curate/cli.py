@@ -174,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shards", type=int, default=8)
     p.add_argument("--per-shard", type=int, default=64)
     p.add_argument("--trusted", action="store_true",
-                   help="only clean photos and scenes: a trusted set to train a filter network")
+                   help="matched pairs only (photos, scenes, text posters): a trusted set "
+                   "to train a filter network")
     p.set_defaults(fn=_cmd_demo_data)
 
     p = sub.add_parser("train-filter", help="train a filter network (a CLIP) on trusted shards")

@@ -49,5 +49,8 @@ class FastPreprocess:
         self.size = size
         self.resize_mode = resize_mode
 
+    def decode(self, data: bytes) -> Image.Image:
+        return decode_for(data, self.size, self.resize_mode)
+
     def __call__(self, data: bytes) -> Any:
-        return self.transform(decode_for(data, self.size, self.resize_mode))
+        return self.transform(self.decode(data))

@@ -56,8 +56,8 @@ def demo_filter(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     root = tmp_path_factory.mktemp("filter")
     make_demo_pool(root / "trusted", seed=1, shards=2, samples_per_shard=256, trusted=True)
-    train_filter(TrainConfig(data=str(root / "trusted" / "*.tar"), out=str(root / "filter")),
-                 progress=False)
+    train_filter(TrainConfig(data=str(root / "trusted" / "*.tar"), out=str(root / "filter"),
+                             epochs=15), progress=False)
     return root / "filter"
 
 

@@ -15,7 +15,11 @@ def score(scorer: Scorer, rows: list[dict[str, Any]]) -> tuple[list[dict[str, An
     """Score ``rows`` (partial sample dicts) and return the output columns per row."""
     full = [{"uid": f"{i:032x}", "shard": "s.tar", "key": str(i), "index": i, "status": "ok",
              **r} for i, r in enumerate(rows)]
-    batch = pa.Table.from_pylist(full, schema=BATCH_SCHEMA)
+    extra = sorted({k for r in rows for k in r} - set(BATCH_SCHEMA.names))  # earlier outputs
+    schema = BATCH_SCHEMA
+    for name in extra:
+        schema = schema.append(pa.field(name, pa.array([r.get(name) for r in rows]).type))
+    batch = pa.Table.from_pylist(full, schema=schema)
     scorer.setup()
     errors = BatchErrors.from_batch(batch)
     out = run_scorer(scorer, batch, errors)

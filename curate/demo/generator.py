@@ -776,11 +776,13 @@ def _kind_counts(total: int) -> dict[str, int]:
 
 def _plan_kinds(rng: random.Random, total: int, trusted: bool = False) -> list[str]:
     """The kind of each pool position: shuffled, with a photo before every duplicate. A trusted
-    set holds only clean photos and scenes, in the pool's proportion."""
+    set holds only photos, scenes and posters (matched captions), in the pool's proportions."""
     if trusted:
-        photos = round(total * KIND_SHARES["photo"] / (KIND_SHARES["photo"]
-                                                       + KIND_SHARES["scene"]))
-        kinds = ["photo"] * photos + ["scene"] * (total - photos)
+        # Posters are over-represented so that each poster text is seen several times.
+        shares = {"photo": KIND_SHARES["photo"], "scene": KIND_SHARES["scene"], "parrot": 24}
+        counts = {k: total * v // sum(shares.values()) for k, v in shares.items()}
+        counts["photo"] += total - sum(counts.values())
+        kinds = [k for k, n in counts.items() for _ in range(n)]
         rng.shuffle(kinds)
         return kinds
     kinds = [kind for kind, n in _kind_counts(total).items() for _ in range(n)]
@@ -829,6 +831,7 @@ _GROUND_TRUTH_SCHEMA = pa.schema(
         ("caption", pa.string()),
         ("url", pa.string()),
         ("duplicate_of_key", pa.string()),
+        ("source", pa.string()),  # e.g. "skimage:chelsea", "render:scene", "render:text"
     ]
 )
 
@@ -846,8 +849,10 @@ def make_demo_pool(
     Files: ``00000.tar`` ... and ``ground_truth.parquet`` (see the module docs). Each is written
     to a temporary name and moved into place; shard files ``NNNNN.tar`` left from an earlier,
     larger pool in the same directory are removed so the directory always matches its ground
-    truth. The same arguments give byte-identical files. ``trusted=True`` writes a clean set
-    (photos and scenes with honest captions only) for training a filter network.
+    truth. The same arguments give byte-identical files. ``trusted=True`` writes a set for
+    training a filter network: photos, scenes and text posters, all with honest captions (the
+    posters' captions spell their text, so the network learns to spot text as web-trained CLIPs
+    do, which is what T-MARS corrects for).
     """
     if not 1 <= shards <= _MAX_SHARDS:
         raise ValueError(f"shards must be in [1, {_MAX_SHARDS}], got {shards}")
@@ -895,6 +900,7 @@ def make_demo_pool(
                     "caption": sample.caption,
                     "url": sample.url,
                     "duplicate_of_key": None if original is None else key_of(original),
+                    "source": str(sample.meta.get("source", "")),
                 }
             )
         path = out / shard_name

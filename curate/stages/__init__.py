@@ -1,13 +1,17 @@
 """Built-in stages. Importing this package registers them (see ``curate.stages.base``)."""
 
 from curate.stages import (  # noqa: F401
+    caption_complexity,
     caption_stats,
     clip,
     exact_dedup,
     exact_hash,
+    image_complexity,
     image_info,
     in_set,
     language,
+    ocr,
+    parrot,
     sql_rule,
     threshold,
     top_fraction,

@@ -37,6 +37,8 @@ class ClipParams(Params):
     batch_size: int = Field(default=64, gt=0)
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     embeddings: bool = True
+    mask_text: bool = Field(default=False, description="also score with text boxes filled "
+                            "(T-MARS): needs the ocr scorer before this one")
     embed_dim: int | None = Field(default=None, gt=0)  # only needed for hf-hub models offline
     cpus: float = Field(default=2.0, gt=0, description="CPU threads of the worker holding it")
     gpus: float = Field(default=1.0, ge=0, description="GPUs per worker, when the cluster has")
@@ -79,7 +81,9 @@ class Clip(Scorer):
 
         p: ClipParams = self.params  # type: ignore[assignment]
         stamps = []
-        for ref in (p.model.removeprefix("local-dir:"), p.pretrained or ""):
+        for ref in (p.model.removeprefix("local-dir:"), p.pretrained):
+            if not ref:
+                continue
             path = Path(ref)
             files = sorted(path.iterdir()) if path.is_dir() else [path] if path.is_file() else []
             stamps += [f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files]
@@ -94,10 +98,13 @@ class Clip(Scorer):
         return self._dim
 
     def inputs(self) -> tuple[str, ...]:
-        return ("image", "caption")
+        return ("image", "caption", "ocr_boxes") if self.params.mask_text else (  # type: ignore[attr-defined]
+            "image", "caption")
 
     def outputs(self) -> Mapping[str, pa.DataType]:
         out: dict[str, pa.DataType] = {self.score_column: pa.float32()}
+        if self.params.mask_text:  # type: ignore[attr-defined]
+            out[f"clip_score_masked{self._suffix}"] = pa.float32()
         if self.params.embeddings:  # type: ignore[attr-defined]
             emb = pa.list_(pa.float16(), self.embed_dim())
             out[f"clip_image_emb{self._suffix}"] = emb
@@ -105,7 +112,9 @@ class Clip(Scorer):
         return out
 
     def sidecars(self) -> Sequence[str]:
-        return [c for c in self.outputs() if c != self.score_column]
+        if not self.params.embeddings:  # type: ignore[attr-defined]
+            return []
+        return [f"clip_image_emb{self._suffix}", f"clip_text_emb{self._suffix}"]
 
     def setup(self) -> None:
         import torch
@@ -144,10 +153,16 @@ class Clip(Scorer):
             else self.embed_dim()
 
     # -- the CPU side: runs on the decode threads -----------------------------------------
-    def _decode(self, data: bytes | None) -> Any:
+    def _decode(self, data: bytes | None, boxes: list[list[float]] | None = None) -> Any:
+        """The model input, and with ``mask_text`` the input with its text boxes filled."""
         if not data:
             raise ValueError("empty image")
-        return self._prep(data)
+        if not self.params.mask_text:  # type: ignore[attr-defined]
+            return self._prep(data)
+        from curate.stages.ocr import mask_text_regions
+
+        im = self._prep.decode(data)
+        return self._prep.transform(im), self._prep.transform(mask_text_regions(im, boxes or []))
 
     def _tokens(self, captions: list[str | None]) -> Any:
         tokens = self._tokenizer([c or "" for c in captions])
@@ -174,15 +189,19 @@ class Clip(Scorer):
         p: ClipParams = self.params  # type: ignore[assignment]
         images = batch.column("image").to_pylist()
         captions = batch.column("caption").to_pylist()
+        masking = p.mask_text
+        boxes = batch.column("ocr_boxes").to_pylist() if masking else [None] * len(images)
         n = len(images)
         # Queue every decode and tokenisation now; the model consumes them chunk by chunk
         # while the threads keep decoding ahead.
-        decoded: list[Future[Any]] = [self._pool.submit(self._decode, b) for b in images]
+        decoded: list[Future[Any]] = [self._pool.submit(self._decode, b, x)
+                                      for b, x in zip(images, boxes, strict=True)]
         bounds = [(i, min(i + p.batch_size, n)) for i in range(0, n, p.batch_size)]
         tokens = [self._pool.submit(self._tokens, captions[a:b]) for a, b in bounds]
         d = self._dim or self.embed_dim()
         img_emb = np.full((n, d), np.nan, dtype=np.float32)
         txt_emb = np.full((n, d), np.nan, dtype=np.float32)
+        masked_emb = np.full((n, d), np.nan, dtype=np.float32) if masking else None
         errors: list[str | None] = [None] * n
         for (a, b), tok in zip(bounds, tokens, strict=True):
             good, tensors = [], []
@@ -197,14 +216,23 @@ class Clip(Scorer):
             t = tok.result()[[i - a for i in good]]
             if self._trim is not None:
                 t = self._trim(t)
-            ie, te = self._encode(self._torch.stack(tensors), t)
-            img_emb[good] = ie
+            if masking:  # originals and masked copies go through the image tower together
+                stacked = self._torch.stack([x[0] for x in tensors] + [x[1] for x in tensors])
+                ie, te = self._encode(stacked, t)  # the towers take their own batch sizes
+                img_emb[good], masked_emb[good] = ie[: len(good)], ie[len(good):]  # type: ignore[index]
+            else:
+                ie, te = self._encode(self._torch.stack(tensors), t)
+                img_emb[good] = ie
             txt_emb[good] = te
         scores = np.einsum("nd,nd->n", img_emb, txt_emb)
         out: dict[str, Any] = {
             self.score_column: pa.array(scores, pa.float32(), mask=np.isnan(scores)),
             SAMPLE_ERRORS: errors,
         }
+        if masked_emb is not None:
+            masked = np.einsum("nd,nd->n", masked_emb, txt_emb)
+            out[f"clip_score_masked{self._suffix}"] = pa.array(masked, pa.float32(),
+                                                                mask=np.isnan(masked))
         if p.embeddings:
             for col, mat in ((f"clip_image_emb{self._suffix}", img_emb),
                              (f"clip_text_emb{self._suffix}", txt_emb)):
