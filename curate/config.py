@@ -361,6 +361,12 @@ def check_columns(p: Pipeline) -> None:
                 if col not in cols:
                     raise ConfigError(f"{p.source}: {step.where} (selector {sel.name}): needs "
                                       f"column {col!r}", _who_makes(col))
+            stored = {c for s in p.scorer_stages() for c in s.sidecars()}
+            for col in sel.sidecars_needed():
+                if col not in stored:
+                    raise ConfigError(f"{p.source}: {step.where} (selector {sel.name}): needs "
+                                      f"the embeddings {col!r}, which no scorer stores",
+                                      "add a clip scorer (embeddings: true) before it")
             own = list(sel.reasons())
         for r in own:
             if r in reasons or r.startswith("error:") or r == "duplicate_uid":

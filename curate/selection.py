@@ -23,7 +23,7 @@ import duckdb
 from curate.config import Pipeline
 from curate.io.atomic import atomic_path
 from curate.sql import ident, literal
-from curate.stages.base import Rule, Selector
+from curate.stages.base import Rule, SelectContext, Selector
 
 TABLE = "pool"
 
@@ -81,7 +81,7 @@ def select(pipeline: Pipeline, signal_files: list[Path], run_dir: Path,
             order.append(st.reason)
         else:
             sel: Selector = st  # type: ignore[assignment]
-            sel.apply(con, TABLE)
+            sel.apply(con, TABLE, SelectContext(run_dir))
             order.extend(sel.reasons())
     counts = dict(con.execute(
         f"SELECT coalesce(reason, ''), count(*) FROM {TABLE} GROUP BY 1").fetchall())

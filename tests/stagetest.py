@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import duckdb
 import pyarrow as pa
 
 from curate.schema import BATCH_SCHEMA
-from curate.stages.base import BatchErrors, Rule, Scorer, Selector, run_scorer
+from curate.stages.base import BatchErrors, Rule, Scorer, SelectContext, Selector, run_scorer
 
 
 def score(scorer: Scorer, rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], BatchErrors]:
@@ -34,13 +35,14 @@ def rule_keeps(rule: Rule, rows: list[dict[str, Any]]) -> list[bool]:
     return [r[0] for r in con.execute(sql).fetchall()]
 
 
-def run_selector(selector: Selector, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def run_selector(selector: Selector, rows: list[dict[str, Any]],
+                 run_dir: Path | None = None) -> list[dict[str, Any]]:
     con = duckdb.connect()
     con.register("src", pa.Table.from_pylist(rows))
     extra = "".join(f", CAST(NULL AS VARCHAR) AS {c}" for c in selector.extra_columns())
     con.execute("CREATE TABLE pool AS SELECT row_number() OVER () AS _row, *, "
                 f"CAST(NULL AS VARCHAR) AS reason {extra} FROM src")
-    selector.apply(con, "pool")
+    selector.apply(con, "pool", SelectContext(run_dir or Path("/nonexistent")))
     cur = con.execute("SELECT * FROM pool ORDER BY _row")
     names = [d[0] for d in cur.description]
     return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]

@@ -12,6 +12,7 @@ from curate.stages import (  # noqa: F401
     language,
     ocr,
     parrot,
+    semdedup,
     sql_rule,
     threshold,
     top_fraction,

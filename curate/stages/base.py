@@ -24,6 +24,7 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import pyarrow as pa
@@ -133,18 +134,66 @@ class Rule(Stage):
         raise NotImplementedError
 
 
+@dataclass
+class SelectContext:
+    """What a selector may use besides the pool table: the run directory, the stored
+    embeddings, a way to write its decisions back, and reports."""
+
+    run_dir: Path
+
+    def kept(self, con: Any, table: str, columns: Sequence[str]) -> pa.Table:
+        """``_row``, ``uid``, ``shard``, ``index`` and ``columns`` of the rows still kept."""
+        from curate.sql import ident
+
+        cols = ", ".join(ident(c) for c in ("_row", "uid", "shard", "index", *columns))
+        return con.sql(f"SELECT {cols} FROM {ident(table)} WHERE reason IS NULL "
+                       "ORDER BY _row").to_arrow_table()
+
+    def embeddings(self, column: str, rows: pa.Table) -> Any:
+        """float32 L2-normalised embeddings ``[rows, dim]`` of ``rows`` (from ``kept``)."""
+        from curate.embeddings import read_rows
+
+        return read_rows(self.run_dir, column, rows.column("shard").to_pylist(),
+                         rows.column("index").to_pylist())
+
+    def mark(self, con: Any, table: str, decisions: pa.Table) -> None:
+        """Write ``decisions`` (``_row`` plus columns of ``table``, e.g. ``reason``) back."""
+        from curate.sql import ident
+
+        if decisions.num_rows == 0:
+            return
+        con.register("_decisions", decisions)
+        sets = ", ".join(f"{ident(c)} = d.{ident(c)}" for c in decisions.column_names
+                         if c != "_row")
+        con.execute(f"UPDATE {ident(table)} SET {sets} FROM _decisions AS d "
+                    f"WHERE {ident(table)}._row = d._row")
+        con.unregister("_decisions")
+
+    def report(self, name: str, data: dict[str, Any]) -> Path:
+        """Store a selector's report as ``RUN/reports/<name>.json``."""
+        from curate.io.atomic import write_text
+
+        path = self.run_dir / "reports" / f"{name}.json"
+        write_text(json.dumps(data, indent=1, default=float), path)
+        return path
+
+
 class Selector(Stage):
     """A global selection over the rows still kept; marks drops with ``reason`` in SQL.
 
     ``apply`` gets a DuckDB connection holding table ``table`` with every signal column plus
-    ``_row`` (BIGINT, pool order) and ``reason`` (null while kept). It must only set ``reason``
-    (and its own ``extra_columns``) on rows whose ``reason`` is null.
+    ``_row`` (BIGINT, pool order) and ``reason`` (null while kept), and a ``SelectContext``.
+    It must only set ``reason`` (and its own ``extra_columns``) on rows whose ``reason`` is null.
     """
 
     kind: ClassVar[StageKind] = "selector"
 
     def columns(self) -> Sequence[str]:
         """Signal columns this selector reads (checked before the run starts)."""
+        return ()
+
+    def sidecars_needed(self) -> Sequence[str]:
+        """Sidecar arrays (embeddings) this selector reads (checked before the run starts)."""
         return ()
 
     def reasons(self) -> Sequence[str]:
@@ -159,7 +208,7 @@ class Selector(Stage):
         """Columns this selector adds to the manifest (null where it does not apply)."""
         return {}
 
-    def apply(self, con: Any, table: str) -> None:
+    def apply(self, con: Any, table: str, ctx: SelectContext) -> None:
         raise NotImplementedError
 
 

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import pyarrow as pa
 
 from curate.sql import ident, literal
-from curate.stages.base import Params, Selector, register
+from curate.stages.base import Params, SelectContext, Selector, register
 
 _BY = {"image": ("image_sha256", "duplicate_image"),
        "url_caption": ("url_caption_sha256", "duplicate_url_caption")}
@@ -40,7 +40,7 @@ class ExactDedup(Selector):
     def extra_columns(self) -> Mapping[str, pa.DataType]:
         return {"duplicate_of": pa.string()}
 
-    def apply(self, con: Any, table: str) -> None:
+    def apply(self, con: Any, table: str, ctx: SelectContext) -> None:
         t = ident(table)
         for by in self.params.by:  # type: ignore[attr-defined]
             column, reason = _BY[by]

@@ -1,0 +1,125 @@
+"""Selector ``semdedup``: semantic deduplication (SemDeDup, Abbas et al., 2023).
+
+Over the rows still kept: spherical k-means (faiss) on the image embeddings, then within each
+cluster the items are ordered by distance to the centroid, farthest first (the paper's default;
+``keep: closest`` reverses it). Item j is dropped as ``semantic_duplicate`` when its largest
+cosine similarity to an earlier item of the order exceeds ``1 - epsilon``. Earlier items count
+even if they were dropped themselves, as in the authors' code.
+``semantic_duplicate_of`` names the kept item it duplicates: its most similar earlier item,
+followed through that item's own duplicate link if it was dropped. ``semdedup_cluster`` records
+the cluster.
+
+Points enter k-means sorted by uid and ties are broken by uid, so the result does not depend
+on how the pool is sharded or which worker scored what.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+from pydantic import Field
+
+from curate.stages.base import Params, SelectContext, Selector, register
+
+
+class SemDedupParams(Params):
+    column: str = "clip_image_emb"
+    epsilon: float = Field(default=0.05, gt=0, lt=1)
+    clusters: int | None = Field(default=None, gt=0,
+                                 description="k-means clusters (default: one per ~1000 items)")
+    keep: Literal["farthest", "closest"] = "farthest"
+    niter: int = Field(default=20, gt=0)
+    seed: int = 0
+
+
+def spherical_kmeans(x: np.ndarray, k: int, niter: int, seed: int) -> tuple[np.ndarray,
+                                                                             np.ndarray]:
+    """(centroids, assignment) of L2-normalised ``x`` (faiss; deterministic for a seed)."""
+    import faiss
+
+    k = max(1, min(k, len(x)))
+    if k == 1:
+        c = x.mean(axis=0, keepdims=True)
+        c /= max(float(np.linalg.norm(c)), 1e-12)
+        return c.astype(np.float32), np.zeros(len(x), dtype=np.int64)
+    km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=seed, spherical=True, verbose=False,
+                      max_points_per_centroid=256)
+    km.train(np.ascontiguousarray(x, dtype=np.float32))
+    _, assign = km.index.search(np.ascontiguousarray(x, dtype=np.float32), 1)
+    return km.centroids, assign[:, 0].astype(np.int64)
+
+
+def dedup_cluster(x: np.ndarray, threshold: float, block: int = 2048,
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """For items in order (rows of normalised ``x``): (is_duplicate, index of the most similar
+    earlier item or -1). Item j is a duplicate when max_i<j cos(x_i, x_j) > threshold."""
+    n = len(x)
+    best = np.full(n, -np.inf, dtype=np.float32)
+    arg = np.full(n, -1, dtype=np.int64)
+    for start in range(0, n, block):
+        stop = min(n, start + block)
+        sims = x[:stop] @ x[start:stop].T  # rows: earlier candidates, cols: items start..stop
+        rows = np.arange(stop)[:, None]
+        cols = np.arange(start, stop)[None, :]
+        sims[rows >= cols] = -np.inf  # only strictly earlier items count
+        if stop > 0 and sims.shape[0] > 0:
+            arg[start:stop] = sims.argmax(axis=0)
+            best[start:stop] = sims.max(axis=0)
+    arg[best == -np.inf] = -1
+    return best > threshold, arg
+
+
+@register
+class SemDedup(Selector):
+    name = "semdedup"
+    Params = SemDedupParams
+
+    def reasons(self) -> Sequence[str]:
+        return ("semantic_duplicate",)
+
+    def sidecars_needed(self) -> Sequence[str]:
+        return (self.params.column,)  # type: ignore[attr-defined]
+
+    def extra_columns(self) -> Mapping[str, pa.DataType]:
+        return {"semantic_duplicate_of": pa.string(), "semdedup_cluster": pa.int32()}
+
+    def apply(self, con: Any, table: str, ctx: SelectContext) -> None:
+        p: SemDedupParams = self.params  # type: ignore[assignment]
+        rows = ctx.kept(con, table, [])
+        if rows.num_rows == 0:
+            return
+        rows = rows.sort_by("uid")
+        x = ctx.embeddings(p.column, rows)
+        scored = ~np.isnan(x).any(axis=1)
+        rows, x = rows.filter(pa.array(scored)), x[scored]
+        uids = np.asarray(rows.column("uid").to_pylist(), dtype=object)
+        k = p.clusters or max(1, math.ceil(len(x) / 1000))
+        centroids, assign = spherical_kmeans(x, k, p.niter, p.seed)
+        row_ids = rows.column("_row").to_numpy()
+        reason: list[str | None] = [None] * len(x)
+        dup_of: list[str | None] = [None] * len(x)
+        for c in range(len(centroids)):
+            members = np.flatnonzero(assign == c)
+            if len(members) < 2:
+                continue
+            dist = 1.0 - x[members] @ centroids[c]
+            key = -dist if p.keep == "farthest" else dist
+            order = members[np.lexsort((uids[members], key))]  # by distance, then uid
+            is_dup, earlier = dedup_cluster(x[order], 1.0 - p.epsilon)
+            kept_as: dict[int, int] = {}
+            for pos, item in enumerate(order):
+                if not is_dup[pos]:
+                    kept_as[pos] = pos
+                    continue
+                target = kept_as[int(earlier[pos])]
+                kept_as[pos] = target
+                reason[item] = "semantic_duplicate"
+                dup_of[item] = str(uids[order[target]])
+        decisions = pa.table({"_row": row_ids, "reason": pa.array(reason, pa.string()),
+                              "semantic_duplicate_of": pa.array(dup_of, pa.string()),
+                              "semdedup_cluster": pa.array(assign.astype(np.int32))})
+        ctx.mark(con, table, decisions)
