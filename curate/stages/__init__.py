@@ -4,6 +4,7 @@ from curate.stages import (  # noqa: F401
     caption_complexity,
     caption_stats,
     clip,
+    clipcov,
     exact_dedup,
     exact_hash,
     image_complexity,

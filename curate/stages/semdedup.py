@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
+from curate.clustering import spherical_kmeans
 from curate.stages.base import Params, SelectContext, Selector, register
 
 
@@ -34,23 +35,6 @@ class SemDedupParams(Params):
     keep: Literal["farthest", "closest"] = "farthest"
     niter: int = Field(default=20, gt=0)
     seed: int = 0
-
-
-def spherical_kmeans(x: np.ndarray, k: int, niter: int, seed: int) -> tuple[np.ndarray,
-                                                                             np.ndarray]:
-    """(centroids, assignment) of L2-normalised ``x`` (faiss; deterministic for a seed)."""
-    import faiss
-
-    k = max(1, min(k, len(x)))
-    if k == 1:
-        c = x.mean(axis=0, keepdims=True)
-        c /= max(float(np.linalg.norm(c)), 1e-12)
-        return c.astype(np.float32), np.zeros(len(x), dtype=np.int64)
-    km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=seed, spherical=True, verbose=False,
-                      max_points_per_centroid=256)
-    km.train(np.ascontiguousarray(x, dtype=np.float32))
-    _, assign = km.index.search(np.ascontiguousarray(x, dtype=np.float32), 1)
-    return km.centroids, assign[:, 0].astype(np.int64)
 
 
 def dedup_cluster(x: np.ndarray, threshold: float, block: int = 2048,

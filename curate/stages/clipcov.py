@@ -1,0 +1,223 @@
+"""Selector ``clipcov``: covariance-preserving subsets (Joshi et al., AISTATS 2024).
+
+"Data-Efficient Contrastive Language-Image Pretraining: Prioritizing Data Quality over
+Quantity" shows that subsets which preserve the image-caption cross-covariance of the full data
+generalise best. Among the rows still kept, this selector picks a budget (``fraction`` or
+``size``) and drops the rest as ``clipcov_not_selected``.
+
+Pseudo-classes are spherical k-means clusters of the image embeddings (``classes``; default one
+per ~500 items). k-means is the default because it needs no class list and no text tower at
+selection time, and it works for any embedding; it is also what scales. Each class c, with
+members V_c and budget k_c ∝ |V_c| (largest remainder), grows S_c greedily, maximising
+
+    F(S_c) = Σ_{i∈S_c} (1/|V_c|) Σ_{j∈V_c} [s(i,j) + s(j,i)]
+             − (1/|V_c|) Σ_{i≠j∈S_c} s(i,j)
+             − λ Σ_{i∈S_c} max_{c'≠c} cos(image_i, centre_{c'})
+
+with s(i,j) the cosine of image i and caption j. ``similarity: linear`` uses s as is. Then every
+sum factors through the class means and the running sums of S_c, so each greedy step costs two
+matrix-vector products: O(n·d) per step, never n×n. ``similarity: clipped`` uses max(0, s), as
+the authors' notebook does; it needs each class's n_c×n_c matrix. Classes are independent: they
+run in parallel as Ray tasks when Ray is up. The report (``RUN/reports/clipcov.json``) compares
+the relative cross-covariance error ‖C_S − C_V‖_F / ‖C_V‖_F (C = mean of image·captionᵀ) of the
+clipcov subset with a random subset and a CLIP-score top-k subset of the same size.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+from pydantic import Field, model_validator
+
+from curate.clustering import spherical_kmeans
+from curate.stages.base import Params, SelectContext, Selector, register
+
+log = logging.getLogger("curate")
+
+
+class ClipCovParams(Params):
+    fraction: float | None = Field(default=None, gt=0, le=1)
+    size: int | None = Field(default=None, gt=0)
+    classes: int | None = Field(default=None, gt=0)
+    lam: float = Field(default=1.0, ge=0, description="weight of the class-separation term")
+    similarity: Literal["linear", "clipped"] = "linear"
+    image_column: str = "clip_image_emb"
+    text_column: str = "clip_text_emb"
+    score_column: str | None = "clip_score"  # for the top-k baseline of the report
+    niter: int = Field(default=20, gt=0)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> ClipCovParams:
+        if (self.fraction is None) == (self.size is None):
+            raise ValueError("give exactly one of fraction or size")
+        return self
+
+
+def class_budgets(sizes: np.ndarray, k: int) -> np.ndarray:
+    """Budgets proportional to ``sizes`` summing to ``k`` (largest remainder, ties by class)."""
+    total = int(sizes.sum())
+    k = min(k, total)
+    exact = sizes * k / total if total else sizes * 0.0
+    base = np.minimum(np.floor(exact).astype(np.int64), sizes)
+    order = np.lexsort((np.arange(len(sizes)), -(exact - base)))
+    for c in order:
+        if base.sum() >= k:
+            break
+        if base[c] < sizes[c]:
+            base[c] += 1
+    return base
+
+
+def separation(img: np.ndarray, assign: np.ndarray, n_classes: int) -> np.ndarray:
+    """max over other classes c' of cos(image_i, centre_c'), centre = normalised class mean."""
+    if n_classes < 2:
+        return np.zeros(len(img), dtype=np.float64)
+    centres = np.zeros((n_classes, img.shape[1]))
+    np.add.at(centres, assign, img)
+    centres /= np.maximum(np.linalg.norm(centres, axis=1, keepdims=True), 1e-12)
+    sims = img @ centres.T
+    sims[np.arange(len(img)), assign] = -np.inf
+    return sims.max(axis=1)
+
+
+def greedy_class(img: np.ndarray, txt: np.ndarray, k: int, lam: float, other: np.ndarray,
+                 similarity: str) -> list[int]:
+    """The greedy order of the k items chosen in one class (indices into the class)."""
+    n = len(img)
+    img = img.astype(np.float64)
+    txt = txt.astype(np.float64)
+    if similarity == "linear":
+        gains = img @ txt.mean(0) + txt @ img.mean(0) - lam * other
+        sim = None
+    else:
+        sim = np.maximum(img @ txt.T, 0.0)  # sim[i, j] = max(0, s(i, j))
+        gains = (sim.sum(1) + sim.sum(0)) / n - lam * other
+    chosen: list[int] = []
+    for _ in range(min(k, n)):
+        j = int(np.argmax(gains))
+        chosen.append(j)
+        if sim is None:
+            gains -= (img @ txt[j] + txt @ img[j]) / n
+        else:
+            gains -= (sim[:, j] + sim[j, :]) / n
+        gains[chosen] = -np.inf
+    return chosen
+
+
+def objective(img: np.ndarray, txt: np.ndarray, subset: Sequence[int], lam: float,
+              other: np.ndarray, similarity: str) -> float:
+    """F(S) for one class, straight from its definition (used to test the greedy)."""
+    s = img.astype(np.float64) @ txt.astype(np.float64).T
+    if similarity == "clipped":
+        s = np.maximum(s, 0.0)
+    n = len(img)
+    sub = list(subset)
+    central = sum((s[i, :].sum() + s[:, i].sum()) / n for i in sub)
+    redundancy = sum(s[i, j] for i in sub for j in sub if i != j) / n
+    return float(central - redundancy - lam * other[sub].sum())
+
+
+def cross_cov_error(img: np.ndarray, txt: np.ndarray, subset: np.ndarray) -> float:
+    """‖C_S − C_V‖_F / ‖C_V‖_F with C = mean of image·captionᵀ (d×d, never n of them)."""
+    full = img.T @ txt / len(img)
+    part = img[subset].T @ txt[subset] / max(1, len(subset))
+    return float(np.linalg.norm(part - full) / max(np.linalg.norm(full), 1e-12))
+
+
+def _classes_task(img: np.ndarray, txt: np.ndarray, other: np.ndarray,
+                  groups: list[tuple[np.ndarray, int]], lam: float, similarity: str,
+                  ) -> list[np.ndarray]:
+    return [members[greedy_class(img[members], txt[members], k, lam, other[members],
+                                 similarity)] if k else members[:0]
+            for members, k in groups]
+
+
+def select_clipcov(img: np.ndarray, txt: np.ndarray, k: int, classes: int, lam: float,
+                   similarity: str, niter: int = 20, seed: int = 0, use_ray: bool = False,
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """(selected indices, class of every item) for normalised embeddings."""
+    _, assign = spherical_kmeans(img, classes, niter, seed)
+    n_classes = int(assign.max()) + 1
+    other = separation(img, assign, n_classes)
+    members = [np.flatnonzero(assign == c) for c in range(n_classes)]
+    budgets = class_budgets(np.array([len(m) for m in members]), k)
+    groups = list(zip(members, budgets.tolist(), strict=True))
+    if use_ray and len(groups) > 1:
+        import ray
+
+        refs = [ray.put(a) for a in (img, txt, other)]
+        task = ray.remote(_classes_task).options(num_cpus=1)
+        n_tasks = max(1, min(len(groups), 4 * int(ray.cluster_resources().get("CPU", 1))))
+        chunks = [groups[i::n_tasks] for i in range(n_tasks)]
+        parts = ray.get([task.remote(*refs, chunk, lam, similarity) for chunk in chunks])
+        picked = [p for part in parts for p in part]
+    else:
+        picked = _classes_task(img, txt, other, groups, lam, similarity)
+    selected = np.concatenate(picked) if picked else np.array([], dtype=np.int64)
+    return np.sort(selected), assign
+
+
+@register
+class ClipCov(Selector):
+    name = "clipcov"
+    Params = ClipCovParams
+
+    def reasons(self) -> Sequence[str]:
+        return ("clipcov_not_selected",)
+
+    def columns(self) -> Sequence[str]:
+        p: ClipCovParams = self.params  # type: ignore[assignment]
+        return [p.score_column] if p.score_column else []
+
+    def sidecars_needed(self) -> Sequence[str]:
+        p: ClipCovParams = self.params  # type: ignore[assignment]
+        return (p.image_column, p.text_column)
+
+    def extra_columns(self) -> Mapping[str, pa.DataType]:
+        return {"clipcov_class": pa.int32()}
+
+    def apply(self, con: Any, table: str, ctx: SelectContext) -> None:
+        p: ClipCovParams = self.params  # type: ignore[assignment]
+        rows = ctx.kept(con, table, self.columns()).sort_by("uid")
+        if rows.num_rows == 0:
+            return
+        img = ctx.embeddings(p.image_column, rows)
+        txt = ctx.embeddings(p.text_column, rows)
+        ok = ~(np.isnan(img).any(1) | np.isnan(txt).any(1))
+        rows, img, txt = rows.filter(pa.array(ok)), img[ok], txt[ok]
+        n = len(img)
+        k = p.size if p.size is not None else math.floor(n * (p.fraction or 0))
+        k = min(k, n)
+        classes = p.classes or max(1, math.ceil(n / 500))
+        import ray
+
+        selected, assign = select_clipcov(img, txt, k, classes, p.lam, p.similarity, p.niter,
+                                          p.seed, use_ray=ray.is_initialized())
+        keep = np.zeros(n, dtype=bool)
+        keep[selected] = True
+        ctx.mark(con, table, pa.table({
+            "_row": rows.column("_row"),
+            "reason": pa.array([None if kept else "clipcov_not_selected" for kept in keep],
+                               pa.string()),
+            "clipcov_class": pa.array(assign.astype(np.int32))}))
+        report: dict[str, Any] = {"candidates": n, "selected": int(keep.sum()),
+                                  "classes": int(assign.max()) + 1 if n else 0,
+                                  "similarity": p.similarity, "lam": p.lam,
+                                  "cov_err_clipcov": cross_cov_error(img, txt, selected)}
+        rng = np.random.default_rng(p.seed)
+        report["cov_err_random"] = cross_cov_error(img, txt, rng.choice(n, k, replace=False))
+        if p.score_column:
+            scores = np.nan_to_num(rows.column(p.score_column).to_numpy(zero_copy_only=False)
+                                   .astype(np.float64), nan=-np.inf)
+            report["cov_err_topk"] = cross_cov_error(img, txt, np.argsort(-scores,
+                                                                          kind="stable")[:k])
+        ctx.report("clipcov", report)
+        log.warning("clipcov: kept %d of %d; cross-covariance error %.4f (random %.4f%s)",
+                    report["selected"], n, report["cov_err_clipcov"], report["cov_err_random"],
+                    f", top-k {report['cov_err_topk']:.4f}" if "cov_err_topk" in report else "")
