@@ -18,7 +18,7 @@ def spherical_kmeans(x: np.ndarray, k: int, niter: int = 20, seed: int = 0,
         c /= max(float(np.linalg.norm(c)), 1e-12)
         return c.astype(np.float32), np.zeros(len(x), dtype=np.int64)
     km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=seed, spherical=True, verbose=False,
-                      max_points_per_centroid=256)
+                      max_points_per_centroid=64)
     km.train(x)
     _, assign = km.index.search(x, 1)
     return km.centroids, assign[:, 0].astype(np.int64)

@@ -76,6 +76,7 @@ class InputConfig(Params):
 class OutputConfig(Params):
     samples_per_shard: int = Field(default=1000, gt=0)
     write_shards: bool = True
+    split_by: str | None = None  # a column: one directory of shards per value
 
 
 class RunConfig(Params):
@@ -375,6 +376,10 @@ def check_columns(p: Pipeline) -> None:
                                   "give the rule its own `reason`")
             reasons[r] = step.where
     con.close()
+    if p.output.split_by is not None and p.output.split_by not in cols:
+        raise ConfigError(f"{p.source}: output.split_by: no column {p.output.split_by!r}",
+                          _who_makes(p.output.split_by) or "e.g. cluster_coarse from the "
+                          "mode_clusters selector")
 
 
 def _who_makes(column: str) -> str | None:

@@ -35,32 +35,48 @@ from curate.sql import ident, literal
 class OutputShard:
     number: int
     items: list[dict[str, Any]]  # uid, shard, index, image_member, scores
+    group: str | None = None  # subdirectory when the output is split by a column
 
     @property
     def name(self) -> str:
-        return f"{self.number:05d}.tar"
+        """Path relative to the output directory."""
+        return f"{self.group}/{self.number:05d}.tar" if self.group else f"{self.number:05d}.tar"
+
+    @property
+    def state(self) -> str:
+        return self.name.replace("/", "__").removesuffix(".tar") + ".json"
 
     def digest(self) -> str:
         blob = json.dumps(self.items, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def plan(manifest: Path, score_columns: list[str], samples_per_shard: int) -> list[OutputShard]:
-    """Cut the kept rows of ``manifest`` into output shards, in pool order."""
+def plan(manifest: Path, score_columns: list[str], samples_per_shard: int,
+         split_by: str | None = None) -> list[OutputShard]:
+    """Cut the kept rows of ``manifest`` into output shards, in pool order; with ``split_by``,
+    each value of that column gets its own directory ``<column>=<value>/`` of shards."""
     con = duckdb.connect()
     scores = "".join(f", {ident(c)}" for c in score_columns)
+    group = f"CAST({ident(split_by)} AS VARCHAR)" if split_by else "NULL"
     rows = con.execute(f"""
-        SELECT uid, shard, "index", image_member {scores}
-        FROM read_parquet({literal(str(manifest))}) WHERE kept ORDER BY shard, "index"
+        SELECT {group} AS grp, uid, shard, "index", image_member {scores}
+        FROM read_parquet({literal(str(manifest))}) WHERE kept
+        ORDER BY {ident(split_by) + " NULLS LAST, " if split_by else ""}shard, "index"
     """).fetchall()
     con.close()
+    by_group: dict[str | None, list[tuple[Any, ...]]] = {}
+    for r in rows:
+        by_group.setdefault(r[0], []).append(r[1:])
     shards: list[OutputShard] = []
-    for n in range(math.ceil(len(rows) / samples_per_shard)):
-        chunk = rows[n * samples_per_shard:(n + 1) * samples_per_shard]
-        items = [{"uid": r[0], "shard": r[1], "index": r[2], "image_member": r[3],
-                  "scores": {c: _json_value(v) for c, v in zip(score_columns, r[4:], strict=True)}}
-                 for r in chunk]
-        shards.append(OutputShard(n, items))
+    for value, members in by_group.items():
+        sub_dir = f"{split_by}={value if value is not None else 'none'}" if split_by else None
+        for n in range(math.ceil(len(members) / samples_per_shard)):
+            chunk = members[n * samples_per_shard:(n + 1) * samples_per_shard]
+            items = [{"uid": r[0], "shard": r[1], "index": r[2], "image_member": r[3],
+                      "scores": {c: _json_value(v)
+                                 for c, v in zip(score_columns, r[4:], strict=True)}}
+                     for r in chunk]
+            shards.append(OutputShard(n, items, sub_dir))
     return shards
 
 
@@ -71,7 +87,7 @@ def _json_value(v: Any) -> Any:
 
 
 def is_current(out_dir: Path, shard: OutputShard) -> bool:
-    state = out_dir / ".state" / f"{shard.number:05d}.json"
+    state = out_dir / ".state" / shard.state
     if not (out_dir / shard.name).is_file() or not state.is_file():
         return False
     try:
@@ -101,7 +117,7 @@ def write_shard(shard: OutputShard, refs: dict[str, ShardRef], out_dir: str) -> 
                 writer.write(sample)
             writer.close()
     write_text(json.dumps({"digest": shard.digest(), "samples": len(shard.items)}),
-               out / ".state" / f"{shard.number:05d}.json")
+               out / ".state" / shard.state)
     return len(shard.items)
 
 
@@ -120,11 +136,21 @@ def _json_member(original: bytes | None, item: dict[str, Any]) -> bytes:
 
 
 def finish(out_dir: Path, shards: list[OutputShard]) -> None:
-    """Remove shards left over from an earlier run with more output; write sizes.json."""
+    """Remove shards left over from an earlier run with other output; write sizes.json (one in
+    the output directory, and one per split directory for open_clip)."""
     keep = {s.name for s in shards}
-    for old in out_dir.glob("[0-9][0-9][0-9][0-9][0-9].tar"):
-        if old.name not in keep:
+    for old in out_dir.rglob("[0-9][0-9][0-9][0-9][0-9].tar"):
+        rel = old.relative_to(out_dir).as_posix()
+        if rel not in keep:
             old.unlink()
-            (out_dir / ".state" / (old.stem + ".json")).unlink(missing_ok=True)
-    sizes = {s.name: len(s.items) for s in shards}
-    write_text(json.dumps(sizes, indent=1, sort_keys=True), out_dir / "sizes.json")
+            state = rel.replace("/", "__").removesuffix(".tar") + ".json"
+            (out_dir / ".state" / state).unlink(missing_ok=True)
+    groups: dict[str | None, dict[str, int]] = {}
+    for s in shards:
+        groups.setdefault(s.group, {})[s.name.rsplit("/", 1)[-1]] = len(s.items)
+    if any(g is not None for g in groups):
+        for g, sizes in groups.items():
+            write_text(json.dumps(sizes, indent=1, sort_keys=True), out_dir / str(g) /
+                       "sizes.json")
+    write_text(json.dumps({s.name: len(s.items) for s in shards}, indent=1, sort_keys=True),
+               out_dir / "sizes.json")

@@ -356,7 +356,8 @@ def _write_output(p: Pipeline, refs: list[ShardRef], run_dir: Path, rlog: RunLog
     out_dir.mkdir(exist_ok=True)
     score_cols = [c for s in p.scorer_stages() for c in s.outputs() if c not in s.sidecars()]
     score_cols += list(p.selector_columns())
-    shards = output.plan(run_dir / "manifest.parquet", score_cols, p.output.samples_per_shard)
+    shards = output.plan(run_dir / "manifest.parquet", score_cols, p.output.samples_per_shard,
+                         p.output.split_by)
     todo = [s for s in shards if not output.is_current(out_dir, s)]
     rlog.event("writing_start", shards=len(shards), todo=len(todo))
     bar = Progress(len(shards), "writing", progress)
