@@ -81,9 +81,14 @@ def separation(img: np.ndarray, assign: np.ndarray, n_classes: int) -> np.ndarra
     centres = np.zeros((n_classes, img.shape[1]))
     np.add.at(centres, assign, img)
     centres /= np.maximum(np.linalg.norm(centres, axis=1, keepdims=True), 1e-12)
-    sims = img @ centres.T
-    sims[np.arange(len(img)), assign] = -np.inf
-    return sims.max(axis=1)
+    centres32 = centres.astype(np.float32)
+    out = np.empty(len(img), dtype=np.float64)
+    for start in range(0, len(img), 65536):  # chunks: n × classes never exists at once
+        stop = min(len(img), start + 65536)
+        sims = img[start:stop].astype(np.float32) @ centres32.T
+        sims[np.arange(stop - start), assign[start:stop]] = -np.inf
+        out[start:stop] = sims.max(axis=1)
+    return out
 
 
 def greedy_class(img: np.ndarray, txt: np.ndarray, k: int, lam: float, other: np.ndarray,

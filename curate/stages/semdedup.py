@@ -57,6 +57,30 @@ def dedup_cluster(x: np.ndarray, threshold: float, block: int = 2048,
     return best > threshold, arg
 
 
+def semdedup(x: np.ndarray, uids: np.ndarray, clusters: int, epsilon: float,
+             keep: str = "farthest", niter: int = 20, seed: int = 0,
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """SemDeDup over normalised ``x`` (rows sorted by ``uids``): (is_duplicate, index of the
+    kept item each duplicate duplicates or -1, cluster of every item)."""
+    centroids, assign = spherical_kmeans(x, clusters, niter, seed)
+    is_dup = np.zeros(len(x), dtype=bool)
+    dup_of = np.full(len(x), -1, dtype=np.int64)
+    for c in range(len(centroids)):
+        members = np.flatnonzero(assign == c)
+        if len(members) < 2:
+            continue
+        dist = 1.0 - x[members] @ centroids[c]
+        key = -dist if keep == "farthest" else dist
+        order = members[np.lexsort((uids[members], key))]  # by distance, then uid
+        dup, earlier = dedup_cluster(x[order], 1.0 - epsilon)
+        kept_as = np.arange(len(order))
+        for pos in np.flatnonzero(dup):  # increasing: an earlier item's link is final
+            kept_as[pos] = kept_as[earlier[pos]]
+        is_dup[order[dup]] = True
+        dup_of[order[dup]] = order[kept_as[dup]]
+    return is_dup, dup_of, assign
+
+
 @register
 class SemDedup(Selector):
     name = "semdedup"
@@ -82,28 +106,12 @@ class SemDedup(Selector):
         rows, x = rows.filter(pa.array(scored)), x[scored]
         uids = np.asarray(rows.column("uid").to_pylist(), dtype=object)
         k = p.clusters or max(1, math.ceil(len(x) / 1000))
-        centroids, assign = spherical_kmeans(x, k, p.niter, p.seed)
-        row_ids = rows.column("_row").to_numpy()
-        reason: list[str | None] = [None] * len(x)
-        dup_of: list[str | None] = [None] * len(x)
-        for c in range(len(centroids)):
-            members = np.flatnonzero(assign == c)
-            if len(members) < 2:
-                continue
-            dist = 1.0 - x[members] @ centroids[c]
-            key = -dist if p.keep == "farthest" else dist
-            order = members[np.lexsort((uids[members], key))]  # by distance, then uid
-            is_dup, earlier = dedup_cluster(x[order], 1.0 - p.epsilon)
-            kept_as: dict[int, int] = {}
-            for pos, item in enumerate(order):
-                if not is_dup[pos]:
-                    kept_as[pos] = pos
-                    continue
-                target = kept_as[int(earlier[pos])]
-                kept_as[pos] = target
-                reason[item] = "semantic_duplicate"
-                dup_of[item] = str(uids[order[target]])
-        decisions = pa.table({"_row": row_ids, "reason": pa.array(reason, pa.string()),
-                              "semantic_duplicate_of": pa.array(dup_of, pa.string()),
-                              "semdedup_cluster": pa.array(assign.astype(np.int32))})
+        is_dup, dup_of, assign = semdedup(x, uids, k, p.epsilon, p.keep, p.niter, p.seed)
+        decisions = pa.table({
+            "_row": rows.column("_row").to_numpy(),
+            "reason": pa.array(np.where(is_dup, "semantic_duplicate", None).tolist(),
+                               pa.string()),
+            "semantic_duplicate_of": pa.array([str(uids[j]) if j >= 0 else None
+                                               for j in dup_of], pa.string()),
+            "semdedup_cluster": pa.array(assign.astype(np.int32))})
         ctx.mark(con, table, decisions)
