@@ -228,6 +228,13 @@ def _score_all(p: Pipeline, refs: list[ShardRef], run_dir: Path, rlog: RunLog,
 
     res = _worker_resources(p)
     cluster = ray.cluster_resources()
+    # A worker asking for more CPUs than any node has could never be placed: cap it.
+    node_cpus = max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")),
+                    default=1.0)
+    if res.cpus > node_cpus > 0:
+        log.warning("scorers ask for %.1f CPUs per worker, the largest node has %.1f: using "
+                    "%.1f", res.cpus, node_cpus, node_cpus)
+        res = Resources(cpus=node_cpus, gpus=res.gpus)
     use_gpu = res.gpus > 0 and cluster.get("GPU", 0) > 0
     if res.gpus > 0 and not use_gpu:
         log.warning("no GPU in the Ray cluster: scoring on CPU")

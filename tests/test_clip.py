@@ -144,3 +144,18 @@ def test_trimmed_text_tower_equals_open_clip(arch: str) -> None:
         full = net.encode_text(tokens)
         trimmed = encode_text_trimmed(net, short)
     assert torch.allclose(full, trimmed, atol=1e-5, rtol=1e-4)
+
+
+def test_worker_asking_for_more_cpus_than_any_node_still_runs(tiny_dir: Path, tmp_path: Path,
+                                                              ray_local: None) -> None:
+    from curate.config import pipeline_from_dict
+    from curate.runner import run
+
+    images = big_photos(2)
+    write_tar(tmp_path / "pool" / "00000.tar",
+              sample_members("a", images[0], "a photo") + sample_members("b", images[1], "b"))
+    p = pipeline_from_dict({
+        "input": {"shards": str(tmp_path / "pool" / "*.tar")},
+        "score": [{"clip": {"model": str(tiny_dir), "pretrained": None, "cpus": 4}}]})
+    result = run(p, tmp_path / "run", progress=False)  # 4 > the 2 CPUs: capped, not stuck
+    assert result.samples == 2 and result.kept == 2
