@@ -71,3 +71,16 @@ def test_missing_file_lists_known_pipelines(tmp_path: Any, monkeypatch: Any) -> 
     with pytest.raises(ConfigError) as info:
         load_pipeline("pipelines/dmeo.yaml")
     assert info.value.hint is not None and "demo.yaml" in info.value.hint
+
+
+def test_readme_pipeline_example_validates() -> None:
+    import re
+
+    import yaml
+
+    from curate.config import pipeline_from_dict
+
+    text = (REPO / "README.md").read_text()
+    block = re.search(r"```yaml\n(name: demo\n.*?)```", text, re.S)
+    assert block is not None
+    pipeline_from_dict(yaml.safe_load(block.group(1)))
