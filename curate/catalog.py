@@ -12,6 +12,8 @@ signals    the per-shard signals files (scores before selection)
 shards     one row per input shard: status, samples, errors, attempts, seconds, node
 funnel     step, reason, dropped, remaining: the selection funnel in pipeline order
 stages     per scorer: samples, errors, skipped, seconds (summed over shards)
+rewrites   (pipelines with ``rewrite:``) one row per kept sample and rewrite: text, status,
+           reason, attempts, seed, example_ids, model, backend, prompt_format, sampling
 ========== ==========================================================================
 """
 
@@ -37,6 +39,11 @@ VIEWS: dict[str, str] = {
     "stages": "SELECT * FROM read_parquet('stages.parquet')",
 }
 
+# Views over files only some runs have: name -> (file, SQL).
+OPTIONAL_VIEWS: dict[str, tuple[str, str]] = {
+    "rewrites": ("rewrites.parquet", "SELECT * FROM read_parquet('rewrites.parquet')"),
+}
+
 
 def write_catalog(run_dir: Path) -> Path:
     dest = run_dir / CATALOG
@@ -46,6 +53,9 @@ def write_catalog(run_dir: Path) -> Path:
         con.execute(f"SET file_search_path = {literal(str(run_dir.resolve()))}")
         for name, sql in VIEWS.items():
             con.execute(f"CREATE VIEW {name} AS {sql}")
+        for name, (file, sql) in OPTIONAL_VIEWS.items():
+            if (run_dir / file).is_file():
+                con.execute(f"CREATE VIEW {name} AS {sql}")
         con.close()
     return dest
 

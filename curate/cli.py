@@ -41,6 +41,19 @@ def _cmd_train_filter(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo_rewriter(args: argparse.Namespace) -> int:
+    from curate.demo.rewriter import make_demo_rewriter
+
+    r = make_demo_rewriter(args.out, seed=args.seed, train_seconds=args.train_seconds,
+                           max_steps=args.max_steps)
+    trained = (f"trained {r.steps} steps, loss {r.first_loss:.2f} → {r.last_loss:.2f}"
+               if r.steps else "random weights (untrained)")
+    print(f"demo rewriter ({r.parameters / 1e6:.1f}M parameters, {trained}) in {r.out}, "
+          f"{r.seconds:.0f}s")
+    print(f"use it with `rewrite: {{backend: transformers, model: {r.out}}}`")
+    return 0
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from curate.config import load_pipeline
     from curate.runner import run
@@ -58,6 +71,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print(f"run {pipeline.name}: {result.samples} samples in {result.shards} shards "
           f"({result.shards_resumed} resumed) in {result.seconds:.1f}s")
     _print_funnel(result.samples, result.funnel, result.kept)
+    if result.rewrite is not None:
+        _print_rewrites(result.rewrite)
     print(f"results in {result.run_dir}")
     print(f"  manifest:  {result.run_dir / 'manifest.parquet'}")
     print(f"  shards:    {result.run_dir / 'output'} ({result.output_shards} tar files)")
@@ -75,6 +90,15 @@ def _print_funnel(samples: int, funnel: Sequence[tuple[str, int]], kept: int) ->
     print(f"{'kept':<{width}}{kept:>9}  {share}")
 
 
+def _print_rewrites(rw: dict[str, Any]) -> None:
+    print(f"rewrites: {rw['requested']} asked for {rw['captions']} kept captions: {rw['ok']} ok, "
+          f"{rw['rejected']} rejected, {rw['errors']} backend errors, {rw['skipped']} skipped")
+    if rw["reasons"]:
+        print("  not ok: " + ", ".join(f"{k} {v}" for k, v in rw["reasons"].items()))
+    speed = f" at {rw['generated_per_s']:.1f} captions/s" if rw["generated"] else ""
+    print(f"  generated {rw['generated']}{speed}, {rw['cache_hits']} from the cache")
+
+
 def _cmd_stats(args: argparse.Namespace) -> int:
     path = Path(args.run_dir) / "stats.json"
     if not path.is_file():
@@ -88,6 +112,8 @@ def _cmd_stats(args: argparse.Namespace) -> int:
           f"{stats['seconds']:.1f}s")
     _print_funnel(stats["samples"], [(f["reason"], f["dropped"]) for f in stats["funnel"]],
                   stats["kept"])
+    if "rewrite" in stats:
+        _print_rewrites(stats["rewrite"])
     print("\nstage           samples   errors   seconds")
     for name, c in stats["stages"].items():
         print(f"{name:<14}{c['samples']:>9}{c['errors']:>9}{c['seconds']:>10.2f}")
@@ -104,7 +130,8 @@ def _cmd_query(args: argparse.Namespace) -> int:
         cur = con.execute(args.sql)
     except duckdb.Error as exc:
         raise CurateError(f"query failed: {str(exc).splitlines()[0]}",
-                          "views: manifest, kept, drops, signals, shards, funnel, stages "
+                          "views: manifest, kept, drops, signals, shards, funnel, stages, "
+                          "rewrites "
                           "(try: curate query RUN \"describe manifest\")") from exc
     if cur.description is None:
         return 0
@@ -192,6 +219,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--workers", type=int, default=0, help="DataLoader decoding processes")
     p.set_defaults(fn=_cmd_train_filter)
+
+    p = sub.add_parser("demo-rewriter", help="build (and optionally train) the tiny caption "
+                       "rewriter LLM of the demo")
+    p.add_argument("out", help="directory for the model (Hugging Face format)")
+    p.add_argument("--train-seconds", type=float, default=0.0,
+                   help="train on demo caption paraphrases for this long (0: random weights)")
+    p.add_argument("--max-steps", type=int, help="stop training after this many steps")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(fn=_cmd_demo_rewriter)
 
     p = sub.add_parser("run", help="run a pipeline (resumes an earlier run into the same --out)")
     p.add_argument("pipeline", help="pipeline YAML, e.g. pipelines/demo.yaml")

@@ -40,6 +40,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from curate.errors import ConfigError, CurateError
+from curate.rewrite.config import RewriteConfig
 from curate.schema import BATCH_ONLY_COLUMNS, MANIFEST_COLUMNS, SAMPLE_COLUMNS
 from curate.stages.base import Params, Rule, Scorer, Selector, Stage, StageKind, registered
 
@@ -94,6 +95,7 @@ class _PipelineFile(Params):
     select: list[Any] = []
     output: OutputConfig = OutputConfig()
     run: RunConfig = RunConfig()
+    rewrite: RewriteConfig | None = None  # LLM caption rewrites of the kept samples
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,7 @@ class Pipeline:
     run: RunConfig
     source: str  # the file it came from, or "<dict>"
     raw: dict[str, Any]
+    rewrite: RewriteConfig | None = None
 
     def scorer_stages(self) -> list[Scorer]:
         return [s.stage for s in self.scorers]  # type: ignore[misc]
@@ -181,8 +184,10 @@ def pipeline_from_dict(data: dict[str, Any], source: str = "<dict>") -> Pipeline
         select.extend(_select_steps(item, f"select[{i}]", source))
     pipeline = Pipeline(name=spec.name, description=spec.description, input=spec.input,
                         scorers=scorers, select=select, output=spec.output, run=spec.run,
-                        source=source, raw=data)
+                        source=source, raw=data, rewrite=spec.rewrite)
     check_columns(pipeline)
+    if spec.rewrite is not None:
+        _check_rewrite(spec.rewrite, source)
     return pipeline
 
 
@@ -211,9 +216,15 @@ def _hint_for(exc: ValidationError, model: type[BaseModel]) -> str | None:
     current: Any = model
     for part in err["loc"][:-1]:
         field = getattr(current, "model_fields", {}).get(part)
-        if field is None or not isinstance(field.annotation, type):
+        if field is None:
             break
-        current = field.annotation
+        ann = field.annotation
+        if not isinstance(ann, type):  # Optional[Model]: the model
+            ann = next((a for a in getattr(ann, "__args__", ()) if isinstance(a, type)
+                        and issubclass(a, BaseModel)), None)
+        if ann is None:
+            break
+        current = ann
     keys = sorted(getattr(current, "model_fields", {}))
     bad = str(err["loc"][-1])
     close = difflib.get_close_matches(bad, keys, n=1)
@@ -380,6 +391,23 @@ def check_columns(p: Pipeline) -> None:
         raise ConfigError(f"{p.source}: output.split_by: no column {p.output.split_by!r}",
                           _who_makes(p.output.split_by) or "e.g. cluster_coarse from the "
                           "mode_clusters selector")
+
+
+def _check_rewrite(cfg: RewriteConfig, source: str) -> None:
+    from curate.rewrite.prompts import load_examples
+
+    try:
+        examples = load_examples(cfg.examples_file)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{source}: rewrite.examples_file: {exc}",
+                          "a YAML list of {id, style, source, target}") from exc
+    if cfg.examples > len(examples):
+        raise ConfigError(f"{source}: rewrite.examples: {cfg.examples} examples per prompt, but "
+                          f"the pool has {len(examples)}")
+    if cfg.backend != "openai" and "://" not in cfg.model and cfg.model.startswith(
+            (".", "/")) and not Path(cfg.model).is_dir():
+        raise ConfigError(f"{source}: rewrite.model: no directory {cfg.model!r}",
+                          "give a local model directory or a hub name")
 
 
 def _who_makes(column: str) -> str | None:

@@ -6,7 +6,11 @@ Kept samples, in pool order, are cut into output shards of ``samples_per_shard``
 * ``__key__`` = the sample's uid;
 * the image member under its original extension, its bytes copied untouched from the input;
 * ``txt``: the caption member's original bytes;
-* ``json``: the input json object plus ``uid`` and ``scores`` (every scorer column).
+* ``json``: the input json object plus ``uid`` and ``scores`` (every scorer column), and, when
+  the pipeline rewrites captions, ``rewrites``: every rewrite with its provenance (model,
+  backend, prompt format, example ids, seed, sampling parameters, status, reason);
+* ``txt_rw0``, ``txt_rw1``, ...: the accepted rewrites (UTF-8), numbered as in ``rewrites``; a
+  rewrite that failed has no member, so a loader picks among ``txt`` and the ``txt_rw*`` present.
 
 ``output/sizes.json`` maps shard names to sample counts (open_clip's training loader reads it to
 know the dataset size). Every tar is written atomically; ``output/.state/NNNNN.json`` records a
@@ -28,6 +32,7 @@ import webdataset as wds
 
 from curate.io.atomic import atomic_path, write_text
 from curate.io.shards import ShardRef, read_members
+from curate.rewrite.stage import rewrites_json
 from curate.sql import ident, literal
 
 
@@ -56,11 +61,14 @@ def plan(manifest: Path, score_columns: list[str], samples_per_shard: int,
     """Cut the kept rows of ``manifest`` into output shards, in pool order; with ``split_by``,
     each value of that column gets its own directory ``<column>=<value>/`` of shards."""
     con = duckdb.connect()
+    src = f"read_parquet({literal(str(manifest))})"
+    has_rw = "rewrites" in {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()}
     scores = "".join(f", {ident(c)}" for c in score_columns)
     group = f"CAST({ident(split_by)} AS VARCHAR)" if split_by else "NULL"
     rows = con.execute(f"""
-        SELECT {group} AS grp, uid, shard, "index", image_member {scores}
-        FROM read_parquet({literal(str(manifest))}) WHERE kept
+        SELECT {group} AS grp, uid, shard, "index", image_member,
+               {"rewrites" if has_rw else "NULL"} AS rewrites {scores}
+        FROM {src} WHERE kept
         ORDER BY {ident(split_by) + " NULLS LAST, " if split_by else ""}shard, "index"
     """).fetchall()
     con.close()
@@ -74,8 +82,11 @@ def plan(manifest: Path, score_columns: list[str], samples_per_shard: int,
             chunk = members[n * samples_per_shard:(n + 1) * samples_per_shard]
             items = [{"uid": r[0], "shard": r[1], "index": r[2], "image_member": r[3],
                       "scores": {c: _json_value(v)
-                                 for c, v in zip(score_columns, r[4:], strict=True)}}
+                                 for c, v in zip(score_columns, r[5:], strict=True)}}
                      for r in chunk]
+            if has_rw:
+                for item, r in zip(items, chunk, strict=True):
+                    item["rewrites"] = rewrites_json(r[4])
             shards.append(OutputShard(n, items, sub_dir))
     return shards
 
@@ -113,6 +124,9 @@ def write_shard(shard: OutputShard, refs: dict[str, ShardRef], out_dir: str) -> 
                 caption = next((m[e] for e in ("txt", "text", "caption") if e in m), None)
                 if caption is not None:
                     sample["txt"] = caption
+                for rw in item.get("rewrites", ()):
+                    if rw["status"] == "ok":
+                        sample[f"txt_rw{rw['rewrite']}"] = rw["text"].encode("utf-8")
                 sample["json"] = _json_member(m.get("json"), item)
                 writer.write(sample)
             writer.close()
@@ -132,6 +146,8 @@ def _json_member(original: bytes | None, item: dict[str, Any]) -> bytes:
             pass
     meta["uid"] = item["uid"]
     meta["scores"] = item["scores"]
+    if "rewrites" in item:
+        meta["rewrites"] = item["rewrites"]
     return json.dumps(meta, sort_keys=True, ensure_ascii=False).encode()
 
 

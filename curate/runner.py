@@ -65,6 +65,7 @@ class RunResult:
     output_shards: int
     seconds: float
     stages: dict[str, dict[str, float | int]] = field(default_factory=dict)
+    rewrite: dict[str, Any] | None = None  # RewriteSummary.as_dict() when the pipeline rewrites
 
 
 class RunLog:
@@ -87,8 +88,9 @@ class RunLog:
 class Progress:
     """A tqdm bar on a terminal; a plain line every few seconds otherwise (CI logs)."""
 
-    def __init__(self, total: int, what: str, enabled: bool | None) -> None:
+    def __init__(self, total: int, what: str, enabled: bool | None, unit: str = "shard") -> None:
         self.total, self.what, self.done, self.samples = total, what, 0, 0
+        self.unit = unit
         self._t0 = self._last = time.perf_counter()
         tty = sys.stderr.isatty()
         self.enabled = tty if enabled is None else enabled
@@ -96,7 +98,7 @@ class Progress:
         if self.enabled and tty:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total, desc=what, unit="shard", dynamic_ncols=True)
+            self._bar = tqdm(total=total, desc=what, unit=unit, dynamic_ncols=True)
 
     def update(self, shards: int = 1, samples: int = 0) -> None:
         self.done += shards
@@ -108,8 +110,13 @@ class Progress:
         elif self.enabled and (time.perf_counter() - self._last > 5 or self.done == self.total):
             self._last = time.perf_counter()
             left = (self.total - self.done) * (time.perf_counter() - self._t0) / max(1, self.done)
-            print(f"{self.what}: {self.done}/{self.total} shards, {self.samples} samples, "
-                  f"{rate:.0f} samples/s, ETA {left:.0f}s", file=sys.stderr, flush=True)
+            if self.unit == "shard":
+                done = f"{self.done}/{self.total} shards, {self.samples} samples, " \
+                    f"{rate:.0f} samples/s"
+            else:
+                rate = self.done / max(1e-9, time.perf_counter() - self._t0)
+                done = f"{self.done}/{self.total} {self.unit}s, {rate:.1f}/s"
+            print(f"{self.what}: {done}, ETA {left:.0f}s", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self._bar is not None:
@@ -172,6 +179,11 @@ def run(pipeline: Pipeline | str | Path, out: str | Path, *, address: str | None
             write_parquet(_funnel_table(selection), run_dir / "funnel.parquet")
             rlog.event("selected", samples=selection.samples, kept=selection.kept,
                        seconds=round(time.perf_counter() - t_sel, 3))
+            if p.rewrite is not None:
+                rewrite = _rewrite(p, run_dir, rlog, progress)
+            else:
+                rewrite = None
+                (run_dir / "rewrites.parquet").unlink(missing_ok=True)  # from an earlier run
             n_out = _write_output(p, refs, run_dir, rlog, progress) if p.output.write_shards \
                 else 0
             write_catalog(run_dir)
@@ -183,15 +195,26 @@ def run(pipeline: Pipeline | str | Path, out: str | Path, *, address: str | None
         run_dir=run_dir, samples=selection.samples, kept=selection.kept,
         funnel=[(f.reason, f.dropped) for f in selection.funnel], shards=len(refs),
         shards_resumed=sum(s.resumed for s in summaries), output_shards=n_out,
-        seconds=round(time.perf_counter() - t0, 3), stages=stages)
+        seconds=round(time.perf_counter() - t0, 3), stages=stages, rewrite=rewrite)
     stats = {"pipeline": p.name, "samples": result.samples, "kept": result.kept,
              "funnel": [{"reason": r, "dropped": n} for r, n in result.funnel],
              "shards": result.shards, "shards_resumed": result.shards_resumed,
              "output_shards": n_out, "seconds": result.seconds, "stages": stages}
+    if rewrite is not None:
+        stats["rewrite"] = rewrite
     write_text(json.dumps(stats, indent=1), run_dir / "stats.json")
     rlog.event("run_end", samples=result.samples, kept=result.kept, seconds=result.seconds)
     rlog.close()
     return result
+
+
+def _rewrite(p: Pipeline, run_dir: Path, rlog: RunLog, progress: bool | None) -> dict[str, Any]:
+    from curate.rewrite.stage import rewrite_kept
+
+    assert p.rewrite is not None
+    summary = rewrite_kept(p.rewrite, run_dir, max_retries=p.run.max_retries, event=rlog.event,
+                           progress=lambda n: Progress(n, "rewriting", progress, "caption"))
+    return summary.as_dict()
 
 
 def _download(p: Pipeline, run_dir: Path, rlog: RunLog) -> list[ShardRef]:

@@ -62,6 +62,27 @@ def demo_filter(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def random_rewriter(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Llama with random weights and an in-process tokenizer: it writes garbage."""
+    from curate.demo.rewriter import make_demo_rewriter
+
+    return make_demo_rewriter(tmp_path_factory.mktemp("lm") / "random", seed=0).out
+
+
+@pytest.fixture(scope="session")
+def trained_rewriter(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo rewriter after a short training (fixed step count): its rewrites are
+    well-formed demo captions, so most pass validation."""
+    from curate.demo.rewriter import make_demo_rewriter
+
+    return make_demo_rewriter(tmp_path_factory.mktemp("lm") / "trained", seed=0,
+                              train_seconds=600, max_steps=TRAINED_REWRITER_STEPS).out
+
+
+TRAINED_REWRITER_STEPS = 120
+
+
+@pytest.fixture(scope="session")
 def demo_run(demo_pool: Path, ray_local: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo pipeline run once on the demo pool through the session's local Ray."""
     from curate.runner import run

@@ -42,9 +42,11 @@ def load_examples(path: str | Path | None = None) -> list[Example]:
 
 
 def pick_examples(examples: list[Example], uid: str, k: int, seed: int = 0,
-                  rewrite: int = 0) -> list[Example]:
-    """k distinct examples, drawn deterministically from (seed, uid, rewrite number)."""
-    digest = hashlib.sha256(f"{seed}\0{uid}\0{rewrite}".encode()).digest()
+                  rewrite: int = 0, attempt: int = 0) -> list[Example]:
+    """k distinct examples, drawn deterministically from (seed, uid, rewrite number, attempt);
+    a retried rewrite gets a fresh draw."""
+    salt = f"\0{attempt}" if attempt else ""
+    digest = hashlib.sha256(f"{seed}\0{uid}\0{rewrite}{salt}".encode()).digest()
     rng = random.Random(int.from_bytes(digest[:8], "big"))
     return rng.sample(examples, min(k, len(examples)))
 

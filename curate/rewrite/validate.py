@@ -3,20 +3,57 @@
 ``rejection(source, rewrite)`` returns None for an acceptable rewrite, else the reason:
 ``empty``, ``too_short``, ``too_long``, ``identical`` (same words as the source),
 ``repeated_tokens`` (a word repeated 3+ times in a row, or under half the words distinct),
-``prompt_echo`` (the prompt's ``=>`` or instruction leaking into the output) and
-``not_english`` (when the source is English and the rewrite is not). Language comes from a
-callable; by default the fasttext model the ``language`` scorer uses.
+``prompt_echo`` (the prompt's ``=>`` or instruction leaking into the output), ``malformed``
+(control, private-use or unassigned characters, or U+FFFD from broken byte sequences),
+``not_words`` (under ``min_known_words`` of its words are known words or words of the source,
+checked when the source itself passes; the known words are the 33k whole-word tokens of CLIP's
+BPE vocabulary, learned on web text and shipped with open_clip) and ``not_english`` (when the
+source is English and the rewrite is not). Language comes from a callable; by default the
+fasttext model the ``language`` scorer uses.
 """
 
 from __future__ import annotations
 
+import gzip
+import importlib.util
 import re
+import unicodedata
 from collections.abc import Callable
 from functools import lru_cache
+from pathlib import Path
 
 from curate.rewrite.prompts import INSTRUCTION
 
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
+_LETTERS = re.compile(r"[^\W\d_]+", re.UNICODE)
+_BAD_CATEGORIES = frozenset({"Cc", "Cf", "Co", "Cn", "Cs"})
+
+
+@lru_cache(maxsize=1)
+def known_words() -> frozenset[str]:
+    """Whole-word tokens of CLIP's BPE vocabulary (the file ships inside open_clip; read here
+    without importing open_clip)."""
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations:
+        return frozenset()
+    path = Path(next(iter(spec.submodule_search_locations))) / "bpe_simple_vocab_16e6.txt.gz"
+    merges = gzip.open(path).read().decode("utf-8").split("\n")[1:49152 - 256 - 2 + 1]
+    words = set()
+    for line in merges:
+        parts = line.split()
+        if len(parts) == 2 and parts[1].endswith("</w>"):
+            word = parts[0] + parts[1][:-4]
+            if word.isalpha():
+                words.add(word)
+    return frozenset(words)
+
+
+def known_fraction(text: str, also: set[str] | frozenset[str] = frozenset()) -> float:
+    words = _LETTERS.findall(text.lower())
+    if not words:
+        return 0.0
+    vocab = known_words()
+    return sum(w in vocab or w in also for w in words) / len(words)
 
 
 @lru_cache(maxsize=1)
@@ -38,7 +75,7 @@ def _fasttext() -> Callable[[str], str | None]:
 
 
 def rejection(source: str, rewrite: str | None, *, min_words: int = 2,
-              max_words: int | None = None,
+              max_words: int | None = None, min_known_words: float = 0.5,
               lang_of: Callable[[str], str | None] | None = None) -> str | None:
     """Why ``rewrite`` is not an acceptable rewrite of ``source`` (None when it is).
     ``max_words`` defaults to 3× the source's words, at least 40."""
@@ -58,7 +95,12 @@ def rejection(source: str, rewrite: str | None, *, min_words: int = 2,
     if any(words[i] == words[i + 1] == words[i + 2] for i in range(len(words) - 2)) or (
             len(words) >= 6 and len(set(words)) < len(words) / 2):
         return "repeated_tokens"
+    if any(ch == "\ufffd" or unicodedata.category(ch) in _BAD_CATEGORIES for ch in text):
+        return "malformed"
     lang = lang_of or _fasttext()
     if lang(source) == "en" and lang(text) != "en":
         return "not_english"
+    if min_known_words > 0 and known_fraction(source) >= min_known_words and known_fraction(
+            text, set(_LETTERS.findall(source.lower()))) < min_known_words:
+        return "not_words"
     return None
