@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo
 SYSTEM_PACKAGES := fonts-dejavu-core
 
-.PHONY: install system-deps demo test lint clean
+.PHONY: install system-deps demo demo-laclip test lint clean
 
 install: $(STAMP)
 
@@ -46,6 +46,15 @@ demo: $(STAMP)
 	@echo "output/*.tar (curated shards), catalog.duckdb (views). Try:"
 	@echo "  $(BIN)/curate stats $(DEMO_DIR)/run"
 	@echo "  $(BIN)/curate query $(DEMO_DIR)/run \"select * from drops limit 10\""
+
+# LaCLIP caption rewrites on the demo pool: trains the tiny demo rewriter LLM (3 minutes on CPU),
+# then runs pipelines/laclip.yaml (two rewrites per kept caption, txt_rw0/txt_rw1 members).
+demo-laclip: $(STAMP)
+	@test -d $(DEMO_DIR)/pool || $(BIN)/curate demo-data $(DEMO_DIR)/pool
+	@test -f $(DEMO_DIR)/rewriter/config.json || \
+	  $(BIN)/curate demo-rewriter $(DEMO_DIR)/rewriter --train-seconds 180
+	$(BIN)/curate run pipelines/laclip.yaml --out $(DEMO_DIR)/laclip
+	$(BIN)/curate query $(DEMO_DIR)/laclip "select m.caption, r.rewrite, r.status, coalesce(r.text, r.reason) as rewrite_or_reason from rewrites r join manifest m using (uid) order by m.shard, m.index, r.rewrite limit 12"
 
 lint: $(STAMP)
 	$(BIN)/ruff check curate tests benchmarks

@@ -166,6 +166,10 @@ def run(pipeline: Pipeline | str | Path, out: str | Path, *, address: str | None
     write_text(yaml.safe_dump(p.raw, sort_keys=False), run_dir / "pipeline.yaml")
     try:
         with ray_session(address or p.run.address):
+            if p.rewrite is not None:
+                from curate.rewrite.stage import preflight
+
+                preflight(p.rewrite)
             refs = listed if listed is not None else _download(p, run_dir, rlog)
             rlog.event("shards_listed", count=len(refs))
             summaries = _score_all(p, refs, run_dir, rlog, progress)

@@ -318,6 +318,19 @@ def _requeue_or_fail(batch: list[_Slot], queue: deque[_Slot], max_retries: int, 
             finished(1)
 
 
+def preflight(cfg: RewriteConfig) -> None:
+    """Checks that need the cluster, run before scoring so a hopeless rewrite fails early."""
+    import ray
+
+    if cfg.backend == "vllm":
+        need = float(cfg.vllm.tensor_parallel_size)
+        have = ray.cluster_resources().get("GPU", 0.0)
+        if have < need:
+            raise CurateError(f"the vllm rewrite backend needs {need:g} GPU(s) per worker; "
+                              f"the Ray cluster has {have:g}",
+                              "use the transformers backend on CPU, or an openai endpoint")
+
+
 def _start_workers(cfg: RewriteConfig, emit: Callable[..., None],
                    count: int | None = None) -> list[Any]:
     import ray
@@ -327,11 +340,8 @@ def _start_workers(cfg: RewriteConfig, emit: Callable[..., None],
     node_cpus = max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")),
                     default=1.0)
     if cfg.backend == "vllm":
+        preflight(cfg)
         per_gpu = float(cfg.vllm.tensor_parallel_size)
-        if gpus < per_gpu:
-            raise CurateError(f"the vllm rewrite backend needs {per_gpu:g} GPU(s) per worker; "
-                              f"the Ray cluster has {gpus:g}",
-                              "use the transformers backend on CPU, or an openai endpoint")
         n, num_cpus, num_gpus, device = int(gpus // per_gpu), 1.0, per_gpu, "cuda"
     elif cfg.backend == "transformers" and gpus >= 1:
         n, num_cpus, num_gpus, device = int(gpus), 1.0, 1.0, "cuda"
