@@ -11,6 +11,7 @@ from curate.stages import (  # noqa: F401
     image_info,
     in_set,
     language,
+    metaclip_balance,
     mode_clusters,
     ocr,
     parrot,
