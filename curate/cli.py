@@ -187,6 +187,25 @@ def _cmd_stages(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_metadata_build(args: argparse.Namespace) -> int:
+    from curate.metadata import UNIGRAM_MIN_COUNT, build_metadata
+
+    if args.min_count is not None and args.unigrams is None:
+        raise CurateError("--min-count applies to --unigrams, which was not given",
+                          "pass --unigrams FILE (lines 'word<TAB>count') or drop --min-count")
+    r = build_metadata(args.out, wordnet_dir=args.wordnet_dir, unigrams=args.unigrams,
+                       min_count=UNIGRAM_MIN_COUNT if args.min_count is None else args.min_count,
+                       bigrams=args.bigrams, titles=args.titles)
+    version = f"WordNet {r.wordnet_version}" if r.wordnet_version else "WordNet"
+    print(f"wrote {r.total} metadata entries to {r.out} ({version} from {args.wordnet_dir})")
+    print(f"  {'source':<10}{'given':>9}{'kept':>9}{'new':>9}")
+    for c in r.sources:
+        print(f"  {c.name:<10}{c.given:>9}{c.kept:>9}{c.added:>9}")
+    print(f"  {r.unmatchable} entries hold , . ; : ? ! ` or a tab: MetaCLIP's matcher never "
+          "matches them")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="curate", description="Score once, select later: curate image-text pools into "
@@ -252,6 +271,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("stages", help="list the scorers, rules, selectors and presets")
     p.set_defaults(fn=_cmd_stages)
+
+    p = sub.add_parser("metadata", help="MetaCLIP balancing metadata (entry lists)")
+    msub = p.add_subparsers(dest="metadata_command", metavar="ACTION", required=True)
+    p = msub.add_parser("build", help="write a metadata JSON list: the numbers 0-99, WordNet "
+                        "synset names, then optional unigram, bigram and title lists")
+    p.add_argument("--out", required=True, help="the JSON file, e.g. metadata/wordnet.json")
+    p.add_argument("--wordnet-dir", default="/usr/share/wordnet",
+                   help="WordNet 3.0 data files (Debian wordnet-base; default %(default)s)")
+    p.add_argument("--unigrams", help="lines 'word<TAB>count' (or 'word count')")
+    p.add_argument("--min-count", type=int,
+                   help="keep unigrams counted at least this often (default 100, MetaCLIP's)")
+    p.add_argument("--bigrams", help="one bigram per line")
+    p.add_argument("--titles", help="one title per line")
+    p.set_defaults(fn=_cmd_metadata_build)
     return ap
 
 
