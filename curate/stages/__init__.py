@@ -12,6 +12,7 @@ from curate.stages import (  # noqa: F401
     in_set,
     language,
     metaclip_balance,
+    metaclip_match,
     mode_clusters,
     ocr,
     parrot,
