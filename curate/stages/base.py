@@ -375,7 +375,8 @@ def run_scorer(scorer: Scorer, batch: pa.Table, errors: BatchErrors) -> pa.Table
     computed: Mapping[str, Sequence[Any] | pa.Array] = {c: [] for c in outputs}
     failures: list[BaseException | None] = [None] * len(ok)
     if ok:
-        sub = batch.take(ok).select(list(scorer.inputs()))
+        # only the inputs are copied (a table with no columns would lose its row count)
+        sub = batch.select(list(scorer.inputs()) or batch.column_names[:1]).take(ok)
         if isinstance(scorer, SampleScorer):
             computed, failures = _score_one_by_one(scorer, sub)
         else:
