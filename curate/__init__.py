@@ -1,3 +1,19 @@
 """curate: score once, select later: turn raw image-text pools into CLIP training sets."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from curate.catalog import Run
+
 __version__ = "0.1.0"
+
+
+def open_run(run_dir: str | Path) -> Run:
+    """The run's catalogue (``curate.catalog.Run``): ``.sql(query)``, ``.view(name)``, ``.pl()``."""
+    from curate.catalog import open_run as _open_run
+
+    return _open_run(run_dir)

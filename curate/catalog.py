@@ -14,12 +14,18 @@ funnel     step, reason, dropped, remaining: the selection funnel in pipeline or
 stages     per scorer: samples, errors, skipped, seconds (summed over shards)
 rewrites   (pipelines with ``rewrite:``) one row per kept sample and rewrite: text, status,
            reason, attempts, seed, example_ids, model, backend, prompt_format, sampling
+entry_counts (pipelines with ``metaclip_balance``) per metadata entry: entry_id, entry,
+           count_before, count_after, p
 ========== ==========================================================================
+
+``open_run(path)`` (also ``curate.open_run``) gives a ``Run``: ``run.sql(query)`` returns a
+DuckDB relation over these views, ``run.pl(query_or_view)`` a polars DataFrame.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
@@ -42,6 +48,8 @@ VIEWS: dict[str, str] = {
 # Views over files only some runs have: name -> (file, SQL).
 OPTIONAL_VIEWS: dict[str, tuple[str, str]] = {
     "rewrites": ("rewrites.parquet", "SELECT * FROM read_parquet('rewrites.parquet')"),
+    "entry_counts": ("entry_counts.parquet",
+                     "SELECT * FROM read_parquet('entry_counts.parquet')"),
 }
 
 
@@ -71,3 +79,43 @@ def open_catalog(run_dir: str | Path) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect(str(path), read_only=True)
     con.execute(f"SET file_search_path = {literal(str(run.resolve()))}")
     return con
+
+
+class Run:
+    """A finished run's catalogue: DuckDB relations and polars frames over its views."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.dir = Path(run_dir)
+        self.con = open_catalog(run_dir)
+
+    @property
+    def views(self) -> list[str]:
+        return [r[0] for r in self.con.execute(
+            "SELECT view_name FROM duckdb_views() WHERE NOT internal ORDER BY 1").fetchall()]
+
+    def sql(self, query: str) -> duckdb.DuckDBPyRelation:
+        return self.con.sql(query)
+
+    def value(self, query: str) -> Any:
+        """The first column of the first row of ``query`` (None when it returns no row)."""
+        row = self.con.execute(query).fetchone()
+        return row[0] if row else None
+
+    def view(self, name: str) -> duckdb.DuckDBPyRelation:
+        if name not in self.views:
+            raise CurateError(f"run {self.dir} has no view {name!r}",
+                              f"views: {', '.join(self.views)}")
+        return self.con.sql(f"SELECT * FROM {name}")
+
+    def pl(self, query_or_view: str) -> Any:
+        """A polars DataFrame of a view (by name) or of a query."""
+        rel = self.view(query_or_view) if query_or_view.isidentifier() else self.sql(
+            query_or_view)
+        return rel.pl()
+
+    def close(self) -> None:
+        self.con.close()
+
+
+def open_run(run_dir: str | Path) -> Run:
+    return Run(run_dir)

@@ -99,6 +99,31 @@ def _print_rewrites(rw: dict[str, Any]) -> None:
     print(f"  generated {rw['generated']}{speed}, {rw['cache_hits']} from the cache")
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from curate import export
+
+    fn = {"datacomp": export.export_datacomp, "uids": export.export_uids,
+          "parquet": export.export_parquet}[args.format]
+    n = fn(args.run_dir, args.out)
+    print(f"exported {n} kept samples ({args.format}) to {args.out}")
+    return 0
+
+
+def _cmd_reshard(args: argparse.Namespace) -> int:
+    from curate.export import read_uids, reshard
+
+    if (args.run is None) == (args.pool is None):
+        raise CurateError("give exactly one of --run (locate samples by its manifest) or "
+                          "--pool (read the shards once)")
+    uids = read_uids(args.uids)
+    r = reshard(uids, args.out, run_dir=args.run, pool=args.pool,
+                samples_per_shard=args.samples_per_shard)
+    print(f"wrote {r.written} of {r.wanted} samples in {r.shards} shards to {r.out}")
+    if r.missing:
+        print(f"{len(r.missing)} uids are not in the pool: {r.out / 'missing_uids.txt'}")
+    return 0
+
+
 def _cmd_stats(args: argparse.Namespace) -> int:
     path = Path(args.run_dir) / "stats.json"
     if not path.is_file():
@@ -131,7 +156,7 @@ def _cmd_query(args: argparse.Namespace) -> int:
     except duckdb.Error as exc:
         raise CurateError(f"query failed: {str(exc).splitlines()[0]}",
                           "views: manifest, kept, drops, signals, shards, funnel, stages, "
-                          "rewrites "
+                          "rewrites, entry_counts "
                           "(try: curate query RUN \"describe manifest\")") from exc
     if cur.description is None:
         return 0
@@ -263,6 +288,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
     p.add_argument("--max-rows", type=int, default=100, help="0 for all (default 100)")
     p.set_defaults(fn=_cmd_query)
+
+    p = sub.add_parser("export", help="the kept samples of a run as a DataComp uid subset "
+                       "(.npy), a uid list, or a Parquet of url/caption for re-download")
+    p.add_argument("run_dir")
+    p.add_argument("--format", choices=["datacomp", "uids", "parquet"], default="datacomp")
+    p.add_argument("--out", required=True)
+    p.set_defaults(fn=_cmd_export)
+
+    p = sub.add_parser("reshard", help="write shards holding exactly a uid list's samples, "
+                       "from the original pool, without rescoring")
+    p.add_argument("--uids", required=True, help="uid list: .npy (DataComp), .txt, .parquet")
+    p.add_argument("--out", required=True, help="directory for the shards")
+    p.add_argument("--run", help="a run over the pool: its manifest locates the samples")
+    p.add_argument("--pool", help="or the pool's shards (pattern), read once")
+    p.add_argument("--samples-per-shard", type=int, default=1000)
+    p.set_defaults(fn=_cmd_reshard)
 
     p = sub.add_parser("stats", help="the funnel of a run: samples in, drops per rule, kept")
     p.add_argument("run_dir")

@@ -85,6 +85,13 @@ def test_balancing_bites_and_reports(metaclip_run: Path) -> None:
             SELECT 1 FROM c WHERE list_contains(metaclip_entries, c.entry_id)
             AND c.count_before <= 8)""").fetchone()[0]
     assert tail_dropped == 0
+    # the catalogue has the entry counts
+    import curate
+
+    run = curate.open_run(metaclip_run)
+    assert run.value("SELECT count(*) FROM entry_counts") == 86_654
+    assert run.value("SELECT sum(count_before) FROM entry_counts") == report["matches_before"]
+    run.close()
 
 
 def test_same_subset_for_two_workers_and_one_shard(metaclip_run: Path, demo_pool: Path,

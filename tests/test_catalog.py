@@ -1,0 +1,39 @@
+"""The run catalogue as a Python API: curate.open_run gives DuckDB relations and polars frames
+over the views, with known counts on the demo run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import pytest
+
+import curate
+from curate.errors import CurateError
+
+
+def test_views_answer_known_counts(demo_run: Path) -> None:
+    run = curate.open_run(demo_run)
+    assert {"manifest", "kept", "drops", "signals", "shards", "funnel", "stages"} <= set(
+        run.views)
+    m = duckdb.connect().execute(
+        f"SELECT count(*), count(*) FILTER (WHERE kept) FROM read_parquet("
+        f"'{demo_run / 'manifest.parquet'}')").fetchone()
+    assert run.value("SELECT count(*) FROM manifest") == m[0] == 512
+    assert run.value("SELECT count(*) FROM kept") == m[1]
+    assert run.value("SELECT count(*) FROM drops") == m[0] - m[1]
+    assert run.value("SELECT count(*) FROM signals") == 512
+    assert run.value("SELECT sum(samples) FROM shards") == 512
+    funnel = run.pl("funnel")
+    assert funnel["dropped"].sum() == m[0] - m[1]
+    by_reason = run.pl("SELECT reason, count(*) AS n FROM drops GROUP BY 1")
+    assert dict(zip(by_reason["reason"], by_reason["n"], strict=True)) == {
+        r: d for r, d in zip(funnel["reason"], funnel["dropped"], strict=True) if d}
+    with pytest.raises(CurateError, match="no view"):
+        run.view("entry_counts")  # the basic pipeline does not balance
+    run.close()
+
+
+def test_not_a_run(tmp_path: Path) -> None:
+    with pytest.raises(CurateError, match="not a finished curate run"):
+        curate.open_run(tmp_path)
