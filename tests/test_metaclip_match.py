@@ -15,7 +15,12 @@ from curate.errors import CurateError
 from curate.metadata import DEFAULT_METADATA
 from curate.schema import BATCH_SCHEMA
 from curate.stages.base import BatchErrors, registered, run_scorer
-from curate.stages.metaclip_match import MetaclipMatch, MetaclipMatchParams, SubstringMatcher
+from curate.stages.metaclip_match import (
+    AhoCorasickMatcher,
+    MetaclipMatch,
+    MetaclipMatchParams,
+    SubstringMatcher,
+)
 
 
 def spaced(text: str) -> str:
@@ -272,3 +277,47 @@ def test_default_is_the_shipped_wordnet_metadata() -> None:
     ids = {e: entries.index(e) for e in ("ice cream", "ice", "cream", "cone", "mustard")}
     assert {ids["ice cream"], ids["ice"], ids["cream"], ids["cone"]} <= set(expected[2])
     assert ids["mustard"] in expected[0]  # "mustard." is spaced to "mustard ."
+
+
+# The pyahocorasick engine (engine: aho_corasick) must give exactly the same matches.
+
+def test_aho_corasick_engine_edge_cases() -> None:
+    m = AhoCorasickMatcher(["new york", "york city", "St.", "dog", "Dog", "", "new york"])
+    got = m.match(pa.array(["new york city", "Photo of a dog. Dog!", "St. Patrick",
+                            "dog dog dog", None, "", "new\tyork"])).to_pylist()
+    assert got == [[0, 1, 6], [3, 4, 5], [5], [3], [], [5], [0, 6]]
+    assert AhoCorasickMatcher(ENTRIES).match(pa.array(CORPUS)).to_pylist() == reference(
+        CORPUS, ENTRIES)
+    entries = ["dog", "cat", "dog", "hot dog", "dog", "cat"]
+    captions = ["a hot dog", "cat and dog", "no pets", None]
+    assert AhoCorasickMatcher(entries).match(pa.array(captions)).to_pylist() == reference(
+        captions, entries)
+    dense = [",", "a", "a a", "a a a", "new york", "york city", "new york city", ""]
+    long_captions = [",," * 3000, "a " * 3000, "new york city " * 400, "\n" * 100]
+    assert AhoCorasickMatcher(dense).match(pa.array(long_captions)).to_pylist() == reference(
+        long_captions, dense)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_aho_corasick_engine_matches_reference(seed: int) -> None:
+    entries, captions = _random_case(seed, 3000)
+    expected = reference(captions, entries)
+    matcher = AhoCorasickMatcher(entries)
+    arr = pa.array(captions)
+    start, got = 0, []
+    rng = random.Random(seed)
+    while start < len(captions):
+        size = rng.choice((1, 7, 256, 1000))
+        got += matcher.match(arr.slice(start, size)).to_pylist()
+        start += size
+    assert got == expected
+
+
+def test_engine_parameter(tmp_path: Path) -> None:
+    entries, captions = _random_case(5, 500)
+    path = write_metadata(tmp_path / "m.json", entries)
+    rows = [{"caption": c} for c in captions]
+    trie, _ = score(MetaclipMatch(MetaclipMatchParams(metadata=path)), rows)
+    ac, _ = score(MetaclipMatch(MetaclipMatchParams(metadata=path, engine="aho_corasick")), rows)
+    assert [r["metaclip_entries"] for r in ac] == [r["metaclip_entries"] for r in trie] == \
+        reference(captions, entries)

@@ -37,6 +37,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -348,8 +349,70 @@ def as_captions(column: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, list[str 
                    for missing in arr.is_null().to_numpy(zero_copy_only=False)]
 
 
+class AhoCorasickMatcher:
+    """The same matches as `SubstringMatcher`, found by pyahocorasick (a maintained C library)
+    instead of the word trie: the patterns are ``" " + entry + " "``; a batch's spaced
+    captions (Arrow compute, MetaCLIP's replacement order) are joined by a character no entry
+    holds, so no match can span two captions, and scanned by one ``iter``; numpy maps each
+    match back to its caption and sorts and de-duplicates the ids. ``engine: aho_corasick``
+    selects it; it is exact but slower than the trie (the per-match Python tuples dominate,
+    see the README's MetaCLIP section)."""
+
+    def __init__(self, entries: Sequence[str]) -> None:
+        try:
+            import ahocorasick
+        except ImportError as exc:
+            raise CurateError("engine aho_corasick needs pyahocorasick",
+                              "pip install pyahocorasick==2.3.1") from exc
+        used = set("".join(entries))
+        self.sep = next(chr(c) for c in range(0x110000) if chr(c) not in used and c != 32)
+        groups: dict[str, list[int]] = {}
+        for i, entry in enumerate(entries):
+            groups.setdefault(f" {entry} ", []).append(i)
+        self.automaton = ahocorasick.Automaton()
+        for k, pattern in enumerate(groups):
+            self.automaton.add_word(pattern, k)
+        self.automaton.make_automaton()
+        sizes = np.array([len(v) for v in groups.values()], dtype=np.int64)
+        self.group_start = np.concatenate([[0], np.cumsum(sizes)])[:-1]
+        self.group_size = sizes
+        self.group_ids = np.array([i for v in groups.values() for i in v], dtype=np.int64)
+
+    def match_arrays(self, captions: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+        n = len(captions)
+        valid = captions.is_valid().to_numpy(zero_copy_only=False)
+        spaced = pc.binary_join_element_wise(" ", pc.fill_null(captions, ""), " ", "")
+        for ch in PUNCTUATION:
+            spaced = pc.replace_substring(spaced, ch, f" {ch} ")
+        for ch in BLANKED:
+            spaced = pc.replace_substring(spaced, ch, " ")
+        lengths = pc.utf8_length(spaced).to_numpy(zero_copy_only=False).astype(np.int64)
+        starts = np.concatenate([[0], np.cumsum(lengths + 1)])[:-1]
+        found = list(self.automaton.iter(self.sep.join(spaced.to_pylist())))
+        ends = np.fromiter((f[0] for f in found), np.int64, len(found))
+        groups = np.fromiter((f[1] for f in found), np.int64, len(found))
+        rows = np.searchsorted(starts, ends, side="right") - 1
+        keep = valid[rows] if len(rows) else np.zeros(0, dtype=bool)
+        rows, groups = rows[keep], groups[keep]
+        counts = self.group_size[groups]
+        rows = np.repeat(rows, counts)
+        first = np.repeat(self.group_start[groups], counts)
+        within = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
+        ids = self.group_ids[first + within]
+        key = np.unique(rows * (1 << 32) + ids)
+        rows, ids = key >> 32, (key & 0xFFFFFFFF).astype(np.int32)
+        offsets = np.searchsorted(rows, np.arange(n + 1)).astype(np.int32)
+        return offsets, ids
+
+    def match(self, captions: pa.Array) -> pa.ListArray:
+        offsets, ids = self.match_arrays(captions)
+        return pa.ListArray.from_arrays(pa.array(offsets), pa.array(ids))
+
+
 class MetaclipMatchParams(Params):
     metadata: str | None = None  # a JSON list of strings; default: metadata/wordnet.json
+    # trie: curate's word trie (numba), the fast default; aho_corasick: pyahocorasick, exact too
+    engine: Literal["trie", "aho_corasick"] = "trie"
 
 
 @register
@@ -364,7 +427,7 @@ class MetaclipMatch(Scorer):
         p: MetaclipMatchParams = self.params  # type: ignore[assignment]
         # Resolved here, on the driver: workers may run in another directory.
         self.metadata_path = Path(p.metadata).resolve() if p.metadata else DEFAULT_METADATA
-        self._matcher: SubstringMatcher | None = None
+        self._matcher: SubstringMatcher | AhoCorasickMatcher | None = None
         self._fingerprint: str | None = None
 
     def fingerprint(self) -> str:
@@ -387,7 +450,10 @@ class MetaclipMatch(Scorer):
     def setup(self) -> None:
         from curate.metadata import load_metadata
 
-        self._matcher = SubstringMatcher(load_metadata(self.metadata_path))
+        entries = load_metadata(self.metadata_path)
+        engine = self.params.engine  # type: ignore[attr-defined]
+        self._matcher = SubstringMatcher(entries) if engine == "trie" else AhoCorasickMatcher(
+            entries)
 
     def score_batch(self, batch: pa.Table) -> Mapping[str, Sequence[str | None] | pa.Array]:
         if self._matcher is None:
