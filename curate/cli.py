@@ -326,6 +326,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bigrams", help="one bigram per line")
     p.add_argument("--titles", help="one title per line")
     p.set_defaults(fn=_cmd_metadata_build)
+
+    from curate.report import report_command
+
+    p = sub.add_parser("report", help="write a self-contained HTML report of a finished run "
+                       "(RUN_DIR/report/index.html)")
+    p.add_argument("run_dir")
+    p.add_argument("--out", help="the HTML file (default RUN_DIR/report/index.html)")
+    p.add_argument("--gallery", type=int, default=12,
+                   help="kept and dropped samples shown, each (default %(default)s)")
+    p.set_defaults(fn=report_command)
     return ap
 
 
