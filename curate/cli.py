@@ -99,6 +99,15 @@ def _print_rewrites(rw: dict[str, Any]) -> None:
     print(f"  generated {rw['generated']}{speed}, {rw['cache_hits']} from the cache")
 
 
+def _cmd_diff(args: argparse.Namespace) -> int:
+    from curate.diff import diff_runs, format_diff
+
+    print(format_diff(diff_runs(args.run_a, args.run_b, args.out)))
+    if args.out:
+        print(f"per-sample differences: {args.out}")
+    return 0
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from curate import export
 
@@ -288,6 +297,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
     p.add_argument("--max-rows", type=int, default=100, help="0 for all (default 100)")
     p.set_defaults(fn=_cmd_query)
+
+    p = sub.add_parser("diff", help="compare two runs: samples kept in one and not the "
+                       "other, the reasons, and the pipeline steps that differ")
+    p.add_argument("run_a")
+    p.add_argument("run_b")
+    p.add_argument("--out", help="write the differing samples (uid, kept/reason in each) here "
+                   "as Parquet")
+    p.set_defaults(fn=_cmd_diff)
 
     p = sub.add_parser("export", help="the kept samples of a run as a DataComp uid subset "
                        "(.npy), a uid list, or a Parquet of url/caption for re-download")

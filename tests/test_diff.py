@@ -1,0 +1,59 @@
+"""curate diff: two runs of the demo pool that differ in one threshold and one added rule."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import duckdb
+import pyarrow.parquet as pq
+from conftest import REPO, curate_cli
+
+from curate.config import load_pipeline, pipeline_from_dict
+from curate.diff import diff_runs, format_diff
+from curate.runner import run
+
+
+def test_diff_names_the_steps_that_differ(demo_run: Path, demo_pool: Path, ray_local: None,
+                                          tmp_path: Path) -> None:
+    # B: the same pool and scores (copied run: scoring resumes), a stricter caption rule and
+    # an extra rule on the image width
+    b = tmp_path / "b"
+    shutil.copytree(demo_run, b)
+    pipe = load_pipeline(REPO / "pipelines" / "basic.yaml",
+                         {"input": {"shards": str(demo_pool / "*.tar")}})
+    raw = dict(pipe.raw)
+    raw["select"] = [{"rule": "threshold", "column": "caption_words", "gt": 6,
+                      "reason": "caption_too_few_words"},
+                     {"rule": "in_set", "column": "lang", "values": ["en"],
+                      "reason": "not_english"},
+                     {"rule": "sql", "keep": "width >= 300", "reason": "narrow"},
+                     {"selector": "exact_dedup"}]
+    result = run(pipeline_from_dict(raw), b, progress=False)
+    assert result.shards_resumed == result.shards  # nothing was rescored
+    d = diff_runs(demo_run, b, tmp_path / "d.parquet")
+    con = duckdb.connect()
+    ka = {u for (u,) in con.execute(f"SELECT uid FROM '{demo_run}/manifest.parquet' WHERE kept"
+                                    ).fetchall()}
+    kb = {u for (u,) in con.execute(f"SELECT uid FROM '{b}/manifest.parquet' WHERE kept"
+                                    ).fetchall()}
+    assert d.kept_both == len(ka & kb) and d.only_a == len(ka - kb) and d.only_b == len(kb - ka)
+    assert d.only_a > 0 and set(d.only_a_by_reason) <= {"caption_too_few_words", "narrow",
+                                                          "not_english"}
+    assert sum(d.only_a_by_reason.values()) == d.only_a
+    # B dropped fewer for the rules it no longer has: those samples are kept only in B
+    assert set(d.only_b_by_reason) <= {"caption_too_short", "image_too_small",
+                                       "aspect_ratio_too_extreme"}
+    changes = {c.name: c for c in d.changes}
+    assert changes["caption_too_few_words"].change == "changed"
+    assert changes["caption_too_few_words"].a["gt"] == 2  # type: ignore[index]
+    assert changes["caption_too_few_words"].b["gt"] == 6  # type: ignore[index]
+    assert changes["narrow"].change == "added"
+    assert changes["image_too_small"].change == "removed"
+    text = format_diff(d)
+    assert "select caption_too_few_words: gt: 2.0 → 6.0" in text, text
+    assert "select narrow: only in B" in text
+    table = pq.read_table(tmp_path / "d.parquet")
+    assert table.num_rows >= d.only_a + d.only_b
+    cli = curate_cli("diff", str(demo_run), str(b))
+    assert cli.returncode == 0 and f"kept only in A:     {d.only_a:>9}" in cli.stdout
