@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from pathlib import Path
 
+    import duckdb
+
     from curate.catalog import Run
 
 __version__ = "0.1.0"
@@ -17,3 +19,10 @@ def open_run(run_dir: str | Path) -> Run:
     from curate.catalog import open_run as _open_run
 
     return _open_run(run_dir)
+
+
+def open_runs(runs: dict[str, str | Path]) -> duckdb.DuckDBPyConnection:
+    """Several runs' views in one DuckDB connection, one schema per run (``a.manifest``)."""
+    from curate.catalog import open_runs as _open_runs
+
+    return _open_runs(runs)

@@ -7,10 +7,11 @@ directory, so a run can be moved or copied whole. ``open_catalog`` opens it with
 ========== ==========================================================================
 manifest   one row per input sample: uid, shard, key, index, kept, reason, every score
 kept       manifest rows that were kept
-drops      uid, shard, key, reason, error_stage, error of every dropped sample
+drops      uid, shard, key, stage (the rule, selector or failing stage), reason, error_stage,
+           error of every dropped sample
 signals    the per-shard signals files (scores before selection)
 shards     one row per input shard: status, samples, errors, attempts, seconds, node
-funnel     step, reason, dropped, remaining: the selection funnel in pipeline order
+funnel     step, stage, reason, dropped, remaining: the selection funnel in pipeline order
 stages     per scorer: samples, errors, skipped, seconds (summed over shards)
 rewrites   (pipelines with ``rewrite:``) one row per kept sample and rewrite: text, status,
            reason, attempts, seed, example_ids, model, backend, prompt_format, sampling
@@ -20,6 +21,8 @@ entry_counts (pipelines with ``metaclip_balance``) per metadata entry: entry_id,
 
 ``open_run(path)`` (also ``curate.open_run``) gives a ``Run``: ``run.sql(query)`` returns a
 DuckDB relation over these views, ``run.pl(query_or_view)`` a polars DataFrame.
+``open_runs({"a": RUN_A, "b": RUN_B})`` puts several runs' views in one connection, one schema
+per run (``a.manifest``, ``b.kept``...), to compare them in SQL.
 """
 
 from __future__ import annotations
@@ -37,11 +40,12 @@ CATALOG = "catalog.duckdb"
 
 VIEWS: dict[str, str] = {
     "manifest": "SELECT * FROM read_parquet('manifest.parquet')",
+    "funnel": "SELECT * FROM read_parquet('funnel.parquet')",
     "kept": "SELECT * FROM manifest WHERE kept",
-    "drops": "SELECT uid, shard, key, reason, error_stage, error FROM manifest WHERE NOT kept",
+    "drops": "SELECT m.uid, m.shard, m.key, f.stage, m.reason, m.error_stage, m.error "
+             "FROM manifest m LEFT JOIN funnel f USING (reason) WHERE NOT m.kept",
     "signals": "SELECT * FROM read_parquet('signals/*.parquet', union_by_name = true)",
     "shards": "SELECT * FROM read_parquet('shards.parquet')",
-    "funnel": "SELECT * FROM read_parquet('funnel.parquet')",
     "stages": "SELECT * FROM read_parquet('stages.parquet')",
 }
 
@@ -119,3 +123,26 @@ class Run:
 
 def open_run(run_dir: str | Path) -> Run:
     return Run(run_dir)
+
+
+def open_runs(runs: dict[str, str | Path]) -> duckdb.DuckDBPyConnection:
+    """One in-memory DuckDB connection with each run's views in a schema named by its key."""
+    import re
+
+    from curate.sql import ident
+
+    con = duckdb.connect()
+    for alias, path in runs.items():
+        run = Path(path).resolve()
+        if not (run / "manifest.parquet").is_file():
+            raise CurateError(f"{path} is not a finished curate run (no manifest.parquet)")
+        schema = ident(alias)
+        con.execute(f"CREATE SCHEMA {schema}")
+        views = dict(VIEWS)
+        views.update({n: sql for n, (f, sql) in OPTIONAL_VIEWS.items() if (run / f).is_file()})
+        for name, sql in views.items():
+            sql = re.sub(r"read_parquet\('([^']+)'",
+                         lambda m, r=run: "read_parquet(" + literal(str(r / m.group(1))), sql)
+            sql = re.sub(r"\b(FROM|JOIN) (manifest|funnel)\b", rf"\1 {schema}.\2", sql)
+            con.execute(f"CREATE VIEW {schema}.{ident(name)} AS {sql}")
+    return con

@@ -373,11 +373,11 @@ def _funnel_table(sel: Selection) -> pa.Table:
     rows, remaining = [], sel.samples
     for i, f in enumerate(sel.funnel):
         remaining -= f.dropped
-        rows.append({"step": i + 1, "reason": f.reason, "dropped": f.dropped,
+        rows.append({"step": i + 1, "stage": f.stage, "reason": f.reason, "dropped": f.dropped,
                      "remaining": remaining})
     return pa.Table.from_pylist(rows, schema=pa.schema(
-        {"step": pa.int32(), "reason": pa.string(), "dropped": pa.int64(),
-         "remaining": pa.int64()}))
+        {"step": pa.int32(), "stage": pa.string(), "reason": pa.string(),
+         "dropped": pa.int64(), "remaining": pa.int64()}))
 
 
 def _write_output(p: Pipeline, refs: list[ShardRef], run_dir: Path, rlog: RunLog,

@@ -32,6 +32,7 @@ TABLE = "pool"
 class FunnelRow:
     reason: str
     dropped: int
+    stage: str = ""  # the stage that drops with this reason (rule/selector name, or error stage)
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ def select(pipeline: Pipeline, signal_files: list[Path], run_dir: Path,
         FROM read_parquet([{files}], union_by_name = true)
     """)
     order: list[str] = []
+    stage_of: dict[str, str] = {"duplicate_uid": "uid"}
 
     def drop(reason_sql: str, where: str) -> None:
         con.execute(f"UPDATE {TABLE} SET reason = {reason_sql} WHERE reason IS NULL AND ({where})")
@@ -79,10 +81,12 @@ def select(pipeline: Pipeline, signal_files: list[Path], run_dir: Path,
         if isinstance(st, Rule):
             drop(literal(st.reason), f"NOT coalesce(({st.keep_sql(TABLE)})::BOOLEAN, FALSE)")
             order.append(st.reason)
+            stage_of[st.reason] = st.name
         else:
             sel: Selector = st  # type: ignore[assignment]
             sel.apply(con, TABLE, SelectContext(run_dir))
             order.extend(sel.reasons())
+            stage_of.update({r: sel.name for r in sel.reasons()})
     counts = dict(con.execute(
         f"SELECT coalesce(reason, ''), count(*) FROM {TABLE} GROUP BY 1").fetchall())
     total = sum(counts.values())
@@ -90,7 +94,9 @@ def select(pipeline: Pipeline, signal_files: list[Path], run_dir: Path,
     for r in counts:  # reasons not announced in advance (e.g. an unexpected error stage)
         if r not in order:
             order.append(r)
-    funnel = [FunnelRow(r, counts.get(r, 0)) for r in order
+    funnel = [FunnelRow(r, counts.get(r, 0),
+                        stage_of.get(r, r.removeprefix("error:") if r.startswith("error:")
+                                     else "")) for r in order
               if counts.get(r, 0) or not r.startswith(("error:", "duplicate_uid"))]
     with atomic_path(run_dir / "manifest.parquet") as tmp:
         con.execute(f"""

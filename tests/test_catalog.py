@@ -29,6 +29,12 @@ def test_views_answer_known_counts(demo_run: Path) -> None:
     by_reason = run.pl("SELECT reason, count(*) AS n FROM drops GROUP BY 1")
     assert dict(zip(by_reason["reason"], by_reason["n"], strict=True)) == {
         r: d for r, d in zip(funnel["reason"], funnel["dropped"], strict=True) if d}
+    # every drop names the stage that made it
+    assert run.value("SELECT count(*) FROM drops WHERE coalesce(stage, '') = ''") == 0
+    stages = dict(run.sql("SELECT DISTINCT reason, stage FROM drops").fetchall())
+    assert stages["image_too_small"] == "sql" and stages["not_english"] == "in_set"
+    assert stages["error:image_info"] == "image_info"
+    assert stages["duplicate_image"] == "exact_dedup"
     with pytest.raises(CurateError, match="no view"):
         run.view("entry_counts")  # the basic pipeline does not balance
     run.close()

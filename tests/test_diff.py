@@ -57,3 +57,16 @@ def test_diff_names_the_steps_that_differ(demo_run: Path, demo_pool: Path, ray_l
     assert table.num_rows >= d.only_a + d.only_b
     cli = curate_cli("diff", str(demo_run), str(b))
     assert cli.returncode == 0 and f"kept only in A:     {d.only_a:>9}" in cli.stdout
+
+    # several runs in one DuckDB connection, one schema each
+    import curate
+
+    both = curate.open_runs({"a": demo_run, "b": b})
+    assert both.execute("SELECT count(*) FROM a.kept").fetchone()[0] == len(ka)
+    assert both.execute("SELECT count(*) FROM b.kept").fetchone()[0] == len(kb)
+    assert both.execute("SELECT count(*) FROM a.kept SEMI JOIN b.kept USING (uid)"
+                        ).fetchone()[0] == d.kept_both
+    assert both.execute("SELECT count(*) FROM b.drops WHERE stage = 'sql' AND reason = 'narrow'"
+                        ).fetchone()[0] == d.only_a_by_reason.get("narrow", 0) + both.execute(
+        "SELECT count(*) FROM a.drops JOIN b.drops USING (uid) WHERE b.drops.reason = 'narrow'"
+    ).fetchone()[0]
