@@ -102,8 +102,8 @@ class Run:
 
     def value(self, query: str) -> Any:
         """The first column of the first row of ``query`` (None when it returns no row)."""
-        row = self.con.execute(query).fetchone()
-        return row[0] if row else None
+        rows = self.con.sql(query).fetchall()
+        return rows[0][0] if rows else None
 
     def view(self, name: str) -> duckdb.DuckDBPyRelation:
         if name not in self.views:
