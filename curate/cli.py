@@ -75,7 +75,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         _print_rewrites(result.rewrite)
     print(f"results in {result.run_dir}")
     print(f"  manifest:  {result.run_dir / 'manifest.parquet'}")
-    print(f"  shards:    {result.run_dir / 'output'} ({result.output_shards} tar files)")
+    print(f"  shards:    {result.output_dir} ({result.output_shards} tar files)")
     print(f"  query:     curate query {out} \"select reason, count(*) from manifest group by 1\"")
     return 0
 

@@ -78,6 +78,37 @@ class OutputConfig(Params):
     samples_per_shard: int = Field(default=1000, gt=0)
     write_shards: bool = True
     split_by: str | None = None  # a column: one directory of shards per value
+    # Where the shards go: None = RUN/output; a local path or an fsspec URL (s3://bucket/x,
+    # gs://..., file:///shared/x = a mount at the same path on every node, memory://x).
+    dir: str | None = None
+
+    @model_validator(mode="after")
+    def _known_filesystem(self) -> OutputConfig:
+        """An unknown protocol, or one whose package is missing, fails before any work."""
+        import fsspec
+        from pydantic_core import PydanticCustomError
+
+        if self.dir is None:
+            return self
+        if not self.dir.strip():
+            raise PydanticCustomError("output_dir", "dir is empty: give a path or a URL, or "
+                                      "leave it out for RUN/output")
+        for part in self.dir.split("::"):
+            protocol, _ = fsspec.core.split_protocol(part)
+            if protocol is None:
+                continue
+            try:
+                fsspec.get_filesystem_class(protocol)
+            except ValueError:
+                raise PydanticCustomError(
+                    "output_dir", "dir '{dir}': fsspec knows no protocol '{protocol}' (e.g. "
+                    "s3://, gs://, file://, memory://, or a local path)",
+                    {"dir": self.dir, "protocol": protocol}) from None
+            except ImportError as exc:
+                raise PydanticCustomError(
+                    "output_dir", "dir '{dir}': {why} (pip install it on the driver and on "
+                    "every node)", {"dir": self.dir, "why": str(exc)}) from None
+        return self
 
 
 class RunConfig(Params):
@@ -140,6 +171,77 @@ class Pipeline:
 
 
 # --------------------------------------------------------------------------------------------
+# Reading YAML: plain data only, every key once, bounded expansion.
+
+MAX_YAML_VALUES = 100_000  # values a pipeline or preset file may expand to (aliases included)
+
+
+class _Refused(yaml.constructor.ConstructorError):
+    """Valid YAML that a pipeline may not hold (a duplicate key, a language-specific tag)."""
+
+
+class StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader (plain data: no Python objects, nothing executed or imported) that
+    also refuses a key given twice in one mapping, which PyYAML would silently resolve to the
+    last value, and names any tag it does not know instead of constructing it."""
+
+
+def _mapping(loader: StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+            continue  # merge keys (<<) may be overridden; complex keys are refused later
+        key = loader.construct_object(key_node)
+        if key in seen:
+            raise _Refused(None, None, f"key {key!r} is given twice in one mapping (YAML would "
+                           "silently keep the last)", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node)
+
+
+def _undefined(loader: StrictLoader, node: yaml.Node) -> Any:
+    tag = str(node.tag)
+    short = "!!" + tag.removeprefix("tag:yaml.org,2002:") if tag.startswith(
+        "tag:yaml.org,2002:") else tag
+    raise _Refused(None, None, f"tag {short} is not allowed: a pipeline holds plain data only "
+                   "(strings, numbers, booleans, lists, mappings)", node.start_mark)
+
+
+StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+StrictLoader.add_constructor(None, _undefined)
+
+
+def load_yaml(path: Path) -> Any:
+    """The data of a pipeline or preset file, or ``ConfigError`` naming the line: not UTF-8,
+    not YAML, a duplicate key, a Python (or other unknown) tag, or more than
+    ``MAX_YAML_VALUES`` values once aliases are expanded (a billion-laughs file)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from exc
+    try:
+        data = yaml.load(text, Loader=StrictLoader)  # safe: StrictLoader is a SafeLoader
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        if isinstance(exc, _Refused):
+            raise ConfigError(f"{path}: {where}{exc.problem}") from None
+        where = f" at {where.removesuffix(': ')}" if where else ""
+        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}"
+                          ) from exc
+    stack, values = [data], 0
+    while stack:
+        item = stack.pop()
+        values += 1
+        if values > MAX_YAML_VALUES:
+            raise ConfigError(f"{path}: expands to more than {MAX_YAML_VALUES} values",
+                              "aliases (*name) that repeat aliases multiply; write it out")
+        if isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return data
 
 
 def load_pipeline(path: str | Path, overrides: dict[str, Any] | None = None) -> Pipeline:
@@ -151,13 +253,7 @@ def load_pipeline(path: str | Path, overrides: dict[str, Any] | None = None) -> 
             "pipelines").is_dir() else []
         raise ConfigError(f"pipeline file {str(path)!r} not found",
                           f"pipelines here: {', '.join(known)}" if known else None)
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}"
-                          ) from exc
+    data = load_yaml(p)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a pipeline is a YAML mapping (name, input, score, ...)")
     for section, values in (overrides or {}).items():
@@ -298,7 +394,7 @@ def _preset(name: Any, given: dict[str, Any], where: str, source: str) -> list[S
     if not isinstance(name, str) or not path.is_file():
         raise ConfigError(f"{source}: {where}: unknown preset {name!r}; known presets: "
                           f"{', '.join(known_presets())}")
-    spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    spec = load_yaml(path)
     defaults = spec.get("params", {}) if isinstance(spec, dict) else {}
     items = spec["steps"] if isinstance(spec, dict) else spec
     unknown = sorted(set(given) - set(defaults))

@@ -151,9 +151,8 @@ def reshard(uids: list[str], out: str | Path, *, run_dir: str | Path | None = No
     out_dir.mkdir(parents=True, exist_ok=True)
     shards = [output.OutputShard(n, items[k:k + samples_per_shard])
               for n, k in enumerate(range(0, len(items), samples_per_shard))]
-    for shard in shards:
-        if not output.is_current(out_dir, shard):
-            output.write_shard(shard, refs, str(out_dir))
+    for shard in output.stale(out_dir, shards):
+        output.write_shard(shard, refs, out_dir)
     output.finish(out_dir, shards)
     if missing:
         write_text("".join(u + "\n" for u in missing), out_dir / "missing_uids.txt")

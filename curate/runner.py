@@ -39,14 +39,17 @@ from curate.catalog import write_catalog
 from curate.config import Pipeline, load_pipeline
 from curate.errors import CurateError, ShardFailed
 from curate.io.atomic import write_parquet, write_text
+from curate.io.rundir import RunLock, disk_error, remove_leftovers
 from curate.io.shards import ShardRef, list_shards
 from curate.scoring import (
+    ScoredShard,
     ShardSummary,
     ShardWorker,
     completed_summary,
     scoring_fingerprint,
     shard_summaries_table,
     signals_path,
+    write_scored,
 )
 from curate.selection import Selection, select
 from curate.stages.base import Resources, StageCounters
@@ -66,6 +69,7 @@ class RunResult:
     seconds: float
     stages: dict[str, dict[str, float | int]] = field(default_factory=dict)
     rewrite: dict[str, Any] | None = None  # RewriteSummary.as_dict() when the pipeline rewrites
+    output_dir: str = ""  # where the curated shards are: RUN/output or the pipeline's output.dir
 
 
 class RunLog:
@@ -75,14 +79,23 @@ class RunLog:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._f = open(path, "a", encoding="utf-8")
         self._t0 = time.time()
+        self._broken = False
 
     def event(self, event: str, **fields: Any) -> None:
         record = {"ts": round(time.time(), 3), "event": event, **fields}
-        self._f.write(json.dumps(record, default=str) + "\n")
-        self._f.flush()
+        try:
+            self._f.write(json.dumps(record, default=str) + "\n")
+            self._f.flush()
+        except OSError as exc:  # e.g. a full disk: the run's own error says so, not the log
+            if not self._broken:
+                log.warning("could not write run_log.jsonl: %s", exc)
+            self._broken = True
 
     def close(self) -> None:
-        self._f.close()
+        try:
+            self._f.close()
+        except OSError:  # the last flush hit a full disk
+            pass
 
 
 class Progress:
@@ -160,11 +173,20 @@ def run(pipeline: Pipeline | str | Path, out: str | Path, *, address: str | None
     listed = list_shards(p.input.shards) if p.input.shards is not None else None
     run_dir = Path(out).absolute()
     run_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(run_dir):
+        return _run_locked(p, listed, run_dir, address, progress)
+
+
+def _run_locked(p: Pipeline, listed: list[ShardRef] | None, run_dir: Path,
+                address: str | None, progress: bool | None) -> RunResult:
     t0 = time.perf_counter()
+    leftovers = remove_leftovers(run_dir)
     rlog = RunLog(run_dir / "run_log.jsonl")
-    rlog.event("run_start", pipeline=p.name, source=p.source, curate=__version__)
-    write_text(yaml.safe_dump(p.raw, sort_keys=False), run_dir / "pipeline.yaml")
+    rlog.event("run_start", pipeline=p.name, source=p.source, curate=__version__,
+               pid=os.getpid(), leftovers_removed=leftovers)
+    doing = f"the run directory {run_dir}"
     try:
+        write_text(yaml.safe_dump(p.raw, sort_keys=False), run_dir / "pipeline.yaml")
         with ray_session(address or p.run.address):
             if p.rewrite is not None:
                 from curate.rewrite.stage import preflight
@@ -172,11 +194,15 @@ def run(pipeline: Pipeline | str | Path, out: str | Path, *, address: str | None
                 preflight(p.rewrite)
             refs = listed if listed is not None else _download(p, run_dir, rlog)
             rlog.event("shards_listed", count=len(refs))
-            summaries = _score_all(p, refs, run_dir, rlog, progress)
-            write_parquet(shard_summaries_table(summaries), run_dir / "shards.parquet")
+            doing = f"shard signals in {run_dir / 'signals'}"
+            summaries, failed = _score_all(p, refs, run_dir, rlog, progress)
+            write_parquet(shard_summaries_table(summaries, failed), run_dir / "shards.parquet")
+            if failed:
+                raise _shards_failed(failed, len(refs), p.run.max_retries)
             stages = _sum_stages(summaries)
             write_parquet(_stages_table(stages), run_dir / "stages.parquet")
             t_sel = time.perf_counter()
+            doing = f"the manifest in {run_dir}"
             error_stages = ["download", "read"] + [s.label for s in p.scorer_stages()]
             selection = select(p, [signals_path(run_dir, r.shard_id) for r in refs], run_dir,
                                error_stages)
@@ -184,32 +210,55 @@ def run(pipeline: Pipeline | str | Path, out: str | Path, *, address: str | None
             rlog.event("selected", samples=selection.samples, kept=selection.kept,
                        seconds=round(time.perf_counter() - t_sel, 3))
             if p.rewrite is not None:
+                doing = f"caption rewrites in {run_dir}"
                 rewrite = _rewrite(p, run_dir, rlog, progress)
             else:
                 rewrite = None
                 (run_dir / "rewrites.parquet").unlink(missing_ok=True)  # from an earlier run
+            from curate.output import resolve_dir
+
+            out_dir = resolve_dir(p.output.dir if p.output.dir is not None else run_dir / "output")
+            doing = f"the output shards in {out_dir}"
             n_out = _write_output(p, refs, run_dir, rlog, progress) if p.output.write_shards \
                 else 0
+            doing = f"the catalogue in {run_dir}"
             write_catalog(run_dir)
+            result = RunResult(
+                run_dir=run_dir, samples=selection.samples, kept=selection.kept,
+                funnel=[(f.reason, f.dropped) for f in selection.funnel], shards=len(refs),
+                shards_resumed=sum(s.resumed for s in summaries), output_shards=n_out,
+                seconds=round(time.perf_counter() - t0, 3), stages=stages, rewrite=rewrite,
+                output_dir=out_dir)
+            stats = {"pipeline": p.name, "samples": result.samples, "kept": result.kept,
+                     "funnel": [{"reason": r, "dropped": n} for r, n in result.funnel],
+                     "shards": result.shards, "shards_resumed": result.shards_resumed,
+                     "output_shards": n_out, "output_dir": out_dir, "seconds": result.seconds,
+                     "stages": stages}
+            if rewrite is not None:
+                stats["rewrite"] = rewrite
+            write_text(json.dumps(stats, indent=1), run_dir / "stats.json")
     except BaseException as exc:
-        rlog.event("run_failed", error=f"{type(exc).__name__}: {exc}")
+        full = disk_error(exc, doing)
+        rlog.event("run_failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0],
+                   disk_full=full is not None)
         rlog.close()
+        if full is not None:
+            raise full from exc
         raise
-    result = RunResult(
-        run_dir=run_dir, samples=selection.samples, kept=selection.kept,
-        funnel=[(f.reason, f.dropped) for f in selection.funnel], shards=len(refs),
-        shards_resumed=sum(s.resumed for s in summaries), output_shards=n_out,
-        seconds=round(time.perf_counter() - t0, 3), stages=stages, rewrite=rewrite)
-    stats = {"pipeline": p.name, "samples": result.samples, "kept": result.kept,
-             "funnel": [{"reason": r, "dropped": n} for r, n in result.funnel],
-             "shards": result.shards, "shards_resumed": result.shards_resumed,
-             "output_shards": n_out, "seconds": result.seconds, "stages": stages}
-    if rewrite is not None:
-        stats["rewrite"] = rewrite
-    write_text(json.dumps(stats, indent=1), run_dir / "stats.json")
     rlog.event("run_end", samples=result.samples, kept=result.kept, seconds=result.seconds)
     rlog.close()
     return result
+
+
+def _shards_failed(failed: dict[str, tuple[ShardRef, int, str]], total: int,
+                   max_retries: int) -> ShardFailed:
+    """The error for shards that failed every attempt: how many, then each with its error."""
+    lines = [f"{shard}: {error}" for shard, (_, _, error) in sorted(failed.items())]
+    shown = "; ".join(lines[:5]) + (f"; and {len(lines) - 5} more" if len(lines) > 5 else "")
+    return ShardFailed(
+        f"{len(failed)} of {total} shards failed after {max_retries + 1} attempts: {shown}",
+        "the other shards are scored and kept; fix the cause and run the same command again "
+        "(shards.parquet lists every failed shard with its error, run_log.jsonl every attempt)")
 
 
 def _rewrite(p: Pipeline, run_dir: Path, rlog: RunLog, progress: bool | None) -> dict[str, Any]:
@@ -234,7 +283,10 @@ def _worker_resources(p: Pipeline) -> Resources:
 
 
 def _score_all(p: Pipeline, refs: list[ShardRef], run_dir: Path, rlog: RunLog,
-               progress: bool | None) -> list[ShardSummary]:
+               progress: bool | None,
+               ) -> tuple[list[ShardSummary], dict[str, tuple[ShardRef, int, str]]]:
+    """Score every shard not already done; returns the summaries of the scored shards (pool
+    order) and the shards that failed every attempt (id → (ref, attempts, last error))."""
     import ray
     from ray.exceptions import RayActorError, RayTaskError
 
@@ -251,7 +303,7 @@ def _score_all(p: Pipeline, refs: list[ShardRef], run_dir: Path, rlog: RunLog,
     rlog.event("scoring_start", shards=len(refs), resumed=len(summaries), todo=len(todo),
                fingerprint=fingerprint)
     if not todo:
-        return [summaries[r.shard_id] for r in refs]
+        return [summaries[r.shard_id] for r in refs], {}
 
     res = _worker_resources(p)
     cluster = ray.cluster_resources()
@@ -279,43 +331,51 @@ def _score_all(p: Pipeline, refs: list[ShardRef], run_dir: Path, rlog: RunLog,
     workers = [new_worker() for _ in range(n_workers)]
     try:
         ray.get([w.setup.remote() for w in workers])
-    except RayTaskError as exc:
-        cause = exc.cause if exc.cause is not None else exc
+    except (RayTaskError, RayActorError) as exc:
+        cause = getattr(exc, "cause", None) or exc
         for w in workers:
             ray.kill(w)
         if isinstance(cause, CurateError):
             raise cause from None
-        raise CurateError(f"a scorer failed to set up: {type(cause).__name__}: {cause}") from exc
+        first = f"{type(cause).__name__}: {cause}".splitlines()[0]
+        raise CurateError(f"a scoring worker failed to start: {first}",
+                          "see the Ray worker logs (/tmp/ray/session_latest/logs) for the "
+                          "traceback") from exc
     rlog.event("workers_started", workers=n_workers, cpus=res.cpus,
                gpus=res.gpus if use_gpu else 0)
 
     bar = Progress(len(refs), "scoring", progress)
     bar.update(shards=len(summaries), samples=0)
     attempts: dict[str, int] = {}
-    failed: dict[str, str] = {}
+    failed: dict[str, tuple[ShardRef, int, str]] = {}
     inflight: dict[Any, tuple[Any, ShardRef]] = {}
     idle = list(workers)
+    live = list(workers)
     try:
         while todo or inflight:
             while idle and todo:
                 ref = todo.popleft()
                 worker = idle.pop()
                 attempts[ref.shard_id] = attempts.get(ref.shard_id, 0) + 1
-                fut = worker.score.remote(ref, str(signals_path(run_dir, ref.shard_id)))
-                inflight[fut] = (worker, ref)
+                inflight[worker.score.remote(ref)] = (worker, ref)
             ready, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
             for fut in ready:
                 worker, ref = inflight.pop(fut)
                 try:
-                    summary: ShardSummary = ray.get(fut)
-                except RayActorError as exc:  # the worker died (OOM, crash): replace it
+                    scored: ScoredShard = ray.get(fut)
+                except RayActorError as exc:  # the worker died (killed, OOM, crash): replace it
                     ray.kill(worker)
+                    live.remove(worker)
                     worker = new_worker()
+                    live.append(worker)
                     error = f"worker died: {exc}".splitlines()[0]
                 except RayTaskError as exc:
-                    cause = exc.cause if exc.cause is not None else exc
-                    error = f"{type(cause).__name__}: {cause}".splitlines()[0]
+                    error = _task_error(exc, ref)
                 else:
+                    # The driver writes (signals last: it marks the shard done); a disk error
+                    # here stops the run, a rerun redoes only this shard.
+                    write_scored(scored, signals_path(run_dir, ref.shard_id))
+                    summary = scored.summary
                     summary.attempts = attempts[ref.shard_id]
                     summaries[ref.shard_id] = summary
                     rlog.event("shard_done", shard=ref.shard_id, samples=summary.samples,
@@ -335,23 +395,26 @@ def _score_all(p: Pipeline, refs: list[ShardRef], run_dir: Path, rlog: RunLog,
                                error=error)
                     todo.append(ref)
                 else:
-                    failed[ref.shard_id] = error
+                    failed[ref.shard_id] = (ref, attempts[ref.shard_id], error)
                     rlog.event("shard_failed", shard=ref.shard_id, attempts=attempts[ref.shard_id],
                                error=error)
+                    log.warning("shard %s failed after %d attempts: %s", ref.shard_id,
+                                attempts[ref.shard_id], error)
                     bar.update(samples=0)
     finally:
         bar.close()
-        for w in workers + idle:
+        for w in live:
             with contextlib.suppress(Exception):
                 ray.kill(w)
-    if failed:
-        first, why = next(iter(failed.items()))
-        raise ShardFailed(
-            f"{len(failed)} of {len(refs)} shards failed after {p.run.max_retries + 1} attempts "
-            f"(first: {first}: {why})",
-            "fix the cause and run the same command again: finished shards are kept; "
-            "see run_log.jsonl for every failure")
-    return [summaries[r.shard_id] for r in refs]
+    return [summaries[r.shard_id] for r in refs if r.shard_id in summaries], failed
+
+
+def _task_error(exc: Exception, ref: ShardRef) -> str:
+    """One line for a shard whose scoring raised; a vanished input says so plainly."""
+    cause = getattr(exc, "cause", None) or exc
+    if isinstance(cause, FileNotFoundError):
+        return f"input shard {ref.url} is gone (it was there when the shards were listed)"
+    return f"{type(cause).__name__}: {cause}".splitlines()[0]
 
 
 def _sum_stages(summaries: list[ShardSummary]) -> dict[str, dict[str, float | int]]:
@@ -382,31 +445,70 @@ def _funnel_table(sel: Selection) -> pa.Table:
 
 def _write_output(p: Pipeline, refs: list[ShardRef], run_dir: Path, rlog: RunLog,
                   progress: bool | None) -> int:
+    """Write the output shards into ``output.dir`` (default RUN/output) as Ray tasks.
+
+    A plain local path may exist only on the driver's machine, so its tasks are pinned to the
+    driver's node (one per CPU there; one at a time when the driver's node has no CPU, e.g. a
+    head started with ``--num-cpus 0``). ``file://`` (a mount at the same path on every node)
+    and object stores are written from every node (SPREAD). ``memory://`` lives in this
+    process, and under Ray Client (``ray://``) this process is on no node of the cluster, so
+    in those cases the driver writes the shards itself."""
     import ray
+    from ray.util.client import ray as ray_client
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from curate import output
 
-    out_dir = run_dir / "output"
-    out_dir.mkdir(exist_ok=True)
+    out = output.resolve_dir(p.output.dir if p.output.dir is not None else run_dir / "output")
+    where = output.placement(out)
+    if where == "driver_node" and ray_client.is_connected():
+        where = "driver_process"  # Ray Client (ray://): this process is on no cluster node
     score_cols = [c for s in p.scorer_stages() for c in s.outputs() if c not in s.sidecars()]
     score_cols += list(p.selector_columns())
     shards = output.plan(run_dir / "manifest.parquet", score_cols, p.output.samples_per_shard,
                          p.output.split_by)
-    todo = [s for s in shards if not output.is_current(out_dir, s)]
-    rlog.event("writing_start", shards=len(shards), todo=len(todo))
+    todo = output.stale(out, shards)
+    driver = ray.get_runtime_context().get_node_id()
+    rlog.event("writing_start", shards=len(shards), todo=len(todo), dir=out, placement=where,
+               driver_node=driver)
     bar = Progress(len(shards), "writing", progress)
     bar.update(shards=len(shards) - len(todo))
-    if todo:
-        refs_by_id = ray.put({r.shard_id: r for r in refs})
-        task = ray.remote(output.write_shard).options(num_cpus=1, max_retries=p.run.max_retries)
-        pending = {task.remote(s, refs_by_id, str(out_dir)): s for s in todo}
-        while pending:
+    refs_by_id = {r.shard_id: r for r in refs}
+    if where == "driver_process":
+        for s in todo:
+            n = output.write_shard(s, refs_by_id, out)
+            rlog.event("output_shard_done", shard=s.name, samples=n, node=driver)
+            bar.update(samples=n)
+    elif todo:
+        def write(shard: output.OutputShard, by_id: dict[str, ShardRef], dest: str,
+                  ) -> tuple[int, str]:
+            return output.write_shard(shard, by_id, dest), \
+                ray.get_runtime_context().get_node_id()
+
+        if where == "driver_node":
+            cpus = next((n["Resources"].get("CPU", 0.0) for n in ray.nodes()
+                         if n["NodeID"] == driver), 0.0)
+            opts: dict[str, Any] = {
+                "num_cpus": 1 if cpus >= 1 else 0,
+                "scheduling_strategy": NodeAffinitySchedulingStrategy(driver, soft=False)}
+            window = max(1, int(cpus))
+        else:
+            opts = {"num_cpus": 1, "scheduling_strategy": "SPREAD"}
+            window = len(todo)
+        task = ray.remote(write).options(max_retries=p.run.max_retries, **opts)
+        shared = ray.put(refs_by_id)
+        queue = deque(todo)
+        pending: dict[Any, output.OutputShard] = {}
+        while queue or pending:
+            while queue and len(pending) < window:
+                s = queue.popleft()
+                pending[task.remote(s, shared, out)] = s
             ready, _ = ray.wait(list(pending), num_returns=1)
             for fut in ready:
                 s = pending.pop(fut)
-                n = ray.get(fut)
-                rlog.event("output_shard_done", shard=s.name, samples=n)
+                n, node = ray.get(fut)
+                rlog.event("output_shard_done", shard=s.name, samples=n, node=node)
                 bar.update(samples=n)
     bar.close()
-    output.finish(out_dir, shards)
+    output.finish(out, shards)
     return len(shards)

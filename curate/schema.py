@@ -61,5 +61,6 @@ SHARD_COLUMNS: dict[str, pa.DataType] = {
     "seconds": pa.float64(),
     "resumed": pa.bool_(),  # true when the signals came from an earlier run
     "node": pa.string(),  # Ray node id of the worker that scored it
+    "error": pa.string(),  # failed shards: the error of the last attempt
 }
 SHARD_SCHEMA = pa.schema(SHARD_COLUMNS)

@@ -1,10 +1,11 @@
 """Scoring one shard: read it, run every scorer over its batches, write its signals Parquet.
 
-This is the unit of work, retry and resume. ``score_shard`` is plain Python (tests call it
-directly); the runner calls it inside Ray actors (``ShardWorker``) that hold the set-up scorers.
-A shard's signals file is written atomically and carries, in its Parquet metadata, the
-fingerprint of the scorers that made it and the shard's counters: a rerun skips every shard
-whose file has the current fingerprint.
+This is the unit of work, retry and resume. ``compute_shard`` is plain Python (``score_shard``
+computes and writes; tests call it directly); the runner calls it inside Ray actors
+(``ShardWorker``) that hold the set-up scorers, and the driver writes what they return, so
+workers never need the run directory. A shard's signals file is written atomically and
+carries, in its Parquet metadata, the fingerprint of the scorers that made it and the shard's
+counters: a rerun skips every shard whose file has the current fingerprint.
 """
 
 from __future__ import annotations
@@ -94,9 +95,20 @@ class ShardSummary:
         return cls(**json.loads(text))
 
 
-def score_shard(ref: ShardRef, scorers: list[Scorer], dest: Path, fingerprint: str,
-                batch_size: int = 256, node: str | None = None) -> ShardSummary:
-    """Score every sample of ``ref`` with ``scorers`` (already set up) and write ``dest``."""
+@dataclass
+class ScoredShard:
+    """A scored shard in memory: its signals table (fingerprint and summary in the schema
+    metadata), its sidecar arrays and its summary. Workers return it; the driver writes it, so
+    the run directory only has to exist on the driver's machine."""
+
+    table: pa.Table
+    sidecars: dict[str, np.ndarray]
+    summary: ShardSummary
+
+
+def compute_shard(ref: ShardRef, scorers: list[Scorer], fingerprint: str,
+                  batch_size: int = 256, node: str | None = None) -> ScoredShard:
+    """Score every sample of ``ref`` with ``scorers`` (already set up); writes nothing."""
     t0 = time.perf_counter()
     reader = ShardReader(ref, batch_size=batch_size)
     counters: dict[str, StageCounters] = {}
@@ -131,14 +143,28 @@ def score_shard(ref: ShardRef, scorers: list[Scorer], dest: Path, fingerprint: s
                          "errors": reader.report.read_errors, "skipped": 0, "seconds": 0.0},
                 **{k: v.as_dict() for k, v in counters.items()}},
     )
-    for c, dtype in side_types.items():  # before the signals file, which marks the shard done
-        with atomic_path(sidecar_path(dest, c)) as tmp, open(tmp, "wb") as f:
-            np.save(f, _as_matrix(side_parts[c], dtype))
     meta = {FINGERPRINT_KEY: fingerprint.encode(), SUMMARY_KEY: summary.to_json().encode()}
-    table = table.replace_schema_metadata(meta)
+    return ScoredShard(table=table.replace_schema_metadata(meta),
+                       sidecars={c: _as_matrix(side_parts[c], t) for c, t in side_types.items()},
+                       summary=summary)
+
+
+def write_scored(scored: ScoredShard, dest: Path) -> None:
+    """Write a scored shard's sidecars, then its signals file ``dest`` (atomically, in that
+    order: the signals file marks the shard done)."""
+    for c, matrix in scored.sidecars.items():
+        with atomic_path(sidecar_path(dest, c)) as tmp, open(tmp, "wb") as f:
+            np.save(f, matrix)
     with atomic_path(dest) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
-    return summary
+        pq.write_table(scored.table, tmp, compression="zstd")
+
+
+def score_shard(ref: ShardRef, scorers: list[Scorer], dest: Path, fingerprint: str,
+                batch_size: int = 256, node: str | None = None) -> ShardSummary:
+    """Score every sample of ``ref`` with ``scorers`` (already set up) and write ``dest``."""
+    scored = compute_shard(ref, scorers, fingerprint, batch_size, node)
+    write_scored(scored, dest)
+    return scored.summary
 
 
 def completed_summary(dest: Path, fingerprint: str) -> ShardSummary | None:
@@ -183,17 +209,27 @@ class ShardWorker:
         except Exception:  # noqa: BLE001 - outside Ray
             return "local"
 
-    def score(self, ref: ShardRef, dest: str) -> ShardSummary:
+    def score(self, ref: ShardRef) -> ScoredShard:
+        """Score one shard and return it (the driver writes it)."""
         if not self._ready:
             self.setup()
-        return score_shard(ref, self.scorers, Path(dest), self.fingerprint, self.batch_size,
-                           node=self.node())
+        return compute_shard(ref, self.scorers, self.fingerprint, self.batch_size,
+                             node=self.node())
 
 
-def shard_summaries_table(summaries: list[ShardSummary]) -> pa.Table:
+def shard_summaries_table(summaries: list[ShardSummary],
+                          failed: dict[str, tuple[ShardRef, int, str]] | None = None,
+                          ) -> pa.Table:
+    """One row per shard: the scored ones, then the failed ones (``failed``: shard id →
+    (ref, attempts, last error)) with status ``failed``."""
     rows: list[dict[str, Any]] = []
     for s in summaries:
         rows.append({"shard": s.shard, "url": s.url, "status": s.status, "samples": s.samples,
                      "errors": s.errors, "read_error": s.read_error, "attempts": s.attempts,
-                     "seconds": s.seconds, "resumed": s.resumed, "node": s.node})
+                     "seconds": s.seconds, "resumed": s.resumed, "node": s.node,
+                     "error": None})
+    for shard, (ref, attempts, error) in (failed or {}).items():
+        rows.append({"shard": shard, "url": ref.url, "status": "failed", "samples": None,
+                     "errors": None, "read_error": None, "attempts": attempts, "seconds": None,
+                     "resumed": False, "node": None, "error": error})
     return pa.Table.from_pylist(rows, schema=SHARD_SCHEMA)

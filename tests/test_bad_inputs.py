@@ -71,6 +71,18 @@ BAD_PIPELINES = {
     "unknown preset": ("score: [image_info]\nselect:\n  - preset: datacomp\n",
                        "unknown preset 'datacomp'"),
     "not yaml": ("score: [image_info\n", "not valid YAML"),
+    "wrong type": ("score: [image_info]\nrun: {batch_size: big}\n",
+                   "run.batch_size: Input should be a valid integer"),
+    "nested unknown key": ("  download: {timeot: 3}\nscore: [image_info]\n",  # inside input:
+                           "input.download.timeot: unknown key"),
+    "duplicate key": ("score: [image_info]\nrun:\n  batch_size: 4\n  batch_size: 8\n",
+                      "line 7, column 3: key 'batch_size' is given twice in one mapping"),
+    "python tag": ("score: [image_info]\n"
+                   "description: !!python/object/apply:os.system [\"echo pwned\"]\n",
+                   "tag !!python/object/apply:os.system is not allowed"),
+    "alias bomb": ("score: [image_info]\nx0: &x0 [a, a, a, a, a, a, a, a, a, a]\n" + "".join(
+        f"x{i}: &x{i} [{', '.join([f'*x{i - 1}'] * 10)}]\n" for i in range(1, 6)),
+                   "expands to more than 100000 values"),
 }
 
 

@@ -9,7 +9,8 @@ Nothing is ever extracted to disk, so member names (``../x``, absolute paths) ar
 Problems inside a shard never raise: a sample without an image, a caption that is not UTF-8 or a
 json member that is not JSON become samples with ``status = error`` (stage ``read``); a tar that
 ends early keeps every sample read before the break and reports the shard as ``truncated``.
-Only a shard that cannot be opened at all raises (the runner retries it).
+Only a shard that cannot be opened at all raises (the runner retries it, then reports it as
+failed): a missing file, or a file that is not a tar archive (``ShardUnreadable``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ _TRUNCATION = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile)
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
 CAPTION_EXTENSIONS = ("txt", "text", "caption")
+
+
+class ShardUnreadable(CurateError):
+    """A shard that cannot be read at all (not a tar, or empty): the runner retries it, then
+    reports it as failed; its samples are never silently counted as zero."""
 
 
 @dataclass(frozen=True)
@@ -171,6 +177,25 @@ class ShardReader:
     """Stream the samples of one shard as Arrow batches (``BATCH_SCHEMA``).
 
     ``report`` is complete once iteration ends. The stream is read once, front to back.
+
+    Hostile members, decided here once:
+
+    * a member name is never a path: ``../x.jpg`` and ``/etc/x.jpg`` are keys like any other,
+      and only regular files are read (links and devices are skipped);
+    * a json ``uid`` is used only when it is 32 hex characters (after trimming and
+      lower-casing); any other value is ignored and the uid is derived, so a uid is always safe
+      as a file name (the output names its members by uid);
+    * a repeated key (``k.jpg k.txt k.jpg``) starts a new sample, with its own derived uid;
+    * a zero-byte caption member is the empty caption ``""`` (status ok; a missing caption
+      member is null); a zero-byte json member is an error (``json member is empty
+      (0 bytes)``): JSON has no empty value, and the sample's uid and url would be lost;
+    * NUL characters in a caption are kept: captions are data, and the output copies their
+      bytes. A raw NUL (like any control character) inside a json string makes the json
+      invalid, an error; an escaped ``\\u0000`` is kept;
+    * the image member is passed on as bytes; decoders find its format from the content
+      (``curate.imaging.open_image``), never from the extension;
+    * members with other extensions (``.pyd``, ``.pickle``, ``.pth``, ...) are held as bytes
+      and never decoded: nothing of the input is executed or unpickled.
     """
 
     def __init__(self, ref: ShardRef, batch_size: int = 256) -> None:
@@ -222,7 +247,12 @@ class ShardReader:
         with fs.open(path, "rb") as f:  # OSError here: the shard is unreadable (retried)
             pending: _Pending | None = None
             try:
-                with tarfile.open(fileobj=f, mode="r|*") as tar:
+                opened = tarfile.open(fileobj=f, mode="r|*")
+            except _TRUNCATION as exc:  # not a tar at all (or empty): fail, never 0 samples
+                raise ShardUnreadable(f"{self.ref.url} is not a tar archive "
+                                      f"({type(exc).__name__}: {exc})") from exc
+            try:
+                with opened as tar:
                     for info, key, ext in _sample_members(tar, self.report):
                         if pending is not None and (key != pending.key or ext in pending.members):
                             yield self._finish(pending)
@@ -268,7 +298,9 @@ class ShardReader:
                 problems.append(f"caption is not valid UTF-8 ({exc.reason} at byte {exc.start})")
         meta_text: str | None = None
         meta: dict[str, Any] = {}
-        if "json" in p.members:
+        if "json" in p.members and not p.members["json"]:
+            problems.append("json member is empty (0 bytes)")
+        elif "json" in p.members:
             try:
                 meta_text = p.members["json"].decode("utf-8")
                 loaded = json.loads(meta_text)

@@ -36,6 +36,30 @@ StageKind = Literal["scorer", "rule", "selector"]
 SAMPLE_ERRORS = "__errors__"
 
 
+_NON_SPACE = re.compile(r"\S+")
+
+
+def text_prefix(text: str | None, max_chars: int) -> str:
+    """``text`` with its runs of whitespace read as one space, cut to at most ``max_chars``
+    characters, at the end of the last whole word that fits (a first word longer than
+    ``max_chars`` is cut inside). Only the prefix is read, so a 1 MB caption costs what a
+    ``max_chars`` one does. Stages whose work grows faster than linearly with the caption use it
+    to bound that work, and say so in their docs."""
+    if not text:
+        return ""
+    words: list[str] = []
+    used = -1  # the first word has no space before it
+    for m in _NON_SPACE.finditer(text):
+        word = m.group()
+        if used + 1 + len(word) > max_chars:
+            if not words:
+                words.append(word[:max_chars])
+            break
+        words.append(word)
+        used += 1 + len(word)
+    return " ".join(words)
+
+
 class Params(BaseModel):
     """Base of every stage's parameters: unknown keys are errors, values are validated."""
 

@@ -14,6 +14,13 @@ the longest caption of a batch is cut before the text tower (exact for causal CL
 see ``clip_model.encode_text_trimmed``). On a GPU the towers run
 in fp16 (``precision: auto``) on large batches; on CPU in fp32 with ``cpus`` threads. A sample
 whose image does not decode fails alone (``error:clip``); the rest of its batch is scored.
+
+Hostile inputs: images are opened by ``curate.imaging.open_image``, so one whose header claims
+more than ``max_pixels`` pixels fails before it is decoded. The text tower sees at most its
+context (77 tokens for CLIP), so a caption is tokenised from its first ``CHARS_PER_TOKEN`` x
+context characters (whitespace collapsed, cut at a word), which leaves the tokens of any
+ordinary caption unchanged (tested). Tokenising everything would be unbounded: CLIP's BPE is
+quadratic in the length of a word (one 16,000-letter word took 14 s here).
 """
 
 from __future__ import annotations
@@ -27,7 +34,11 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from curate.stages.base import SAMPLE_ERRORS, Params, Resources, Scorer, register
+from curate.imaging import MAX_PIXELS, PILLOW_HARD_LIMIT
+from curate.stages.base import SAMPLE_ERRORS, Params, Resources, Scorer, register, text_prefix
+
+# Characters of caption tokenised per token of context: English averages 4 to 5 per token.
+CHARS_PER_TOKEN = 16
 
 
 class ClipParams(Params):
@@ -43,6 +54,8 @@ class ClipParams(Params):
     cpus: float = Field(default=2.0, gt=0, description="CPU threads of the worker holding it")
     gpus: float = Field(default=1.0, ge=0, description="GPUs per worker, when the cluster has")
     decode_threads: int = Field(default=2, gt=0)
+    max_pixels: int = Field(default=MAX_PIXELS, gt=0, le=PILLOW_HARD_LIMIT,
+                            description="images with more pixels fail before decoding")
 
 
 @register
@@ -131,8 +144,10 @@ class Clip(Scorer):
         cfg = loaded.preprocess_cfg
         size = cfg["size"] if isinstance(cfg["size"], (tuple, list)) else (cfg["size"],) * 2
         self._prep = FastPreprocess(loaded.transform, tuple(size),  # type: ignore[arg-type]
-                                    cfg.get("resize_mode", "shortest"))
+                                    cfg.get("resize_mode", "shortest"), p.max_pixels)
         self._tokenizer = loaded.tokenizer
+        context = getattr(loaded.tokenizer, "context_length", None) or 77
+        self._caption_chars = CHARS_PER_TOKEN * int(context)
         # Cut caption padding when that is exact for this text tower (see clip_model).
         from curate.clip_model import can_trim_text, encode_text_trimmed, trim_tokens
 
@@ -155,8 +170,6 @@ class Clip(Scorer):
     # -- the CPU side: runs on the decode threads -----------------------------------------
     def _decode(self, data: bytes | None, boxes: list[list[float]] | None = None) -> Any:
         """The model input, and with ``mask_text`` the input with its text boxes filled."""
-        if not data:
-            raise ValueError("empty image")
         if not self.params.mask_text:  # type: ignore[attr-defined]
             return self._prep(data)
         from curate.stages.ocr import mask_text_regions
@@ -165,7 +178,7 @@ class Clip(Scorer):
         return self._prep.transform(im), self._prep.transform(mask_text_regions(im, boxes or []))
 
     def _tokens(self, captions: list[str | None]) -> Any:
-        tokens = self._tokenizer([c or "" for c in captions])
+        tokens = self._tokenizer([text_prefix(c, self._caption_chars) for c in captions])
         return self._trim(tokens) if self._trim is not None else tokens
 
     # -- the model side -------------------------------------------------------------------

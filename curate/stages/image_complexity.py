@@ -9,12 +9,12 @@ thumbnail. From it:
   ``edge_threshold`` grey levels.
 
 A rule such as ``{rule: threshold, column: image_bpp, min: 0.5, reason: flat_image}`` drops
-flat images.
+flat images. Images are opened by ``curate.imaging.open_image``: one whose header claims more
+than ``max_pixels`` pixels fails before it is decoded.
 """
 
 from __future__ import annotations
 
-import io
 import zlib
 from collections.abc import Mapping
 from typing import Any
@@ -24,12 +24,15 @@ import pyarrow as pa
 from PIL import Image
 from pydantic import Field
 
+from curate.imaging import MAX_PIXELS, PILLOW_HARD_LIMIT, open_image
 from curate.stages.base import Params, SampleScorer, register
 
 
 class ImageComplexityParams(Params):
     size: int = Field(default=128, ge=16)
     edge_threshold: float = Field(default=24.0, gt=0)
+    max_pixels: int = Field(default=MAX_PIXELS, gt=0, le=PILLOW_HARD_LIMIT,
+                            description="images with more pixels fail before decoding")
 
 
 @register
@@ -45,9 +48,7 @@ class ImageComplexity(SampleScorer):
 
     def score_sample(self, sample: dict[str, Any]) -> Mapping[str, Any]:
         p: ImageComplexityParams = self.params  # type: ignore[assignment]
-        if not sample["image"]:
-            raise ValueError("empty image")
-        im = Image.open(io.BytesIO(sample["image"]))
+        im = open_image(sample["image"], p.max_pixels)
         if im.format == "JPEG":
             im.draft("L", (p.size, p.size))
         thumb = im.convert("L").resize((p.size, p.size), Image.BILINEAR)

@@ -16,12 +16,12 @@ recognition (204 → 100 of 501) and still reads every poster. JPEGs are decoded
 at reduced DCT scale no smaller than the detector's input (``limit_side_len``). The classifier
 for rotated text is off (it costs time; upside-down text is rare). CPU by default; the CUDA
 execution provider of onnxruntime is used when the worker has a GPU and onnxruntime-gpu is
-installed.
+installed. Images are opened by ``curate.imaging.open_image``: one whose header claims more
+than ``max_pixels`` pixels fails before it is decoded.
 """
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -32,6 +32,7 @@ from PIL import Image, ImageDraw
 from pydantic import Field
 
 from curate.errors import CurateError
+from curate.imaging import MAX_PIXELS, PILLOW_HARD_LIMIT, open_image
 from curate.stages.base import Params, Resources, SampleScorer, register
 
 
@@ -45,6 +46,8 @@ class OcrParams(Params):
     threads: int = Field(default=1, gt=0, description="onnxruntime intra-op threads")
     cpus: float = Field(default=1.0, gt=0)
     gpus: float = Field(default=0.0, ge=0)
+    max_pixels: int = Field(default=MAX_PIXELS, gt=0, le=PILLOW_HARD_LIMIT,
+                            description="images with more pixels fail before decoding")
 
 
 @register
@@ -83,8 +86,8 @@ class Ocr(SampleScorer):
             params["EngineConfig.onnxruntime.use_cuda"] = True
         self._engine = RapidOCR(params=params)
 
-    def _decode(self, data: bytes) -> Image.Image:
-        im = Image.open(io.BytesIO(data))
+    def _decode(self, data: bytes | None) -> Image.Image:
+        im = open_image(data, self.params.max_pixels)  # type: ignore[attr-defined]
         w, h = im.size
         side = self.params.limit_side_len  # type: ignore[attr-defined]
         if im.format == "JPEG" and max(w, h) > side:
@@ -93,8 +96,6 @@ class Ocr(SampleScorer):
         return im.convert("RGB")
 
     def score_sample(self, sample: dict[str, Any]) -> Mapping[str, Any]:
-        if not sample["image"]:
-            raise ValueError("empty image")
         im = self._decode(sample["image"])
         w, h = im.size
         result = self._engine(np.asarray(im))

@@ -13,6 +13,10 @@ before it. It outputs:
   and spacing. Runs of 1-2 characters are chance (any caption contains "a", "ap", "ma").
 
 Both are 0 when no text was spotted, and null for a caption without words.
+``parrot_word_overlap`` reads the whole caption (linear time). ``parrot_char_sim`` compares at
+most ``MAX_CHARS`` letters and digits of each side (the caption's and the OCR text's first
+ones): difflib's matching grows with the product of the two lengths (a 1 MB caption against
+550 characters of OCR text took 42 s; with the bound, 0.02 s).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from curate.stages.base import SampleScorer, register
 
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
 MIN_RUN = 3  # shortest character run that counts as spelled
+MAX_CHARS = 2000  # letters and digits of each side that parrot_char_sim compares
 
 
 def words(text: str | None) -> list[str]:
@@ -42,11 +47,24 @@ def word_overlap(caption: str | None, ocr_text: str | None) -> float | None:
     return sum(w in spotted for w in cap) / len(cap)
 
 
+def _letters(text: str | None, limit: int) -> str:
+    """The first ``limit`` letters and digits of ``text``, lower-cased (``words`` joined, cut)."""
+    out: list[str] = []
+    n = 0
+    for m in _WORD.finditer(text.lower() if text else ""):
+        word = m.group()[: limit - n]
+        out.append(word)
+        n += len(word)
+        if n >= limit:
+            break
+    return "".join(out)
+
+
 def char_similarity(caption: str | None, ocr_text: str | None) -> float | None:
-    cap = "".join(words(caption))
+    cap = _letters(caption, MAX_CHARS)
     if not cap:
         return None
-    ocr = "".join(words(ocr_text))
+    ocr = _letters(ocr_text, MAX_CHARS)
     if len(ocr) < MIN_RUN:
         return 0.0
     blocks = difflib.SequenceMatcher(None, ocr, cap, autojunk=False).get_matching_blocks()

@@ -1,0 +1,104 @@
+"""Guarding a run directory: one run at a time, leftovers of a killed run removed, and disk
+errors turned into messages a user can act on.
+
+* ``RunLock``: an exclusive ``flock`` on ``RUN/.lock`` held for the whole run. The kernel drops
+  it when the process dies, however it dies, so a killed run never blocks the next one; a
+  second run started while the first is alive fails at once, naming the first one's pid.
+* ``remove_leftovers``: a run killed while writing leaves ``.<name>.<random>.tmp`` files (every
+  write goes to such a file and is renamed into place only when complete, see
+  ``curate.io.atomic``) and DuckDB spill files. They are never mistaken for finished work; a
+  new run deletes them before it starts.
+* ``disk_error``: ``ENOSPC``, ``EDQUOT`` and ``EFBIG`` (also when raised inside a Ray task) →
+  a ``CurateError`` saying which file could not be written and that rerunning resumes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import shutil
+from pathlib import Path
+from types import TracebackType
+
+from curate.errors import CurateError
+
+DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_LEFTOVER_DIRS = (".duckdb_tmp",)
+
+
+class RunLock:
+    """``with RunLock(run_dir):`` holds ``run_dir/.lock`` exclusively, or raises CurateError."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / ".lock"
+        self._fd: int | None = None
+
+    def __enter__(self) -> RunLock:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise CurateError(
+                f"another curate run (pid {holder}) is using {self.path.parent}",
+                "wait for it to end or stop it; two runs in one directory would overwrite "
+                "each other's files") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, 0)
+            os.close(self._fd)  # closing releases the lock
+            self._fd = None
+
+
+def remove_leftovers(run_dir: Path) -> int:
+    """Delete the temporary files and spill directories a killed run left in ``run_dir``;
+    returns how many were removed. Call it only while holding the run's lock."""
+    removed = 0
+    for tmp in run_dir.rglob(".*.tmp"):
+        if tmp.is_file():
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+                removed += 1
+    for name in _LEFTOVER_DIRS:
+        d = run_dir / name
+        if d.is_dir():
+            shutil.rmtree(d, ignore_errors=True)
+            removed += 1
+    return removed
+
+
+def _os_error(exc: BaseException) -> OSError | None:
+    """The OSError behind ``exc``: itself, a Ray task's cause, or a chained cause."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, OSError) and cur.errno is not None:
+            return cur
+        cause = getattr(cur, "cause", None)  # ray.exceptions.RayTaskError
+        cur = cause if isinstance(cause, BaseException) else (cur.__cause__ or cur.__context__)
+    return None
+
+
+def disk_error(exc: BaseException, doing: str = "") -> CurateError | None:
+    """A CurateError for a full disk (or quota, or file size limit) behind ``exc``; else None.
+    ``doing`` says what was being written where (the OSError often has no file name)."""
+    err = _os_error(exc)
+    if err is None or err.errno not in DISK_FULL:
+        return None
+    what = f" writing {err.filename}" if err.filename else ""
+    what += f" ({doing})" if doing else ""
+    return CurateError(
+        f"{os.strerror(err.errno or 0).lower()}{what}",
+        "free space (or raise the quota) there and run the same command again: finished "
+        "shards and output files are complete and are kept; incomplete ones were removed")

@@ -1,0 +1,257 @@
+"""Fault injection on real runs (real Ray, real tar shards, real disks).
+
+Each case breaks a run in one way, then checks what the issue asks of every failure: the
+failure is reported plainly, nothing is lost or duplicated in the manifest, completed work is
+not redone, and the final manifest and output shards equal those of a clean run (``demo_run``:
+pipelines/basic.yaml on the demo pool). The injected faults come from ``faultstage.Fault``, a
+scorer that adds no column, so a run with it has exactly the clean run's manifest and output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+from conftest import REPO, curate_cli
+from faultstage import pipeline
+
+from curate.errors import CurateError, ShardFailed
+from curate.runner import run
+
+SHARDS = [f"{i:05d}.tar" for i in range(8)]
+
+
+def events(run_dir: Path, name: str) -> list[dict[str, Any]]:
+    lines = (run_dir / "run_log.jsonl").read_text().splitlines()
+    return [e for e in map(json.loads, lines) if e["event"] == name]
+
+
+def assert_same_as_clean(out: Path, clean: Path) -> None:
+    """Manifest and output shards equal the clean run's; no uid twice; no temp file left."""
+    ours = pq.read_table(out / "manifest.parquet")
+    theirs = pq.read_table(clean / "manifest.parquet")
+    assert ours.schema.names == theirs.schema.names
+    assert [c for c in ours.schema.names if not ours[c].equals(theirs[c])] == []
+    uids = ours.column("uid").to_pylist()
+    assert len(uids) == len(set(uids)) == 8 * 64
+    names = sorted(p.name for p in (clean / "output").glob("*.tar"))
+    assert sorted(p.name for p in (out / "output").glob("*.tar")) == names
+    for name in names:
+        assert (out / "output" / name).read_bytes() == (clean / "output" / name).read_bytes()
+    assert not list(out.rglob("*.tmp"))
+
+
+def signal_mtimes(out: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in (out / "signals").glob("*.parquet")}
+
+
+def test_killed_worker_mid_shard_is_replaced_and_only_that_shard_redone(
+        demo_pool: Path, demo_run: Path, tmp_path: Path, ray_local: None) -> None:
+    flag = tmp_path / "killed"
+    p = pipeline(demo_pool, {"kill_at": "00003.tar", "kill_from": 32, "kill_once": str(flag)},
+                 batch_size=16)
+    out = tmp_path / "run"
+    result = run(p, out, progress=False)
+    assert flag.exists()  # the worker really was SIGKILLed, two batches into the shard
+    retries = events(out, "shard_retry")
+    assert [(e["shard"], e["error"].startswith("worker died")) for e in retries] == [
+        ("00003.tar", True)]
+    done = [e["shard"] for e in events(out, "shard_done")]
+    assert sorted(done) == SHARDS  # every shard finished once: none was scored twice
+    attempts = dict(zip(*pq.read_table(out / "shards.parquet", columns=["shard", "attempts"])
+                        .to_pydict().values(), strict=True))
+    assert attempts == {s: 2 if s == "00003.tar" else 1 for s in SHARDS}
+    assert result.samples == 8 * 64
+    assert_same_as_clean(out, demo_run)
+
+
+DRIVER = """
+import sys
+sys.path.insert(0, {tests!r})
+from faultstage import pipeline
+from pathlib import Path
+from curate.runner import run
+run(pipeline(Path({pool!r}), {{"sleep": 1.0}}, workers=1), {out!r}, progress=False)
+"""
+
+
+@pytest.mark.slow
+def test_killed_driver_resumes_without_redoing_finished_shards(
+        demo_pool: Path, demo_run: Path, tmp_path: Path, ray_local: None) -> None:
+    out = tmp_path / "run"
+    code = DRIVER.format(tests=str(REPO / "tests"), pool=str(demo_pool), out=str(out))
+    env = {**os.environ, "RAY_ADDRESS": ""}  # its own local Ray, not the tests' cluster
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 240
+        while len(signal_mtimes(out) if (out / "signals").is_dir() else {}) < 3:
+            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]  # type: ignore
+            assert time.monotonic() < deadline, "the run did not get going"
+            time.sleep(0.2)
+        os.kill(proc.pid, signal.SIGKILL)  # the driver only: as if its machine went away
+        proc.wait(timeout=30)
+    finally:
+        time.sleep(1)
+        try:  # then whatever local Ray processes it left behind
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert proc.returncode == -signal.SIGKILL
+    finished = signal_mtimes(out)
+    assert 3 <= len(finished) < 8 and not (out / "manifest.parquet").exists()
+    # What a write cut short leaves behind (never taken for a finished shard).
+    (out / "signals" / ".00007.parquet.x1y2.tmp").write_bytes(b"PAR1 half a file")
+
+    result = run(pipeline(demo_pool, {"sleep": 1.0}, workers=1), out, progress=False)
+    assert result.shards_resumed == len(finished)
+    for name, mtime in finished.items():
+        assert (out / "signals" / name).stat().st_mtime_ns == mtime  # not recomputed
+    start = events(out, "run_start")
+    assert len(start) == 2 and start[1]["leftovers_removed"] >= 1
+    assert_same_as_clean(out, demo_run)
+
+
+@pytest.mark.slow
+def test_shard_failing_every_time_is_reported_and_the_rest_finish(
+        demo_pool: Path, demo_run: Path, tmp_path: Path) -> None:
+    pool = tmp_path / "pool"
+    shutil.copytree(demo_pool, pool)
+    bad = pool / "00005.tar"
+    bad.rename(tmp_path / "00005.tar.good")
+    bad.write_bytes(b"<html><body>404 Not Found</body></html>\n" * 20)  # not a tar at all
+    out = tmp_path / "run"
+    res = curate_cli("run", str(REPO / "pipelines" / "basic.yaml"), "--out", str(out),
+                     "--input", str(pool / "*.tar"), "--workers", "2", "--no-progress")
+    assert res.returncode == 1, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert any(x.startswith("shard 00005.tar failed after 3 attempts") for x in lines)  # live
+    err = lines[-2:]  # then the summary: one error line and a hint
+    assert err[0].startswith("error: 1 of 8 shards failed after 3 attempts: 00005.tar: "), err
+    assert "is not a tar archive" in err[0] and err[1].startswith("hint: "), err
+    assert "Traceback" not in res.stderr
+    shards = pq.read_table(out / "shards.parquet").to_pylist()
+    status = {r["shard"]: r["status"] for r in shards}
+    assert status == {s: "failed" if s == "00005.tar" else "done" for s in SHARDS}
+    failed = next(r for r in shards if r["status"] == "failed")
+    assert failed["attempts"] == 3 and "not a tar archive" in failed["error"]
+    assert len(signal_mtimes(out)) == 7 and not (out / "manifest.parquet").exists()
+    finished = signal_mtimes(out)
+
+    bad.unlink()
+    (tmp_path / "00005.tar.good").rename(bad)
+    res = curate_cli("run", str(REPO / "pipelines" / "basic.yaml"), "--out", str(out),
+                     "--input", str(pool / "*.tar"), "--no-progress")
+    assert res.returncode == 0, res.stderr
+    assert {k: v for k, v in signal_mtimes(out).items() if k != "00005.parquet"} == finished
+    assert_same_as_clean(out, demo_run)
+
+
+def test_shard_vanishing_after_listing_fails_clearly_then_resumes(
+        demo_pool: Path, demo_run: Path, tmp_path: Path, ray_local: None) -> None:
+    pool = tmp_path / "pool"
+    shutil.copytree(demo_pool, pool)
+    # One worker scores in pool order; while it reads 00000.tar, 00007.tar is deleted.
+    fault = {"delete_at": "00000.tar", "delete": str(pool / "00007.tar")}
+    out = tmp_path / "run"
+    with pytest.raises(ShardFailed) as info:
+        run(pipeline(pool, fault, workers=1), out, progress=False)
+    assert "1 of 8 shards failed" in info.value.message
+    assert "00007.tar: input shard" in info.value.message and "is gone" in info.value.message
+    assert sorted(signal_mtimes(out)) == [f"{i:05d}.parquet" for i in range(7)]
+    finished = signal_mtimes(out)
+
+    shutil.copy(demo_pool / "00007.tar", pool / "00007.tar")  # it comes back
+    result = run(pipeline(pool, fault, workers=1), out, progress=False)
+    assert result.shards_resumed == 7
+    assert {k: v for k, v in signal_mtimes(out).items() if k != "00007.parquet"} == finished
+    assert_same_as_clean(out, demo_run)
+
+
+def _mount_tmpfs(path: Path, size: str) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs to fill (needs root): {res.stderr.strip()}")
+
+
+def _resize(path: Path, size: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,size={size}", str(path)], check=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Any:
+    disk = tmp_path / "disk"
+    _mount_tmpfs(disk, "64k")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def _output_bytes(clean: Path) -> list[int]:
+    return [p.stat().st_size for p in sorted((clean / "output").glob("*.tar"))]
+
+
+def test_full_disk_while_writing_output(demo_pool: Path, demo_run: Path, small_disk: Path,
+                                        tmp_path: Path, ray_local: None) -> None:
+    sizes = _output_bytes(demo_run)
+    assert len(sizes) >= 2
+    # Room for the first output shard, not for the second.
+    _resize(small_disk, str((sizes[0] + sizes[1] // 2) // 4096 * 4096))
+    out = tmp_path / "run"
+    p = pipeline(demo_pool, {}, output={"dir": str(small_disk / "out")})
+    with pytest.raises(CurateError) as info:
+        run(p, out, progress=False)
+    assert info.value.message.startswith("no space left on device"), info.value.message
+    assert "output" in info.value.message and "run the same command again" in str(info.value)
+    left = sorted(small_disk.rglob("*"))
+    assert not [x for x in left if x.name.endswith(".tmp")]  # no partial file left
+    for tar in (small_disk / "out").glob("*.tar"):  # what is there is complete
+        assert tar.read_bytes() == (demo_run / "output" / tar.name).read_bytes()
+    scored = signal_mtimes(out)
+    assert len(scored) == 8
+
+    _resize(small_disk, "64m")
+    result = run(p, out, progress=False)
+    assert result.shards_resumed == 8 and signal_mtimes(out) == scored
+    assert pq.read_table(out / "manifest.parquet").equals(
+        pq.read_table(demo_run / "manifest.parquet"))
+    for tar in sorted((demo_run / "output").glob("*.tar")):
+        assert (small_disk / "out" / tar.name).read_bytes() == tar.read_bytes()
+
+
+def test_full_disk_while_scoring(demo_pool: Path, demo_run: Path, small_disk: Path,
+                                 ray_local: None) -> None:
+    out = small_disk / "run"  # the whole run directory on a 64 KiB disk
+    with pytest.raises(CurateError) as info:
+        run(pipeline(demo_pool, {}, workers=1), out, progress=False)
+    assert info.value.message.startswith("no space left on device"), info.value.message
+    assert not list(out.rglob("*.tmp"))
+    finished = signal_mtimes(out)
+    for name in finished:  # every signals file there is complete and readable
+        assert pq.read_table(out / "signals" / name).num_rows == 64
+    assert len(finished) < 8
+
+    _resize(small_disk, "64m")
+    result = run(pipeline(demo_pool, {}, workers=1), out, progress=False)
+    assert result.shards_resumed == len(finished)
+    assert_same_as_clean(out, demo_run)
+
+
+def test_second_run_into_the_same_directory_is_refused(tmp_path: Path) -> None:
+    from curate.io.rundir import RunLock
+
+    with RunLock(tmp_path), pytest.raises(CurateError, match=f"pid {os.getpid()}"):
+        with RunLock(tmp_path):
+            pass
+    with RunLock(tmp_path):  # released on exit
+        pass
