@@ -1,7 +1,8 @@
 """Scorer ``caption_stats``: caption length in characters and whitespace-separated words.
 
 A missing caption counts as 0 characters and 0 words (the manifest's ``caption`` column still
-tells a missing caption, null, from an empty one).
+tells a missing caption, null, from an empty one). Both count the whole caption, however long:
+``caption_chars`` is its true length in characters.
 """
 
 from __future__ import annotations
