@@ -500,8 +500,10 @@ def _thumbnail(data: bytes) -> bytes | str:
     """A JPEG of at most THUMB_PX on its long side, or why the image could not be decoded."""
     from PIL import Image, UnidentifiedImageError
 
+    from curate.imaging import open_image
+
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with open_image(data) as im:  # refuses images over imaging.MAX_PIXELS before decoding
             im.draft("RGB", (THUMB_PX, THUMB_PX))
             im.thumbnail((THUMB_PX, THUMB_PX))
             rgb = im.convert("RGB")
