@@ -6,6 +6,10 @@ and caption lengths, selector reports (MetaCLIP's entry-count curve), caption re
 gallery of kept and dropped samples. Every image is embedded as a ``data:`` URI, so the HTML
 file alone is enough; the plots are also written as PNG files next to it. Thumbnails are
 re-encoded as small JPEGs for the page only; the run's shards are never touched.
+
+The manifest is never loaded whole: histograms, language counts and the gallery's samples are
+aggregations and ``LIMIT`` queries in DuckDB over ``manifest.parquet``, so a 100M-row run's
+report needs about as much memory as the demo's.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import base64
 import html
 import io
 import json
+import math
 import tarfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from curate.errors import CurateError
 
 if TYPE_CHECKING:
+    import duckdb
     import numpy as np
     import pyarrow as pa
     from matplotlib.axes import Axes
@@ -125,7 +131,8 @@ class _RunData:
     funnel: list[dict[str, Any]]
     samples: int
     kept: int
-    manifest: pa.Table
+    con: duckdb.DuckDBPyConnection  # view ``manifest`` over manifest.parquet
+    schema: pa.Schema  # the manifest's columns
     bounds: dict[str, list[Bound]]
 
     @classmethod
@@ -142,14 +149,31 @@ class _RunData:
             loaded = yaml.safe_load(text)
             raw = loaded if isinstance(loaded, dict) else {}
         funnel = pq.read_table(run / "funnel.parquet").to_pylist()
-        manifest = pq.read_table(run / "manifest.parquet")
-        samples = int(stats.get("samples", manifest.num_rows))
+        con = _manifest_view(run / "manifest.parquet")
+        schema = pq.read_schema(run / "manifest.parquet")
+        samples = int(stats["samples"]) if "samples" in stats else int(
+            pq.read_metadata(run / "manifest.parquet").num_rows)
         kept = int(stats["kept"]) if "kept" in stats else int(
-            sum(1 for k in manifest.column("kept").to_pylist() if k))
+            con.sql("SELECT count(*) FILTER (WHERE kept) FROM manifest").fetchall()[0][0])
         return cls(run=run, name=str(raw.get("name") or stats.get("pipeline") or run.name),
                    description=raw.get("description"), pipeline_text=text, stats=stats,
-                   funnel=funnel, samples=samples, kept=kept, manifest=manifest,
+                   funnel=funnel, samples=samples, kept=kept, con=con, schema=schema,
                    bounds=threshold_bounds(run / "pipeline.yaml", run))
+
+
+def _manifest_view(source: Path | pa.Table) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with a view ``manifest`` over ``source`` (a Parquet file
+    or an Arrow table)."""
+    import duckdb
+
+    from curate.sql import literal
+
+    con = duckdb.connect()
+    if isinstance(source, Path):
+        con.execute(f"CREATE VIEW manifest AS SELECT * FROM read_parquet({literal(str(source))})")
+    else:
+        con.register("manifest", source)
+    return con
 
 
 def threshold_bounds(pipeline_yaml: Path, run: Path | None = None) -> dict[str, list[Bound]]:
@@ -262,38 +286,39 @@ def steps_labels(steps: Sequence[tuple[str, int]]) -> list[str]:
     return [f"− {r}" for r, _ in steps]
 
 
-def _numeric_columns(t: pa.Table) -> list[str]:
+def _numeric_columns(schema: pa.Schema) -> list[str]:
     import pyarrow as pa
 
-    return [f.name for f in t.schema if f.name not in IDENTITY_COLUMNS
+    return [f.name for f in schema if f.name not in IDENTITY_COLUMNS
             and (pa.types.is_integer(f.type) or pa.types.is_floating(f.type))]
 
 
-def _caption_length(d: _RunData) -> tuple[str, np.ndarray] | None:
-    """The caption length to plot: ``caption_words`` when scored, else words in the caption."""
-    import numpy as np
+def _caption_length(d: _RunData) -> tuple[str, str] | None:
+    """The caption length to plot and its SQL: ``caption_words`` when scored, else the number
+    of words (runs of non-space characters) in the caption."""
+    from curate.sql import ident
 
-    names = d.manifest.column_names
+    names = d.schema.names
     if "caption_words" in names:
-        return "caption_words", _floats(d.manifest.column("caption_words"))
+        return "caption_words", ident("caption_words")
     if "caption" in names:
-        caps = d.manifest.column("caption").to_pylist()
-        return "caption words", np.array([len(c.split()) if c else 0 for c in caps], float)
+        return "caption words", "len(regexp_extract_all(coalesce(caption, ''), '\\S+'))"
     return None
 
 
 def _scores(page: _Page, d: _RunData) -> str:
+    from curate.sql import ident
+
     cap = _caption_length(d)
-    cols = [c for c in _numeric_columns(d.manifest) if not (cap and c == cap[0])]
+    cols = [c for c in _numeric_columns(d.schema) if not (cap and c == cap[0])]
     # Thresholded columns first, then the pipeline's column order.
     cols.sort(key=lambda c: c not in d.bounds)
     shown = cols[:MAX_SCORE_PLOTS]
     if not shown:
         return ""
-    kept = _kept_mask(d.manifest)
     imgs = []
     for col in shown:
-        fig = _histogram(_floats(d.manifest.column(col)), kept, col, d.bounds.get(col, []))
+        fig = _histogram(_column_hist(d.con, ident(col)), col, d.bounds.get(col, []))
         imgs.append(f'<figure>{page.plot(fig, f"score_{_slug(col)}", col)}'
                     f"<figcaption>{_e(col)}</figcaption></figure>")
     note = (f" Showing {len(shown)} of {len(cols)} numeric columns." if len(cols) > len(shown)
@@ -305,20 +330,17 @@ def _scores(page: _Page, d: _RunData) -> str:
 
 
 def _captions(page: _Page, d: _RunData) -> str:
-    import numpy as np
-
-    kept = _kept_mask(d.manifest)
     figs = []
-    if "lang" in d.manifest.column_names:
-        langs = np.array([x if x is not None else "" for x in
-                          d.manifest.column("lang").to_pylist()], dtype=object)
-        has = langs != ""
-        names, counts = np.unique(langs[has], return_counts=True)
-        order = np.argsort(-counts, kind="stable")[:TOP_LANGS]
-        top = [str(names[i]) for i in order]
+    if "lang" in d.schema.names:
+        counts = d.con.sql("""
+            SELECT lang, count(*) FILTER (WHERE coalesce(kept, false)) AS k,
+                   count(*) FILTER (WHERE NOT coalesce(kept, false)) AS dr
+            FROM manifest WHERE lang IS NOT NULL AND lang <> ''
+            GROUP BY lang ORDER BY k + dr DESC, lang""").fetchall()
+        top = [str(r[0]) for r in counts[:TOP_LANGS]]
         if top:
-            k = [int(np.sum((langs == name) & kept)) for name in top]
-            dr = [int(np.sum((langs == name) & ~kept)) for name in top]
+            k = [int(r[1]) for r in counts[:TOP_LANGS]]
+            dr = [int(r[2]) for r in counts[:TOP_LANGS]]
             fig, ax = _figure(4.6, max(3.0, 1.1 + 0.24 * len(top)))
             ys = list(range(len(top)))
             ax.barh(ys, k, color=KEPT_COLOR, label="kept")
@@ -331,7 +353,7 @@ def _captions(page: _Page, d: _RunData) -> str:
             ax.set_xlim(0, most * 1.25)
             ax.set_xlabel("samples (kept / all)", fontsize=8)
             ax.tick_params(labelsize=8)
-            other = int(np.sum(has)) - int(sum(counts[i] for i in order))
+            other = sum(int(r[1]) + int(r[2]) for r in counts[TOP_LANGS:])
             extra = f" ({other:,} in other languages)" if other else ""
             ax.set_title(f"Languages, top {len(top)}{extra}", fontsize=10)
             ax.legend(fontsize=8)
@@ -339,8 +361,8 @@ def _captions(page: _Page, d: _RunData) -> str:
                         "<figcaption>language (lang)</figcaption></figure>")
     cap = _caption_length(d)
     if cap is not None:
-        name, values = cap
-        fig = _histogram(values, kept, name, d.bounds.get(name, []))
+        name, sql = cap
+        fig = _histogram(_column_hist(d.con, sql), name, d.bounds.get(name, []))
         figs.append(f"<figure>{page.plot(fig, 'caption_length', 'caption length')}"
                     f"<figcaption>caption length ({_e(name)})</figcaption></figure>")
     if not figs:
@@ -386,35 +408,34 @@ def _selector_reports(run: Path) -> str:
 
 
 def _rewrites(run: Path, d: _RunData) -> str:
-    import pyarrow.parquet as pq
+    from curate.sql import literal
 
     path = run / "rewrites.parquet"
     if not path.is_file():
         return ""
-    rows = pq.read_table(path, columns=["uid", "rewrite", "text", "status", "reason"]).to_pylist()
-    status: dict[str, int] = {}
-    reasons: dict[str, int] = {}
-    for r in rows:
-        status[str(r["status"])] = status.get(str(r["status"]), 0) + 1
-        if r["status"] != "ok" and r["reason"]:
-            reasons[str(r["reason"])] = reasons.get(str(r["reason"]), 0) + 1
+    con = d.con
+    con.execute(f"CREATE OR REPLACE VIEW rewrites AS SELECT * FROM read_parquet("
+                f"{literal(str(path))})")
+    status = con.sql("SELECT coalesce(status, 'None'), count(*) AS n FROM rewrites "
+                     "GROUP BY 1 ORDER BY n DESC, 1").fetchall()
+    reasons = con.sql("""
+        SELECT reason, count(*) AS n FROM rewrites
+        WHERE status IS DISTINCT FROM 'ok' AND coalesce(reason, '') <> ''
+        GROUP BY 1 ORDER BY n DESC, 1 LIMIT 8""").fetchall()
+    total = sum(int(n) for _, n in status)
     counts = _table(["status", "rewrites", "share"],
-                    [[s, f"{n:,}", _pct(n, len(rows))] for s, n in sorted(
-                        status.items(), key=lambda x: -x[1])], numeric=(1, 2))
+                    [[str(st), f"{int(n):,}", _pct(int(n), total)] for st, n in status],
+                    numeric=(1, 2))
     why = _table(["not ok because", "rewrites"],
-                 [[r, f"{n:,}"] for r, n in sorted(reasons.items(), key=lambda x: -x[1])[:8]],
-                 numeric=(1,)) if reasons else ""
-    captions = dict(zip(d.manifest.column("uid").to_pylist(),
-                        d.manifest.column("caption").to_pylist(), strict=True))
-    # One accepted rewrite per caption, the first by uid.
-    first: dict[str, dict[str, Any]] = {}
-    for r in sorted(rows, key=lambda r: (r["uid"], r["rewrite"])):
-        if r["status"] == "ok":
-            first.setdefault(r["uid"], r)
-    ok = list(first.values())
+                 [[str(r), f"{int(n):,}"] for r, n in reasons], numeric=(1,)) if reasons else ""
+    # One accepted rewrite per caption, the first by uid; the original caption beside it.
+    ok = con.sql(f"""
+        WITH first AS (SELECT uid, arg_min(text, rewrite) AS text FROM rewrites
+                       WHERE status = 'ok' GROUP BY uid ORDER BY uid LIMIT {REWRITE_EXAMPLES})
+        SELECT f.uid, min(m.caption), min(f.text) FROM first f LEFT JOIN manifest m USING (uid)
+        GROUP BY f.uid ORDER BY f.uid""").fetchall()
     examples = _table(["original", "rewrite"],
-                      [[str(captions.get(r["uid"], "")), str(r["text"])]
-                       for r in ok[:REWRITE_EXAMPLES]]) if ok else ""
+                      [[str(cap or ""), str(text)] for _, cap, text in ok]) if ok else ""
     return ("<section><h2>Caption rewrites</h2><p>LLM rewrites of the kept captions "
             "(<code>rewrites.parquet</code>); the original caption is always kept.</p>"
             f"<div class='split'>{counts}{why}</div><h3>Examples</h3>{examples}</section>")
@@ -434,26 +455,41 @@ class _Sample:
     error: str | None
 
 
-def pick_gallery(manifest: pa.Table, funnel_reasons: Sequence[str], n: int,
+def pick_gallery(manifest: pa.Table | Path, funnel_reasons: Sequence[str], n: int,
                  ) -> tuple[list[_Sample], list[_Sample]]:
     """Up to ``n`` kept samples (the first by uid) and ``n`` dropped ones, taken round-robin
-    over the drop reasons in funnel order (the first by uid of each), so each reason shows."""
-    cols = ["uid", "shard", "index", "image_member", "caption", "reason", "kept"]
-    have = [c for c in cols if c in manifest.column_names]
-    rows = sorted(manifest.select(have).to_pylist(), key=lambda r: r["uid"])
-    errors = (dict(zip(manifest.column("uid").to_pylist(), manifest.column("error").to_pylist(),
-                       strict=True)) if "error" in manifest.column_names else {})
+    over the drop reasons in funnel order (the first by uid of each), so each reason shows.
+    ``manifest`` is the manifest's Parquet file (or the table); it is queried, not loaded."""
+    if n <= 0:
+        return [], []
+    con = _manifest_view(manifest)
+    try:
+        return _pick_gallery(con, funnel_reasons, n)
+    finally:
+        con.close()
+
+
+def _pick_gallery(con: duckdb.DuckDBPyConnection, funnel_reasons: Sequence[str], n: int,
+                  ) -> tuple[list[_Sample], list[_Sample]]:
+    from curate.sql import ident, literal
+
+    names = set(con.sql("SELECT * FROM manifest LIMIT 0").columns)
+    fields = ", ".join(f"{literal(c)}: {ident(c) if c in names else 'NULL'}" for c in (
+        "uid", "shard", "index", "image_member", "caption", "reason", "error"))
+    row = "{" + fields + "}"
 
     def sample(r: dict[str, Any]) -> _Sample:
         return _Sample(str(r["uid"]), str(r["shard"]), int(r["index"]),
                        str(r.get("image_member") or ""), str(r.get("caption") or ""),
-                       r.get("reason"), errors.get(r["uid"]))
+                       r.get("reason"), r.get("error"))
 
-    kept = [sample(r) for r in rows if r["kept"]][:n]
-    by_reason: dict[str, list[dict[str, Any]]] = {}
-    for r in rows:
-        if not r["kept"]:
-            by_reason.setdefault(str(r["reason"]), []).append(r)
+    kept_rows = con.sql(f"SELECT min_by({row}, uid, {n}) FROM manifest WHERE kept"
+                        ).fetchall()[0][0] or []
+    kept = [sample(r) for r in kept_rows]
+    # The first n by uid of each reason: a top-n per group, not a sort of every dropped row.
+    by_reason = {str(reason): rows for reason, rows in con.sql(f"""
+        SELECT reason, min_by({row}, uid, {n}) FROM manifest
+        WHERE NOT coalesce(kept, false) GROUP BY reason""").fetchall()}
     order = [r for r in funnel_reasons if r in by_reason]
     order += sorted(set(by_reason) - set(order))
     dropped: list[_Sample] = []
@@ -517,7 +553,7 @@ def _thumbnail(data: bytes) -> bytes | str:
 def _gallery(run: Path, d: _RunData, n: int) -> str:
     if n <= 0:
         return ""
-    kept, dropped = pick_gallery(d.manifest, [str(r["reason"]) for r in d.funnel], n)
+    kept, dropped = _pick_gallery(d.con, [str(r["reason"]) for r in d.funnel], n)
     thumbs = _thumbnails(run, [*kept, *dropped])
 
     def card(s: _Sample) -> str:
@@ -550,53 +586,89 @@ def _figure(width: float, height: float) -> tuple[Figure, Axes]:
     return fig, fig.subplots()
 
 
-def _floats(col: pa.ChunkedArray) -> np.ndarray:
+@dataclass(frozen=True)
+class _Hist:
+    """A column's histogram, counted in DuckDB: bin edges, kept and dropped counts per bin,
+    and how many rows have no finite value."""
+
+    edges: np.ndarray
+    kept: np.ndarray
+    dropped: np.ndarray
+    missing: int
+    log: bool = False
+    xlim: tuple[float, float] | None = None
+
+
+HIST_BINS = 40
+
+
+def _column_hist(con: duckdb.DuckDBPyConnection, expr: str) -> _Hist:
+    """The histogram of the SQL expression ``expr`` over the manifest, split by ``kept`` (no
+    bins when no row has a finite value). Bins as numpy's would be: log-spaced when the values are
+    positive and span more than 1000x, one per integer when they are integers spanning at most
+    60, else 40 equal bins between the minimum and the maximum."""
     import numpy as np
-    import pyarrow as pa
 
-    return np.asarray(col.cast(pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
+    src = (f"SELECT CAST({expr} AS DOUBLE) AS v, coalesce(kept, false) AS k FROM manifest")
+    lo, hi, integer, missing = con.sql(f"""
+        SELECT min(v) FILTER (WHERE isfinite(v)), max(v) FILTER (WHERE isfinite(v)),
+               bool_and(v = round(v)) FILTER (WHERE isfinite(v)),
+               count(*) FILTER (WHERE v IS NULL OR NOT isfinite(v))
+        FROM ({src})""").fetchall()[0]
+    if lo is None:
+        return _Hist(np.zeros(0), np.zeros(0), np.zeros(0), int(missing))
+    log = lo > 0 and hi / lo > 1000
+    xlim = None
+    if log:
+        edges = np.geomspace(lo, hi, HIST_BINS + 1)
+        ln_lo, ln_span = math.log(lo), math.log(hi) - math.log(lo)
+        pos = f"(ln(v) - {ln_lo!r}) / {ln_span!r} * {HIST_BINS}"
+    elif integer and hi - lo <= 60:
+        edges = np.arange(lo - 0.5, hi + 1.5)
+        pos = f"v - {lo!r}"
+        if hi - lo < 4:
+            xlim = (lo - 3, hi + 3)
+    elif hi > lo:
+        edges = np.linspace(lo, hi, HIST_BINS + 1)
+        pos = f"(v - {lo!r}) / {hi - lo!r} * {HIST_BINS}"
+    else:
+        edges = np.array([lo - 0.5, lo + 0.5])
+        pos = "0"
+    bins = len(edges) - 1
+    rows = con.sql(f"""
+        SELECT least(greatest(CAST(floor({pos}) AS BIGINT), 0), {bins - 1}) AS b,
+               count(*) FILTER (WHERE k), count(*) FILTER (WHERE NOT k)
+        FROM ({src}) WHERE isfinite(v) GROUP BY b""").fetchall()
+    kept, dropped = np.zeros(bins, dtype=np.int64), np.zeros(bins, dtype=np.int64)
+    for b, k, dr in rows:
+        kept[b], dropped[b] = k, dr
+    return _Hist(edges, kept, dropped, int(missing), log, xlim)
 
 
-def _kept_mask(t: pa.Table) -> np.ndarray:
-    import numpy as np
-
-    kept = t.column("kept").fill_null(False)
-    return np.asarray(kept.to_numpy(zero_copy_only=False), dtype=bool)
-
-
-def _histogram(values: np.ndarray, kept: np.ndarray, name: str, bounds: Sequence[Bound],
-               ) -> Figure:
+def _histogram(h: _Hist, name: str, bounds: Sequence[Bound]) -> Figure:
     """Kept and dropped values of one column overlaid, with the rule thresholds."""
     import numpy as np
 
     fig, ax = _figure(4.6, 3.0)
-    finite = np.isfinite(values)
-    allv = values[finite]
-    if not len(allv):
+    if not len(h.kept):
         ax.text(0.5, 0.5, "no values", ha="center", va="center", transform=ax.transAxes)
         ax.set_title(name, fontsize=10)
         return fig
-    lo, hi = float(allv.min()), float(allv.max())
-    log = lo > 0 and hi / lo > 1000
-    integer = bool(np.all(allv == np.round(allv))) and hi - lo <= 60
-    if log:
-        bins = np.geomspace(lo, hi, 41)
+    if h.log:
         ax.set_xscale("log")
-    elif integer:
-        bins = np.arange(lo - 0.5, hi + 1.5)
-        if hi - lo < 4:
-            ax.set_xlim(lo - 3, hi + 3)
+        mids = np.sqrt(h.edges[:-1] * h.edges[1:])
     else:
-        bins = np.histogram_bin_edges(allv, bins=40) if hi > lo else np.array([lo - .5, lo + .5])
-    k = values[finite & kept]
-    dr = values[finite & ~kept]
-    ax.hist(k, bins=bins, color=KEPT_COLOR, alpha=0.65, label=f"kept ({len(k):,})")
-    ax.hist(dr, bins=bins, color=DROPPED_COLOR, alpha=0.65, label=f"dropped ({len(dr):,})")
+        mids = (h.edges[:-1] + h.edges[1:]) / 2
+    if h.xlim is not None:
+        ax.set_xlim(*h.xlim)
+    ax.hist(mids, bins=h.edges, weights=h.kept, color=KEPT_COLOR, alpha=0.65,
+            label=f"kept ({int(h.kept.sum()):,})")
+    ax.hist(mids, bins=h.edges, weights=h.dropped, color=DROPPED_COLOR, alpha=0.65,
+            label=f"dropped ({int(h.dropped.sum()):,})")
     for b in bounds:
         ax.axvline(b.value, color="#1c1c1c", linestyle="--", linewidth=1.2,
                    label=f"{b.op} {b.value:g} ({b.reason})")
-    missing = int(np.sum(~finite))
-    ax.set_title(name + (f"  ({missing:,} without a value)" if missing else ""), fontsize=10)
+    ax.set_title(name + (f"  ({h.missing:,} without a value)" if h.missing else ""), fontsize=10)
     ax.set_ylabel("samples", fontsize=8)
     ax.tick_params(labelsize=8)
     ax.legend(fontsize=7)

@@ -208,7 +208,7 @@ def _run_locked(p: Pipeline, listed: list[ShardRef] | None, run_dir: Path,
                                error_stages)
             write_parquet(_funnel_table(selection), run_dir / "funnel.parquet")
             rlog.event("selected", samples=selection.samples, kept=selection.kept,
-                       seconds=round(time.perf_counter() - t_sel, 3))
+                       seconds=round(time.perf_counter() - t_sel, 3), steps=selection.seconds)
             if p.rewrite is not None:
                 doing = f"caption rewrites in {run_dir}"
                 rewrite = _rewrite(p, run_dir, rlog, progress)

@@ -6,8 +6,8 @@ errors turned into messages a user can act on.
   second run started while the first is alive fails at once, naming the first one's pid.
 * ``remove_leftovers``: a run killed while writing leaves ``.<name>.<random>.tmp`` files (every
   write goes to such a file and is renamed into place only when complete, see
-  ``curate.io.atomic``) and DuckDB spill files. They are never mistaken for finished work; a
-  new run deletes them before it starts.
+  ``curate.io.atomic``), selection's working database and DuckDB spill files. They are never
+  mistaken for finished work; a new run deletes them before it starts.
 * ``disk_error``: ``ENOSPC``, ``EDQUOT`` and ``EFBIG`` (also when raised inside a Ray task) →
   a ``CurateError`` saying which file could not be written and that rerunning resumes.
 """
@@ -26,6 +26,7 @@ from curate.errors import CurateError
 
 DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _LEFTOVER_DIRS = (".duckdb_tmp",)
+_LEFTOVER_FILES = (".selection.duckdb", ".selection.duckdb.wal")  # selection's working database
 
 
 class RunLock:
@@ -69,6 +70,11 @@ def remove_leftovers(run_dir: Path) -> int:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
                 removed += 1
+    for name in _LEFTOVER_FILES:
+        f = run_dir / name
+        if f.is_file():
+            f.unlink()
+            removed += 1
     for name in _LEFTOVER_DIRS:
         d = run_dir / name
         if d.is_dir():

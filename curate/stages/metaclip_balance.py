@@ -156,7 +156,7 @@ class MetaclipBalance(Selector):
         col = ident(prm.column)
         rows_in, unmatched = con.execute(
             f"SELECT count(*), count(*) FILTER (WHERE coalesce(len({col}), 0) = 0) FROM {t_} "
-            "WHERE reason IS NULL").fetchone()
+            "WHERE reason IS NULL").fetchall()[0]
         pairs = con.execute(f"""
             SELECT e, count(*) FROM (SELECT unnest({col}) AS e FROM {t_} WHERE reason IS NULL)
             WHERE e IS NOT NULL GROUP BY e ORDER BY e""").fetchnumpy()
@@ -198,7 +198,7 @@ class MetaclipBalance(Selector):
         after = np.zeros(size, dtype=np.int64)
         after[np.asarray(after_pairs["e"], dtype=np.int64)] = np.asarray(
             after_pairs["count_star()"], dtype=np.int64)
-        rows_kept = con.execute(f"SELECT count(*) FROM {t_} WHERE reason IS NULL").fetchone()[0]
+        rows_kept = con.execute(f"SELECT count(*) FROM {t_} WHERE reason IS NULL").fetchall()[0][0]
         _write_outputs(ctx, names, before, after, t, prm, rows_in, rows_kept, unmatched)
 
 
