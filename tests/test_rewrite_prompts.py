@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from curate.rewrite.prompts import (
@@ -59,4 +61,17 @@ def test_bad_example_files_are_rejected(tmp_path) -> None:  # type: ignore[no-un
     path = tmp_path / "ex.yaml"
     path.write_text("- {id: a, style: terse, source: 'x => y', target: z}\n")
     with pytest.raises(ValueError, match="contain a newline or '=>'"):
+        load_examples(path)
+
+
+def test_user_examples_file_is_read_strictly(tmp_path: Path) -> None:
+    from curate.errors import ConfigError
+    from curate.rewrite.prompts import load_examples
+
+    path = tmp_path / "examples.yaml"
+    path.write_text("- id: a\n  style: terse\n  source: a dog\n  source: a cat\n  target: x\n")
+    with pytest.raises(ConfigError, match="'source' is given twice"):
+        load_examples(path)
+    path.write_text("- !!python/object/apply:os.system ['true']\n")
+    with pytest.raises(ConfigError, match="not allowed"):
         load_examples(path)

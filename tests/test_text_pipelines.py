@@ -35,7 +35,7 @@ def text_runs(demo_pool: Path, demo_filter: Path, ray_local: None,
         truth = pq.read_table(demo_pool / "ground_truth.parquet")
         con = duckdb.connect()
         con.register("truth", truth)
-        results[name] = (result, con.execute(
+        results[name] = (result, con.sql(
             f"SELECT m.*, truth.kind, truth.source FROM '{out}/manifest.parquet' m "
             "JOIN truth USING (uid)").to_arrow_table())
     return results

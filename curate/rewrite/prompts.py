@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 INSTRUCTION = "write image captions differently,"
 EXAMPLES_FILE = Path(__file__).parent / "examples.yaml"
 
@@ -32,7 +30,9 @@ class Example:
 
 def load_examples(path: str | Path | None = None) -> list[Example]:
     """The meta example pool (curate's own by default, or a user's YAML list of the same form)."""
-    items: list[dict[str, Any]] = yaml.safe_load(Path(path or EXAMPLES_FILE).read_text("utf-8"))
+    from curate.config import load_yaml  # strict: duplicate keys and tags are errors
+
+    items: list[dict[str, Any]] = load_yaml(Path(path or EXAMPLES_FILE))
     examples = [Example(str(i["id"]), str(i["style"]), str(i["source"]), str(i["target"]))
                 for i in items]
     bad = [e.id for e in examples if "\n" in e.source + e.target or "=>" in e.source + e.target]
