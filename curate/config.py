@@ -65,6 +65,8 @@ class InputConfig(Params):
     caption_col: str | None = "caption"
     format: Literal["parquet", "csv", "tsv", "txt", "json"] | None = None
     download: DownloadConfig = DownloadConfig()
+    # A tar member over this size is never read into memory; its sample fails (stage read).
+    max_member_bytes: int = Field(default=128 * 2**20, gt=0)
 
     @model_validator(mode="after")
     def _exactly_one(self) -> InputConfig:

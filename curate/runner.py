@@ -291,7 +291,7 @@ def _score_all(p: Pipeline, refs: list[ShardRef], run_dir: Path, rlog: RunLog,
     from ray.exceptions import RayActorError, RayTaskError
 
     scorers = p.scorer_stages()
-    fingerprint = scoring_fingerprint(scorers)
+    fingerprint = scoring_fingerprint(scorers, p.input.max_member_bytes)
     summaries: dict[str, ShardSummary] = {}
     todo: deque[ShardRef] = deque()
     for ref in refs:
@@ -326,7 +326,7 @@ def _score_all(p: Pipeline, refs: list[ShardRef], run_dir: Path, rlog: RunLog,
 
     def new_worker() -> Any:
         return actor_cls.remote(scorers, fingerprint, p.run.batch_size,
-                                "cuda" if use_gpu else "cpu")
+                                "cuda" if use_gpu else "cpu", p.input.max_member_bytes)
 
     workers = [new_worker() for _ in range(n_workers)]
     try:

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curate.io.atomic import atomic_path
-from curate.io.shards import ShardReader, ShardRef
+from curate.io.shards import MAX_MEMBER_BYTES, ShardReader, ShardRef
 from curate.schema import SAMPLE_COLUMNS, SHARD_SCHEMA, STATUS_ERROR, STATUS_OK
 from curate.stages.base import BatchErrors, Scorer, StageCounters, run_scorer
 
@@ -31,9 +31,13 @@ FINGERPRINT_KEY = b"curate.fingerprint"
 SUMMARY_KEY = b"curate.shard_summary"
 
 
-def scoring_fingerprint(scorers: list[Scorer]) -> str:
-    """Identifies what the signals of a shard were computed with."""
-    blob = json.dumps([s.fingerprint() for s in scorers])
+def scoring_fingerprint(scorers: list[Scorer], max_member_bytes: int = MAX_MEMBER_BYTES) -> str:
+    """Identifies what the signals of a shard were computed with: the scorers and, when it is
+    not the default, the reader's member size limit."""
+    parts: list[object] = [s.fingerprint() for s in scorers]
+    if max_member_bytes != MAX_MEMBER_BYTES:
+        parts.append({"max_member_bytes": max_member_bytes})
+    blob = json.dumps(parts)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -107,10 +111,11 @@ class ScoredShard:
 
 
 def compute_shard(ref: ShardRef, scorers: list[Scorer], fingerprint: str,
-                  batch_size: int = 256, node: str | None = None) -> ScoredShard:
+                  batch_size: int = 256, node: str | None = None,
+                  max_member_bytes: int = MAX_MEMBER_BYTES) -> ScoredShard:
     """Score every sample of ``ref`` with ``scorers`` (already set up); writes nothing."""
     t0 = time.perf_counter()
-    reader = ShardReader(ref, batch_size=batch_size)
+    reader = ShardReader(ref, batch_size=batch_size, max_member_bytes=max_member_bytes)
     counters: dict[str, StageCounters] = {}
     schema = signals_schema(scorers)
     side_types = {c: s.outputs()[c] for s in scorers for c in s.sidecars()}
@@ -186,10 +191,11 @@ class ShardWorker:
     """Holds set-up scorers for the life of a Ray actor and scores shards on request."""
 
     def __init__(self, scorers: list[Scorer], fingerprint: str, batch_size: int,
-                 device: str = "cpu") -> None:
+                 device: str = "cpu", max_member_bytes: int = MAX_MEMBER_BYTES) -> None:
         self.scorers = scorers
         self.fingerprint = fingerprint
         self.batch_size = batch_size
+        self.max_member_bytes = max_member_bytes
         self.device = device
         self._ready = False
 
@@ -214,7 +220,7 @@ class ShardWorker:
         if not self._ready:
             self.setup()
         return compute_shard(ref, self.scorers, self.fingerprint, self.batch_size,
-                             node=self.node())
+                             node=self.node(), max_member_bytes=self.max_member_bytes)
 
 
 def shard_summaries_table(summaries: list[ShardSummary],

@@ -633,3 +633,35 @@ def test_split_values_from_the_data_stay_one_directory_deep(tmp_path: Path) -> N
         assert len(parts) == 2 and parts[0].startswith("grp=") and parts[1] == "00000.tar"
         assert posixpath.normpath(name) == name and ".." not in parts
     assert "grp=x%2F..%2F..%2F..%2F..%2Ftmp%2Fevil/00000.tar" in names
+
+
+def test_oversized_members_are_skipped_unread(tmp_path: Path, ray_local: None) -> None:
+    from shardmaker import jpeg, sample_members, write_tar
+
+    from curate.io.shards import ShardReader, ShardRef
+    from curate.scoring import scoring_fingerprint
+
+    big = "a photo of a dog " * 200_000  # 3.4 MB caption
+    pool = tmp_path / "pool"
+    write_tar(pool / "00000.tar", sample_members("small", jpeg(300, 240), "a photo of a cat")
+              + sample_members("huge", jpeg(310, 240, (1, 2, 3)), big)
+              + sample_members("after", jpeg(320, 240, (4, 5, 6)), "a photo of a bird"))
+    ref = ShardRef(url=str(pool / "00000.tar"), shard_id="00000.tar")
+    rows = [r for b in ShardReader(ref, max_member_bytes=2**20) for r in b.to_pylist()]
+    assert [r["key"] for r in rows] == ["small", "huge", "after"]  # grouping is intact
+    huge = rows[1]
+    assert huge["status"] == "error" and huge["error_stage"] == "read"
+    assert f"member .txt is {len(big)} bytes, over max_member_bytes 1048576" in huge["error"]
+    assert huge["caption"] == ""  # never read
+    assert rows[0]["status"] == rows[2]["status"] == "ok"
+    # The default limit reads it; a different limit is a different scoring fingerprint.
+    rows = [r for b in ShardReader(ref) for r in b.to_pylist()]
+    assert rows[1]["status"] == "ok" and rows[1]["caption"] == big
+    assert scoring_fingerprint([], 2**20) != scoring_fingerprint([])
+
+    p = demo_pipeline(pool)
+    p.input = p.input.model_copy(update={"max_member_bytes": 2**20})
+    result = run(p, tmp_path / "run", progress=False)
+    con = duckdb.connect()
+    got = dict(con.sql(f"SELECT key, reason FROM '{tmp_path}/run/manifest.parquet'").fetchall())
+    assert got["huge"] == "error:read" and result.samples == 3

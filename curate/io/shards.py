@@ -6,9 +6,11 @@ Shards are named by local paths, brace patterns (``pool/{00000..00099}.tar``), g
 convention (the member name up to the first dot of its base name), and yields Arrow batches.
 Nothing is ever extracted to disk, so member names (``../x``, absolute paths) are only strings.
 
-Problems inside a shard never raise: a sample without an image, a caption that is not UTF-8 or a
-json member that is not JSON become samples with ``status = error`` (stage ``read``); a tar that
-ends early keeps every sample read before the break and reports the shard as ``truncated``.
+A member larger than ``max_member_bytes`` is skipped unread (its sample fails, stage ``read``),
+so one sample never costs more memory than that. Problems inside a shard never raise: a sample
+without an image, a caption that is not UTF-8 or a json member that is not JSON become samples
+with ``status = error`` (stage ``read``); a tar that ends early keeps every sample read before
+the break and reports the shard as ``truncated``.
 Only a shard that cannot be opened at all raises (the runner retries it, then reports it as
 failed): a missing file, or a file that is not a tar archive (``ShardUnreadable``).
 """
@@ -35,6 +37,9 @@ from curate.uid import derive_uid, normalise_uid
 
 # What a tar that ends early or has a corrupt block raises while streaming.
 _TRUNCATION = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile)
+
+# Members larger than this are not read: their sample fails (stage read) with the size.
+MAX_MEMBER_BYTES = 128 * 2**20
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
 CAPTION_EXTENSIONS = ("txt", "text", "caption")
@@ -171,6 +176,7 @@ class _Pending:
     key: str
     members: dict[str, bytes] = field(default_factory=dict)
     broken: str | None = None
+    oversize: list[str] = field(default_factory=list)
 
 
 class ShardReader:
@@ -198,9 +204,11 @@ class ShardReader:
       and never decoded: nothing of the input is executed or unpickled.
     """
 
-    def __init__(self, ref: ShardRef, batch_size: int = 256) -> None:
+    def __init__(self, ref: ShardRef, batch_size: int = 256,
+                 max_member_bytes: int = MAX_MEMBER_BYTES) -> None:
         self.ref = ref
         self.batch_size = batch_size
+        self.max_member_bytes = max_member_bytes
         self.report = ShardReadReport()
         self._seen: dict[str, int] = {}
 
@@ -259,6 +267,12 @@ class ShardReader:
                             pending = None
                         if pending is None:
                             pending = _Pending(key)
+                        if info.size > self.max_member_bytes:  # skipped unread: bounded memory
+                            pending.members[ext] = b""
+                            pending.oversize.append(
+                                f"member .{ext} is {info.size} bytes, over max_member_bytes "
+                                f"{self.max_member_bytes}")
+                            continue
                         data = tar.extractfile(info)
                         blob = data.read() if data is not None else b""
                         if len(blob) != info.size:
@@ -281,7 +295,7 @@ class ShardReader:
         self._seen[p.key] = n + 1
         if n:
             self.report.key_collisions += 1
-        problems: list[str] = []
+        problems: list[str] = list(p.oversize)
         if p.broken:
             problems.append(p.broken)
         image_ext = next((e for e in IMAGE_EXTENSIONS if e in p.members), None)
