@@ -499,16 +499,28 @@ def _write_output(p: Pipeline, refs: list[ShardRef], run_dir: Path, rlog: RunLog
         shared = ray.put(refs_by_id)
         queue = deque(todo)
         pending: dict[Any, output.OutputShard] = {}
-        while queue or pending:
-            while queue and len(pending) < window:
+        first_error: BaseException | None = None
+        while (queue and first_error is None) or pending:
+            while queue and first_error is None and len(pending) < window:
                 s = queue.popleft()
                 pending[task.remote(s, shared, out)] = s
             ready, _ = ray.wait(list(pending), num_returns=1)
             for fut in ready:
                 s = pending.pop(fut)
-                n, node = ray.get(fut)
+                try:
+                    n, node = ray.get(fut)
+                except Exception as exc:  # noqa: BLE001 - re-raised once the others settle
+                    rlog.event("output_shard_failed", shard=s.name,
+                               error=f"{type(exc).__name__}: {exc}".splitlines()[0])
+                    first_error = first_error or exc
+                    continue
                 rlog.event("output_shard_done", shard=s.name, samples=n, node=node)
                 bar.update(samples=n)
+        if first_error is not None:
+            # Raised only now: the tasks still writing when it failed have finished (each one
+            # complete, or its temporary file removed), so nothing is left half-written.
+            bar.close()
+            raise first_error
     bar.close()
     output.finish(out, shards)
     return len(shards)
