@@ -34,13 +34,13 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from curate.torch_compat import ensure_torchvision
+from curate.lib.torch_compat import ensure_torchvision
 
 ensure_torchvision()
 
 import torch  # noqa: E402
 
-from curate.clip_model import (  # noqa: E402
+from curate.lib.clip_model import (  # noqa: E402
     _open_clip,
     encode_text_trimmed,
     model_config,
@@ -100,7 +100,7 @@ def encode(net: torch.nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Tens
 
 def bench(model: str, n: int, batch: int, threads: int, decode_threads: int) -> dict[str, object]:
     from curate.io.shards import list_shards
-    from curate.scoring import score_shard, signals_path
+    from curate.score.shard import score_shard, signals_path
     from curate.stages.clip import Clip, ClipParams
 
     open_clip = _open_clip()

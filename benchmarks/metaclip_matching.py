@@ -50,7 +50,7 @@ import pyarrow as pa
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from curate.demo import generator as demo
-from curate.metadata import DEFAULT_METADATA, load_metadata
+from curate.lib.metadata import DEFAULT_METADATA, load_metadata
 from curate.stages.base import BatchErrors, run_scorer
 from curate.stages.metaclip_match import MetaclipMatch, MetaclipMatchParams
 

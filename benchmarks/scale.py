@@ -11,14 +11,14 @@ metaclip_entries, metaclip_matches). About 1.5% of the rows are failed samples (
 ``metaclip_entries`` holds 0 to 6 sorted, distinct ids per row (mostly 0 to 3), drawn Zipf-like
 over --entries ids (default 500k).
 
-Then ``curate.selection.select`` runs a pipeline of DataComp basic filtering (the
+Then ``curate.select.selection.select`` runs a pipeline of DataComp basic filtering (the
 ``datacomp_basic`` preset), ``top_fraction`` (the top 30% by clip_score over the pool) and
 ``metaclip_balance`` (t = 20,000 per 400M rows, scaled to N) and writes the manifest, in a fresh
 child process whose peak RSS (its own and its children's, DuckDB included) is the figure
 reported. The steps timed are the ones ``select`` reports in ``Selection.seconds``: loading the
 pool table, the rules, (a) the global top-fraction threshold, (b) MetaCLIP pass 1 + pass 2 and
 (d) writing the manifest; then (c) the funnel and drops aggregations through the run's catalogue
-(``curate.catalog``). The first file of the same pool (--baseline-rows, 1M) is measured first,
+(``curate.audit.catalog``). The first file of the same pool (--baseline-rows, 1M) is measured first,
 in its own child, as the baseline: the lines before the JSON give seconds per million rows and
 the ratios against it. The last line is one JSON object: ``rows``, ``*_seconds`` per step and
 ``peak_rss_gib``.
@@ -213,9 +213,9 @@ def measure(files: list[Path], run_dir: Path) -> dict[str, Any]:
     """Select over ``files`` into ``run_dir``, then query its funnel; seconds per step."""
     import duckdb
 
-    from curate.catalog import VIEWS
+    from curate.audit.catalog import VIEWS
     from curate.io.atomic import write_parquet
-    from curate.selection import memory_limit, select
+    from curate.select.selection import memory_limit, select
     from curate.sql import literal
 
     rows = sum(pq.read_metadata(f).num_rows for f in files)

@@ -9,20 +9,20 @@ if TYPE_CHECKING:
 
     import duckdb
 
-    from curate.catalog import Run
+    from curate.audit.catalog import Run
 
 __version__ = "0.1.0"
 
 
 def open_run(run_dir: str | Path) -> Run:
-    """The run's catalogue (``curate.catalog.Run``): ``.sql(query)``, ``.view(name)``, ``.pl()``."""
-    from curate.catalog import open_run as _open_run
+    """The run's catalogue (``curate.audit.catalog.Run``): ``.sql``, ``.view``, ``.pl``."""
+    from curate.audit.catalog import open_run as _open_run
 
     return _open_run(run_dir)
 
 
 def open_runs(runs: dict[str, str | Path]) -> duckdb.DuckDBPyConnection:
     """Several runs' views in one DuckDB connection, one schema per run (``a.manifest``)."""
-    from curate.catalog import open_runs as _open_runs
+    from curate.audit.catalog import open_runs as _open_runs
 
     return _open_runs(runs)

@@ -27,7 +27,7 @@ def _cmd_demo_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_filter(args: argparse.Namespace) -> int:
-    from curate.train_filter import TrainConfig, train_filter
+    from curate.lib.train_filter import TrainConfig, train_filter
 
     cfg = TrainConfig(data=args.data, out=args.out, model=args.model, pretrained=args.pretrained,
                       epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
@@ -100,7 +100,7 @@ def _print_rewrites(rw: dict[str, Any]) -> None:
 
 
 def _cmd_diff(args: argparse.Namespace) -> int:
-    from curate.diff import diff_runs, format_diff
+    from curate.audit.diff import diff_runs, format_diff
 
     print(format_diff(diff_runs(args.run_a, args.run_b, args.out)))
     if args.out:
@@ -109,7 +109,7 @@ def _cmd_diff(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from curate import export
+    from curate.write import export
 
     fn = {"datacomp": export.export_datacomp, "uids": export.export_uids,
           "parquet": export.export_parquet}[args.format]
@@ -119,7 +119,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_reshard(args: argparse.Namespace) -> int:
-    from curate.export import read_uids, reshard
+    from curate.write.export import read_uids, reshard
 
     if (args.run is None) == (args.pool is None):
         raise CurateError("give exactly one of --run (locate samples by its manifest) or "
@@ -157,7 +157,7 @@ def _cmd_stats(args: argparse.Namespace) -> int:
 def _cmd_query(args: argparse.Namespace) -> int:
     import duckdb
 
-    from curate.catalog import open_catalog
+    from curate.audit.catalog import open_catalog
 
     con = open_catalog(args.run_dir)
     try:
@@ -222,7 +222,7 @@ def _cmd_stages(args: argparse.Namespace) -> int:
 
 
 def _cmd_metadata_build(args: argparse.Namespace) -> int:
-    from curate.metadata import UNIGRAM_MIN_COUNT, build_metadata
+    from curate.lib.metadata import UNIGRAM_MIN_COUNT, build_metadata
 
     if args.min_count is not None and args.unigrams is None:
         raise CurateError("--min-count applies to --unigrams, which was not given",
@@ -344,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--titles", help="one title per line")
     p.set_defaults(fn=_cmd_metadata_build)
 
-    from curate.report import report_command
+    from curate.audit.report import report_command
 
     p = sub.add_parser("report", help="write a self-contained HTML report of a finished run "
                        "(RUN_DIR/report/index.html)")

@@ -35,13 +35,13 @@ import pyarrow as pa
 import yaml
 
 from curate import __version__
-from curate.catalog import write_catalog
+from curate.audit.catalog import write_catalog
 from curate.config import Pipeline, load_pipeline
 from curate.errors import CurateError, ShardFailed
 from curate.io.atomic import write_parquet, write_text
 from curate.io.rundir import RunLock, disk_error, remove_leftovers
 from curate.io.shards import ShardRef, list_shards
-from curate.scoring import (
+from curate.score.shard import (
     ScoredShard,
     ShardSummary,
     ShardWorker,
@@ -51,7 +51,7 @@ from curate.scoring import (
     signals_path,
     write_scored,
 )
-from curate.selection import Selection, select
+from curate.select.selection import Selection, select
 from curate.stages.base import Resources, StageCounters
 
 log = logging.getLogger("curate")
@@ -215,7 +215,7 @@ def _run_locked(p: Pipeline, listed: list[ShardRef] | None, run_dir: Path,
             else:
                 rewrite = None
                 (run_dir / "rewrites.parquet").unlink(missing_ok=True)  # from an earlier run
-            from curate.output import resolve_dir
+            from curate.write.output import resolve_dir
 
             out_dir = resolve_dir(p.output.dir if p.output.dir is not None else run_dir / "output")
             doing = f"the output shards in {out_dir}"
@@ -271,7 +271,7 @@ def _rewrite(p: Pipeline, run_dir: Path, rlog: RunLog, progress: bool | None) ->
 
 
 def _download(p: Pipeline, run_dir: Path, rlog: RunLog) -> list[ShardRef]:
-    from curate.ingest import download
+    from curate.ingest.download import download
 
     return download(p.input, run_dir / "download", rlog)
 
@@ -457,7 +457,7 @@ def _write_output(p: Pipeline, refs: list[ShardRef], run_dir: Path, rlog: RunLog
     from ray.util.client import ray as ray_client
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from curate import output
+    from curate.write import output
 
     out = output.resolve_dir(p.output.dir if p.output.dir is not None else run_dir / "output")
     where = output.placement(out)

@@ -11,7 +11,7 @@ from PIL import Image
 def random_clip_dir(out: Path, name: str = "curate-tiny", seed: int = 0) -> Path:
     import torch
 
-    from curate.clip_model import _open_clip, model_config, save_clip_dir
+    from curate.lib.clip_model import _open_clip, model_config, save_clip_dir
 
     open_clip = _open_clip()
     torch.manual_seed(seed)

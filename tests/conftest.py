@@ -52,7 +52,7 @@ def demo_pipeline(pool: Path, **run: object) -> object:
 def demo_filter(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A curate-tiny filter network trained on the demo's trusted set, as `make demo` does."""
     from curate.demo.generator import make_demo_pool
-    from curate.train_filter import TrainConfig, train_filter
+    from curate.lib.train_filter import TrainConfig, train_filter
 
     root = tmp_path_factory.mktemp("filter")
     make_demo_pool(root / "trusted", seed=1, shards=2, samples_per_shard=256, trusted=True)

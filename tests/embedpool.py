@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 
 from curate.config import Pipeline, pipeline_from_dict
 from curate.schema import SAMPLE_COLUMNS
-from curate.scoring import sidecar_path, signals_path
-from curate.selection import Selection, select
+from curate.score.shard import sidecar_path, signals_path
+from curate.select.selection import Selection, select
 
 CLIP = {"clip": {"model": "curate-tiny", "pretrained": None}}
 

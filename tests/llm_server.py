@@ -14,7 +14,7 @@ from pathlib import Path
 
 # transformers imports torchvision, which needs curate's fix next to a CPU torch.
 _LAUNCH = (
-    "import sys; from curate.torch_compat import ensure_torchvision; ensure_torchvision(); "
+    "import sys; from curate.lib.torch_compat import ensure_torchvision; ensure_torchvision(); "
     "from transformers.cli.transformers import main; "
     "sys.argv = ['transformers', 'serve', *sys.argv[1:]]; main()"
 )

@@ -87,7 +87,7 @@ def test_missing_weights_offline_is_one_clear_error(monkeypatch: pytest.MonkeyPa
                                                     tmp_path: Path) -> None:
     import huggingface_hub.constants
 
-    from curate.clip_model import load_clip
+    from curate.lib.clip_model import load_clip
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # read at import; the constant is read per call
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
@@ -103,7 +103,7 @@ def test_missing_weights_offline_is_one_clear_error(monkeypatch: pytest.MonkeyPa
 
 def test_embeddings_are_written_beside_the_signals(tiny_dir: Path, tmp_path: Path) -> None:
     from curate.io.shards import list_shards
-    from curate.scoring import score_shard, sidecar_path, signals_path
+    from curate.score.shard import score_shard, sidecar_path, signals_path
 
     images = big_photos(3)
     members = (sample_members("a", images[0], "first") + sample_members("b", b"bad", "second")
@@ -130,7 +130,7 @@ def test_embeddings_are_written_beside_the_signals(tiny_dir: Path, tmp_path: Pat
 def test_trimmed_text_tower_equals_open_clip(arch: str) -> None:
     import torch
 
-    from curate.clip_model import _open_clip, can_trim_text, encode_text_trimmed, trim_tokens
+    from curate.lib.clip_model import _open_clip, can_trim_text, encode_text_trimmed, trim_tokens
 
     open_clip = _open_clip()
     torch.manual_seed(0)

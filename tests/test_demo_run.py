@@ -98,7 +98,7 @@ def test_query_and_stats_commands(demo_run: Path) -> None:
 
 
 def test_views_and_run_records(demo_run: Path) -> None:
-    from curate.catalog import open_catalog
+    from curate.audit.catalog import open_catalog
 
     con = open_catalog(demo_run)
     assert con.execute("select count(*) from drops").fetchone() == (98,)

@@ -9,8 +9,8 @@ import duckdb
 import pyarrow.parquet as pq
 from conftest import REPO, curate_cli
 
+from curate.audit.diff import diff_runs, format_diff
 from curate.config import load_pipeline, pipeline_from_dict
-from curate.diff import diff_runs, format_diff
 from curate.runner import run
 
 

@@ -14,7 +14,7 @@ import pytest
 from conftest import curate_cli
 
 from curate.errors import CurateError
-from curate.export import (
+from curate.write.export import (
     export_datacomp,
     export_parquet,
     export_uids,

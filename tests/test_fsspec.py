@@ -15,11 +15,11 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import REPO, curate_cli
 
-from curate import output
 from curate.config import Pipeline, load_pipeline
 from curate.errors import ConfigError
 from curate.io.shards import list_shards
 from curate.runner import run
+from curate.write import output
 
 BASIC = REPO / "pipelines" / "basic.yaml"
 
@@ -214,7 +214,7 @@ def test_missing_filesystem_package_is_a_config_error(demo_pool: Path) -> None:
 
 def test_reshard_reuses_the_writer(demo_run: Path, tmp_path: Path) -> None:
     """reshard writes through the same functions; a second reshard rewrites nothing."""
-    from curate.export import kept_uids, reshard
+    from curate.write.export import kept_uids, reshard
 
     uids = kept_uids(demo_run)[:50]
     reshard(uids, tmp_path / "r", run_dir=demo_run, samples_per_shard=20)

@@ -361,8 +361,8 @@ def rgb_bomb() -> bytes:
 
 
 def test_every_decoder_refuses_bombs_before_decoding(rgb_bomb: bytes, tiny_clip: Path) -> None:
-    from curate.imaging import FastPreprocess
-    from curate.report import _thumbnail
+    from curate.audit.report import _thumbnail
+    from curate.lib.imaging import FastPreprocess
     from curate.stages.clip import Clip, ClipParams
     from curate.stages.image_complexity import ImageComplexity, ImageComplexityParams
     from curate.stages.image_info import ImageInfo, ImageInfoParams
@@ -406,7 +406,7 @@ def test_every_decoder_refuses_bombs_before_decoding(rgb_bomb: bytes, tiny_clip:
 def test_pixel_limit_is_validated() -> None:
     from pydantic import ValidationError
 
-    from curate.imaging import PILLOW_HARD_LIMIT
+    from curate.lib.imaging import PILLOW_HARD_LIMIT
     from curate.stages.clip import ClipParams
 
     with pytest.raises(ValidationError, match="less than or equal to 178956970"):
@@ -618,7 +618,7 @@ def test_split_values_from_the_data_stay_one_directory_deep(tmp_path: Path) -> N
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from curate.output import plan
+    from curate.write.output import plan
 
     values = ["x/../../../../tmp/evil", "..", "/etc", "a b", None]
     pq.write_table(pa.table({
@@ -639,7 +639,7 @@ def test_oversized_members_are_skipped_unread(tmp_path: Path, ray_local: None) -
     from shardmaker import jpeg, sample_members, write_tar
 
     from curate.io.shards import ShardReader, ShardRef
-    from curate.scoring import scoring_fingerprint
+    from curate.score.shard import scoring_fingerprint
 
     big = "a photo of a dog " * 200_000  # 3.4 MB caption
     pool = tmp_path / "pool"

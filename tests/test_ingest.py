@@ -78,7 +78,7 @@ def test_url_list_download(tmp_path: Path, ray_local: None) -> None:
 
 def test_url_list_errors_are_clear(tmp_path: Path) -> None:
     from curate.errors import CurateError
-    from curate.ingest import download
+    from curate.ingest.download import download
 
     pcsv.write_csv(pa.table({"link": ["http://127.0.0.1:9/x.jpg"]}), tmp_path / "u.csv")
     p = pipeline_from_dict({"input": {"urls": str(tmp_path / "u.csv")}, "score": ["image_info"]})

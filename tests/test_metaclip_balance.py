@@ -26,7 +26,7 @@ def _uid(i: int) -> str:
 
 def _pool(entries: list[list[int] | None], shards: int = 1, order_seed: int | None = None,
           dropped: set[int] = frozenset()) -> tuple[duckdb.DuckDBPyConnection, list[str]]:
-    """A selection table like curate.selection builds: _row, uid, shard, index, reason, the
+    """A selection table like curate.select.selection builds: _row, uid, shard, index, reason, the
     entry lists and the selector's extra column."""
     idx = list(range(len(entries)))
     if order_seed is not None:

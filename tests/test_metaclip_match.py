@@ -12,7 +12,7 @@ import pytest
 from stagetest import score
 
 from curate.errors import CurateError
-from curate.metadata import DEFAULT_METADATA
+from curate.lib.metadata import DEFAULT_METADATA
 from curate.schema import BATCH_SCHEMA
 from curate.stages.base import BatchErrors, registered, run_scorer
 from curate.stages.metaclip_match import (

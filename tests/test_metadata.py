@@ -10,7 +10,7 @@ import pytest
 from conftest import curate_cli
 
 from curate.errors import CurateError
-from curate.metadata import (
+from curate.lib.metadata import (
     DEFAULT_METADATA,
     NUMBERS,
     WORDNET_DIR,

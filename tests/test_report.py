@@ -15,8 +15,8 @@ import pytest
 from conftest import curate_cli
 from PIL import Image
 
+from curate.audit.report import pick_gallery, threshold_bounds, write_report
 from curate.errors import CurateError
-from curate.report import pick_gallery, threshold_bounds, write_report
 
 DATA_URI = re.compile(r'<img class="(plot|thumb)" alt="[^"]*" src="data:(image/\w+);base64,'
                       r'([A-Za-z0-9+/=]+)">')

@@ -10,8 +10,8 @@ from shardmaker import jpeg, sample_members, write_tar
 
 from curate.config import pipeline_from_dict
 from curate.io.shards import list_shards
-from curate.scoring import score_shard, scoring_fingerprint, signals_path
-from curate.selection import select
+from curate.score.shard import score_shard, scoring_fingerprint, signals_path
+from curate.select.selection import select
 
 
 def test_steps_run_in_order_and_the_first_drop_wins(tmp_path: Path) -> None:
@@ -111,7 +111,7 @@ def test_pool_order_is_shard_then_index_whatever_the_file_order(tmp_path: Path) 
 
 def test_stale_database_memory_limit_and_step_seconds(tmp_path: Path, monkeypatch) -> None:
     from curate.errors import CurateError
-    from curate.selection import DATABASE, MEMORY_ENV, memory_limit
+    from curate.select.selection import DATABASE, MEMORY_ENV, memory_limit
 
     files = _signals(tmp_path, {"a.tar": [(i, f"{i:032x}", 10 * i) for i in range(6)]})
     # The limit is DuckDB's while rules run: a rule that keeps rows only under it sees it.

@@ -13,7 +13,7 @@ from stagetest import rule_keeps
 from curate.config import pipeline_from_dict
 from curate.errors import ConfigError
 from curate.schema import SAMPLE_COLUMNS
-from curate.selection import select
+from curate.select.selection import select
 from curate.stages.top_fraction import TopFraction, TopFractionParams
 
 

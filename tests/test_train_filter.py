@@ -69,7 +69,7 @@ def test_train_filter_cli_from_scratch_and_fine_tune(tmp_path: Path) -> None:
                      str(tmp_path / "f2"), "--model", str(base), "--epochs", "1",
                      "--batch-size", "8")
     assert res.returncode == 0, res.stderr
-    from curate.clip_model import load_clip
+    from curate.lib.clip_model import load_clip
 
     loaded = load_clip(str(tmp_path / "f2"), None)
     assert loaded.model.visual is not None
@@ -78,7 +78,7 @@ def test_train_filter_cli_from_scratch_and_fine_tune(tmp_path: Path) -> None:
 def test_train_filter_needs_usable_data(tmp_path: Path) -> None:
     from shardmaker import sample_members, write_tar
 
-    from curate.train_filter import TrainConfig, train_filter
+    from curate.lib.train_filter import TrainConfig, train_filter
 
     write_tar(tmp_path / "t.tar", sample_members("a", b"x", None))
     with pytest.raises(CurateError, match="0 usable samples"):

@@ -65,7 +65,7 @@ def _tokenizer_corpus(rng: random.Random) -> list[str]:
 def make_demo_rewriter(out: str | Path, *, seed: int = 0, train_seconds: float = 0.0,
                        max_steps: int | None = None, hidden: int = 128, layers: int = 4,
                        batch_size: int = 32, lr: float = 3e-3) -> RewriterResult:
-    from curate.torch_compat import ensure_torchvision
+    from curate.lib.torch_compat import ensure_torchvision
 
     ensure_torchvision()
     import torch

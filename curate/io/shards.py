@@ -199,7 +199,7 @@ class ShardReader:
       bytes. A raw NUL (like any control character) inside a json string makes the json
       invalid, an error; an escaped ``\\u0000`` is kept;
     * the image member is passed on as bytes; decoders find its format from the content
-      (``curate.imaging.open_image``), never from the extension;
+      (``curate.lib.imaging.open_image``), never from the extension;
     * members with other extensions (``.pyd``, ``.pickle``, ``.pth``, ...) are held as bytes
       and never decoded: nothing of the input is executed or unpickled.
     """

@@ -25,7 +25,7 @@ class TransformersBackend(Backend):
         self.tokenizer: Any = None
 
     def setup(self) -> None:
-        from curate.torch_compat import ensure_torchvision
+        from curate.lib.torch_compat import ensure_torchvision
 
         ensure_torchvision()
         import torch

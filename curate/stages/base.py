@@ -175,7 +175,7 @@ class SelectContext:
 
     def embeddings(self, column: str, rows: pa.Table) -> Any:
         """float32 L2-normalised embeddings ``[rows, dim]`` of ``rows`` (from ``kept``)."""
-        from curate.embeddings import read_rows
+        from curate.store.embeddings import read_rows
 
         return read_rows(self.run_dir, column, rows.column("shard").to_pylist(),
                          rows.column("index").to_pylist())

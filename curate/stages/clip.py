@@ -7,7 +7,7 @@ signals as ``embeddings/<column>/<shard>.npy`` (row i = sample i of the shard; m
 ``name`` sets the suffix (``name: l14`` → ``clip_score_l14``), so several CLIP models can score
 one run.
 
-Speed: JPEGs are decoded at reduced DCT scale (``curate.imaging``) by ``decode_threads`` threads
+Speed: JPEGs are decoded at reduced DCT scale (``curate.lib.imaging``) by ``decode_threads`` threads
 running ahead of the model, so the model does not wait on decoding. Pillow and torch release the
 GIL, so the threads overlap. Captions are tokenised on the same threads, and the padding after
 the longest caption of a batch is cut before the text tower (exact for causal CLIP text towers,
@@ -15,7 +15,7 @@ see ``clip_model.encode_text_trimmed``). On a GPU the towers run
 in fp16 (``precision: auto``) on large batches; on CPU in fp32 with ``cpus`` threads. A sample
 whose image does not decode fails alone (``error:clip``); the rest of its batch is scored.
 
-Hostile inputs: images are opened by ``curate.imaging.open_image``, so one whose header claims
+Hostile inputs: images are opened by ``curate.lib.imaging.open_image``, so one whose header claims
 more than ``max_pixels`` pixels fails before it is decoded. The text tower sees at most its
 context (77 tokens for CLIP), so a caption is tokenised from its first ``CHARS_PER_TOKEN`` x
 context characters (whitespace collapsed, cut at a word), which leaves the tokens of any
@@ -34,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from curate.imaging import MAX_PIXELS, PILLOW_HARD_LIMIT
+from curate.lib.imaging import MAX_PIXELS, PILLOW_HARD_LIMIT
 from curate.stages.base import SAMPLE_ERRORS, Params, Resources, Scorer, register, text_prefix
 
 # Characters of caption tokenised per token of context: English averages 4 to 5 per token.
@@ -105,7 +105,7 @@ class Clip(Scorer):
 
     def embed_dim(self) -> int:
         if self._dim is None:
-            from curate.clip_model import model_config
+            from curate.lib.clip_model import model_config
 
             self._dim = int(model_config(self.params.model)["embed_dim"])  # type: ignore[attr-defined]
         return self._dim
@@ -132,8 +132,8 @@ class Clip(Scorer):
     def setup(self) -> None:
         import torch
 
-        from curate.clip_model import load_clip
-        from curate.imaging import FastPreprocess
+        from curate.lib.clip_model import load_clip
+        from curate.lib.imaging import FastPreprocess
 
         p: ClipParams = self.params  # type: ignore[assignment]
         if self.device == "cpu":
@@ -149,7 +149,7 @@ class Clip(Scorer):
         context = getattr(loaded.tokenizer, "context_length", None) or 77
         self._caption_chars = CHARS_PER_TOKEN * int(context)
         # Cut caption padding when that is exact for this text tower (see clip_model).
-        from curate.clip_model import can_trim_text, encode_text_trimmed, trim_tokens
+        from curate.lib.clip_model import can_trim_text, encode_text_trimmed, trim_tokens
 
         if can_trim_text(self._model):
             self._trim: Any = trim_tokens

@@ -34,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field, model_validator
 
-from curate.clustering import spherical_kmeans
+from curate.lib.clustering import spherical_kmeans
 from curate.stages.base import Params, SelectContext, Selector, register
 
 log = logging.getLogger("curate")

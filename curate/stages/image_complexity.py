@@ -9,7 +9,7 @@ thumbnail. From it:
   ``edge_threshold`` grey levels.
 
 A rule such as ``{rule: threshold, column: image_bpp, min: 0.5, reason: flat_image}`` drops
-flat images. Images are opened by ``curate.imaging.open_image``: one whose header claims more
+flat images. Images are opened by ``curate.lib.imaging.open_image``: one whose header claims more
 than ``max_pixels`` pixels fails before it is decoded.
 """
 
@@ -24,7 +24,7 @@ import pyarrow as pa
 from PIL import Image
 from pydantic import Field
 
-from curate.imaging import MAX_PIXELS, PILLOW_HARD_LIMIT, open_image
+from curate.lib.imaging import MAX_PIXELS, PILLOW_HARD_LIMIT, open_image
 from curate.stages.base import Params, SampleScorer, register
 
 

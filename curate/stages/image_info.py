@@ -6,7 +6,7 @@ a PNG stored as ``.jpg`` says PNG here, while the output keeps its bytes and ext
 ``image_bytes``. An image that does not decode (corrupt, truncated, empty, not an image) fails
 the sample with the decoder's message; bytes that are no image say what they look like
 (``not an image: looks like HTML``). Images over ``max_pixels`` are rejected from their header,
-before any pixel is decoded (decompression bombs; see ``curate.imaging.open_image``, which every
+before any pixel is decoded (decompression bombs; see ``curate.lib.imaging.open_image``, which every
 decoding stage shares). JPEGs are decoded at 1/8 scale in the DCT domain (Pillow ``draft``):
 enough to prove the data decodes, at a fraction of the cost.
 """
@@ -19,7 +19,7 @@ from typing import Any
 import pyarrow as pa
 from pydantic import Field
 
-from curate.imaging import MAX_PIXELS, PILLOW_HARD_LIMIT, open_image
+from curate.lib.imaging import MAX_PIXELS, PILLOW_HARD_LIMIT, open_image
 from curate.stages.base import Params, SampleScorer, register
 
 

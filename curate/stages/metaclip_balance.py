@@ -213,7 +213,7 @@ def _sample_rows(con: Any, table: str, col: str, rows: int) -> pa.Array:
 
 
 def _entry_names(metadata: str | None) -> list[str]:
-    from curate.metadata import DEFAULT_METADATA, load_metadata
+    from curate.lib.metadata import DEFAULT_METADATA, load_metadata
 
     path = Path(metadata) if metadata else DEFAULT_METADATA
     return load_metadata(path) if path.is_file() else []

@@ -13,7 +13,7 @@ The semantics are MetaCLIP's, exactly:
 * ``metaclip_entries`` holds the sorted ids (positions in the metadata list) of the matching
   entries, ``metaclip_matches`` how many there are. A missing caption matches nothing.
 
-The metadata is a JSON list of strings (``curate.metadata.load_metadata``); the default is the
+The metadata is a JSON list of strings (``curate.lib.metadata.load_metadata``); the default is the
 shipped ``metadata/wordnet.json``. The ``metaclip_balance`` selector uses these columns.
 
 **How it is computed.** In the spaced caption, an occurrence of ``" " + e + " "`` starts and
@@ -424,7 +424,7 @@ class MetaclipMatch(Scorer):
 
     def __init__(self, params: MetaclipMatchParams | None = None) -> None:
         super().__init__(params)
-        from curate.metadata import DEFAULT_METADATA
+        from curate.lib.metadata import DEFAULT_METADATA
 
         p: MetaclipMatchParams = self.params  # type: ignore[assignment]
         # Resolved here, on the driver: workers may run in another directory.
@@ -450,7 +450,7 @@ class MetaclipMatch(Scorer):
         return {"metaclip_entries": pa.list_(pa.int32()), "metaclip_matches": pa.int32()}
 
     def setup(self) -> None:
-        from curate.metadata import load_metadata
+        from curate.lib.metadata import load_metadata
 
         entries = load_metadata(self.metadata_path)
         engine = self.params.engine  # type: ignore[attr-defined]

@@ -16,7 +16,7 @@ recognition (204 → 100 of 501) and still reads every poster. JPEGs are decoded
 at reduced DCT scale no smaller than the detector's input (``limit_side_len``). The classifier
 for rotated text is off (it costs time; upside-down text is rare). CPU by default; the CUDA
 execution provider of onnxruntime is used when the worker has a GPU and onnxruntime-gpu is
-installed. Images are opened by ``curate.imaging.open_image``: one whose header claims more
+installed. Images are opened by ``curate.lib.imaging.open_image``: one whose header claims more
 than ``max_pixels`` pixels fails before it is decoded.
 """
 
@@ -32,7 +32,7 @@ from PIL import Image, ImageDraw
 from pydantic import Field
 
 from curate.errors import CurateError
-from curate.imaging import MAX_PIXELS, PILLOW_HARD_LIMIT, open_image
+from curate.lib.imaging import MAX_PIXELS, PILLOW_HARD_LIMIT, open_image
 from curate.stages.base import Params, Resources, SampleScorer, register
 
 

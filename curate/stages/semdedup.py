@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from curate.clustering import spherical_kmeans
+from curate.lib.clustering import spherical_kmeans
 from curate.stages.base import Params, SelectContext, Selector, register
 
 

@@ -536,7 +536,7 @@ def _thumbnail(data: bytes) -> bytes | str:
     """A JPEG of at most THUMB_PX on its long side, or why the image could not be decoded."""
     from PIL import Image, UnidentifiedImageError
 
-    from curate.imaging import open_image
+    from curate.lib.imaging import open_image
 
     try:
         with open_image(data) as im:  # refuses images over imaging.MAX_PIXELS before decoding

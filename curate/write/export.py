@@ -122,8 +122,8 @@ def reshard(uids: list[str], out: str | Path, *, run_dir: str | Path | None = No
             pool: str | list[str] | None = None, samples_per_shard: int = 1000) -> ReshardResult:
     """Write the samples named by ``uids`` into webdataset shards under ``out``, in pool order,
     from the run's manifest (``run_dir``) or by reading ``pool`` once."""
-    from curate import output
     from curate.io.shards import ShardRef, list_shards
+    from curate.write import output
 
     wanted = set(uids)
     if run_dir is not None:

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from curate.errors import CurateError
-from curate.torch_compat import ensure_torchvision
+from curate.lib.torch_compat import ensure_torchvision
 
-CONFIG_DIR = Path(__file__).parent / "model_configs"
+CONFIG_DIR = Path(__file__).parent.parent / "model_configs"
 
 
 def _open_clip() -> Any:

@@ -115,8 +115,8 @@ def _collate(batch: list[tuple[Any, Any]]) -> tuple[Any, Any]:
 def train_filter(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     import torch
 
-    from curate.clip_model import _open_clip, model_config, model_id, save_clip_dir
-    from curate.imaging import FastPreprocess
+    from curate.lib.clip_model import _open_clip, model_config, model_id, save_clip_dir
+    from curate.lib.imaging import FastPreprocess
 
     open_clip = _open_clip()
     refs = list_shards(cfg.data)

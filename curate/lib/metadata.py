@@ -56,7 +56,7 @@ from pathlib import Path
 from curate.errors import CurateError
 from curate.io.atomic import write_text
 
-DEFAULT_METADATA = Path(__file__).resolve().parent.parent / "metadata" / "wordnet.json"
+DEFAULT_METADATA = Path(__file__).resolve().parents[2] / "metadata" / "wordnet.json"
 WORDNET_DIR = Path("/usr/share/wordnet")
 #: NLTK's ``all_synsets()`` order (its ``_FILEMAP``): adjectives (with satellites), adverbs,
 #: nouns, verbs.

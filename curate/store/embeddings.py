@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from curate.errors import CurateError
-from curate.scoring import sidecar_path, signals_path
+from curate.score.shard import sidecar_path, signals_path
 
 
 def shard_file(run_dir: Path, column: str, shard_id: str) -> Path:

@@ -1,0 +1,1 @@
+"""Audit: a selection's catalogue (DuckDB views), its HTML report, and diffs between selections."""

@@ -1,0 +1,1 @@
+"""Ingest: URL lists downloaded by img2dataset into webdataset shards."""

@@ -1,0 +1,2 @@
+"""Building blocks the stages share: model loading and training, image decoding, clustering,
+MetaCLIP metadata."""

@@ -1,0 +1,1 @@
+"""Score: every input shard through the pipeline's scorers, on Ray, into the store."""

@@ -1,0 +1,1 @@
+"""Write: the kept samples' original bytes into curated shards, exports and reshards."""
