@@ -8,8 +8,8 @@ On the same tar shards and the same model, in one run:
                 tensors; also reported with the caption padding cut as the stage does
                 (``forward_trimmed``): the stage's real ceiling;
   (c) pipeline: the curate ``clip`` stage end to end from the tar shards (read, DCT-scaled
-                decode on threads ahead of the model, tokenise, encode, write the signals and
-                embeddings), exactly what each Ray scoring worker runs per shard.
+                decode on threads ahead of the model, tokenise, encode, commit the scores and
+                embeddings to a store), exactly what each Ray scoring worker runs per shard.
 
 Prints images/s, the ratios c/a and c/b, and ends with one JSON line per model. The shards are
 generated here: real photos shipped with scikit-image, resized to web-typical sizes
@@ -100,8 +100,10 @@ def encode(net: torch.nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Tens
 
 def bench(model: str, n: int, batch: int, threads: int, decode_threads: int) -> dict[str, object]:
     from curate.io.shards import list_shards
-    from curate.score.shard import score_shard, signals_path
+    from curate.score.plan import reader_fingerprint, scorer_versions
+    from curate.score.shard import ShardTask, StoredInputs, commit, compute_shard
     from curate.stages.clip import Clip, ClipParams
+    from curate.store.store import Store
 
     open_clip = _open_clip()
     torch.set_num_threads(threads)
@@ -152,11 +154,16 @@ def bench(model: str, n: int, batch: int, threads: int, decode_threads: int) -> 
                                 cpus=threads, decode_threads=decode_threads))
         stage.setup()
         refs = list_shards(str(root / "pool" / "*.tar"))
+        reader = reader_fingerprint()
+        versions = scorer_versions([stage], reader)
+        store = Store(root / "store")
         t0 = time.perf_counter()
         done = 0
         for ref in refs:
-            done += score_shard(ref, [stage], signals_path(root / "run", ref.shard_id), "bench",
-                                batch_size=4 * batch).samples
+            task = ShardTask(ref, None, "", True, [versions[0].label])
+            result = compute_shard(task, versions, reader, StoredInputs(), batch_size=4 * batch)
+            commit(store, result, reader)
+            done += result.samples
         pipeline = done / (time.perf_counter() - t0)
     return {"model": model, "images": n, "batch": batch, "threads": threads,
             "decode_threads": decode_threads, "naive_ips": round(naive, 2),

@@ -1,13 +1,14 @@
-"""Selection at scale: a synthetic signals table of N rows (default 100M) through the real
+"""Selection at scale: a synthetic scored store of N rows (default 100M) through the real
 selection code, timing each step and the process's peak memory.
 
-The pool is written as ``signals/NNNNN.parquet`` files of --shard-rows rows each (default 1M), in
-chunks, so generating it never holds the whole table. Each file looks like a real run's signals:
-the sample columns (uid, shard, key, index, image_member, url, caption, status, error_stage,
-error) followed by what image_info, caption_stats, language, exact_hash, clip and
-metaclip_match write (width, height, aspect_ratio, image_format, image_bytes, caption_chars,
-caption_words, lang, lang_score, image_sha256, url_caption_sha256, clip_score,
-metaclip_entries, metaclip_matches). About 1.5% of the rows are failed samples (null scores).
+The pool is written as a store (``curate.store.store``) of shards of --shard-rows rows each
+(default 1M), one shard at a time, so generating it never holds the whole table. Each shard has
+what a real scoring pass stores: a base file with the sample columns (uid, shard, key, index,
+image_member, url, caption, image_sha256, status, error_stage, error) and one file per scorer
+with what image_info, caption_stats, language, exact_hash, clip and metaclip_match write
+(width, height, aspect_ratio, image_format, image_bytes, caption_chars, caption_words, lang,
+lang_score, url_caption_sha256, clip_score, metaclip_entries, metaclip_matches). About 1.5% of
+the rows are failed samples (null scores): half failed to download, half in image_info.
 ``metaclip_entries`` holds 0 to 6 sorted, distinct ids per row (mostly 0 to 3), drawn Zipf-like
 over --entries ids (default 500k).
 
@@ -43,7 +44,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -102,8 +102,10 @@ def _entries(rng: np.random.Generator, n: int, entries: int) -> pa.ListArray:
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(ids))
 
 
-def make_shard(path: Path, shard: int, n: int, entries: int = ENTRIES, seed: int = 0) -> Path:
-    """One signals file of ``n`` rows; its content depends on (seed, shard, n) only."""
+def make_shard(store_dir: Path, shard: int, n: int, entries: int = ENTRIES, seed: int = 0,
+               ) -> Path:
+    """One shard of ``n`` rows in the store at ``store_dir``; its content depends on (seed,
+    shard, n) only. Returns its base file."""
     rng = np.random.default_rng([seed, shard])
     name = f"{shard:05d}.tar"
     index = np.arange(n, dtype=np.int32)
@@ -163,26 +165,85 @@ def make_shard(path: Path, shard: int, n: int, entries: int = ENTRIES, seed: int
         "metaclip_matches": scored(np.diff(metaclip.offsets.to_numpy()).astype(np.int32),
                                    pa.int32()),
     })
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, path, compression="zstd")
+    return _write_store_shard(store_dir, name, table)
+
+
+def _digest(name: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(f"synthetic {name}".encode()).hexdigest()
+
+
+def _write_store_shard(store_dir: Path, name: str, table: pa.Table) -> Path:
+    """Split one shard's table into the store's base file and one file per scorer."""
+    from curate.schema import SAMPLE_COLUMNS
+    from curate.score.plan import reader_fingerprint
+    from curate.store.store import ERROR, STATUS, Store, shard_key
+
+    store = Store(store_dir)
+    reader = reader_fingerprint()
+    key, digest = shard_key(name), _digest(name)
+    stage = table.column("error_stage")
+    download = pc.fill_null(pc.equal(stage, "download"), False)
+    image = pc.fill_null(pc.equal(stage, "image_info"), False)
+    null_s = pa.scalar(None, pa.string())
+    base = table.select(list(SAMPLE_COLUMNS)).cast(pa.schema(SAMPLE_COLUMNS))
+    base = base.set_column(base.schema.get_field_index("status"), "status",
+                           pc.if_else(download, "error", "ok"))
+    base = base.set_column(base.schema.get_field_index("error_stage"), "error_stage",
+                           pc.if_else(download, stage, null_s))
+    base = base.set_column(base.schema.get_field_index("error"), "error",
+                           pc.if_else(download, table.column("error"), null_s))
+    path = store.dir.local_path(Store.base_name(reader, key, digest))
+    assert path is not None
+    store.dir.write_parquet(Store.base_name(reader, key, digest), base)
+    for v in _versions():
+        if v.label == "image_info":
+            status = pc.if_else(download, "skipped", pc.if_else(image, "error", "ok"))
+            error = pc.if_else(image, table.column("error"), null_s)
+        else:
+            status = pc.if_else(pc.or_(download, image), "skipped", "ok")
+            error = pa.nulls(table.num_rows, pa.string())
+        cols = {STATUS: status, ERROR: error}
+        cols.update({f.name: table.column(f.name).cast(f.type) for f in v.schema})
+        store.dir.write_parquet(Store.score_name(v.label, v.version, key, digest),
+                                pa.table(cols))
     return path
+
+
+def _versions() -> list[Any]:
+    from curate.score.plan import reader_fingerprint, scorer_versions
+
+    reader = reader_fingerprint()
+    return [v.record(reader) for v in scorer_versions(pipeline(1).scorer_stages(), reader)]
 
 
 def _make_shard_args(args: tuple[Path, int, int, int]) -> Path:
     return make_shard(*args)
 
 
-def make_pool(signals: Path, rows: int, shard_rows: int = SHARD_ROWS, entries: int = ENTRIES,
+def make_pool(store_dir: Path, rows: int, shard_rows: int = SHARD_ROWS, entries: int = ENTRIES,
               workers: int = 1) -> list[Path]:
-    """Write ``rows`` rows as files of ``shard_rows`` into ``signals``; files in pool order."""
-    jobs = [(signals / f"{s:05d}.parquet", s, min(shard_rows, rows - start), entries)
+    """Write ``rows`` rows as shards of ``shard_rows`` into a store at ``store_dir``; returns
+    the shards' base files in pool order."""
+    from curate.score.plan import reader_fingerprint
+    from curate.store.store import PoolShard, Store
+
+    jobs = [(store_dir, s, min(shard_rows, rows - start), entries)
             for s, start in enumerate(range(0, rows, shard_rows))]
     if workers <= 1:
-        return [_make_shard_args(j) for j in jobs]
-    from multiprocessing import get_context
+        files = [_make_shard_args(j) for j in jobs]
+    else:
+        from multiprocessing import get_context
 
-    with get_context("spawn").Pool(workers) as pool:
-        return list(pool.imap(_make_shard_args, jobs))
+        with get_context("spawn").Pool(workers) as pool:
+            files = list(pool.imap(_make_shard_args, jobs))
+    store = Store(store_dir)
+    store.register(_versions(), reader_fingerprint(), None)
+    store.write_pool([PoolShard(shard=f"{s:05d}.tar", url=f"/synthetic/{s:05d}.tar",
+                                stamp="synthetic", digest=_digest(f"{s:05d}.tar"), samples=n)
+                      for _, s, n, _ in jobs])
+    return files
 
 
 # --- measuring (in a fresh child process per size) ------------------------------------------
@@ -209,28 +270,32 @@ def _peak_gib() -> float:
     return max(own, children) / 2**20
 
 
-def measure(files: list[Path], run_dir: Path) -> dict[str, Any]:
-    """Select over ``files`` into ``run_dir``, then query its funnel; seconds per step."""
+def measure(store_dir: Path, shards: int, run_dir: Path) -> dict[str, Any]:
+    """Select over the first ``shards`` shards of the store into ``run_dir``, then query its
+    funnel; seconds per step."""
     import duckdb
 
     from curate.audit.catalog import VIEWS
     from curate.io.atomic import write_parquet
+    from curate.select.pool import PoolSource
     from curate.select.selection import memory_limit, select
     from curate.sql import literal
+    from curate.store.store import Store
 
-    rows = sum(pq.read_metadata(f).num_rows for f in files)
+    store = Store(store_dir)
+    pool = store.pool()[:shards]
+    rows = sum(s.samples or 0 for s in pool)
     p = pipeline(rows)
     top = next(s.stage.reason for s in p.select if s.stage.name == "top_fraction")
-    errors = ["download", "read", *(s.label for s in p.scorer_stages())]
     t0 = time.perf_counter()
-    sel = select(p, files, run_dir, errors)
+    sel = select(p.select, PoolSource.of(store, pool=pool), run_dir)
     select_s = time.perf_counter() - t0
     sec = sel.seconds
     out: dict[str, Any] = {
         "rows": sel.samples, "kept": sel.kept,
         "load_seconds": sec["load"],
         "rules_seconds": round(sum(v for k, v in sec.items() if k not in {
-            "load", top, "metaclip_balance", "count", "manifest"}), 3),
+            "load", top, "metaclip_balance", "count", "manifest", "shards"}), 3),
         "top_fraction_seconds": sec[top],
         "metaclip_seconds": sec["metaclip_balance"],
         "manifest_seconds": sec["manifest"],
@@ -270,12 +335,10 @@ def measure(files: list[Path], run_dir: Path) -> dict[str, Any]:
     return out
 
 
-def run_child(files: list[Path], run_dir: Path) -> dict[str, Any]:
+def run_child(store_dir: Path, shards: int, run_dir: Path) -> dict[str, Any]:
     """``measure`` in a fresh interpreter, so its peak RSS is its own."""
-    listing = run_dir.parent / f"{run_dir.name}.files.json"
-    listing.write_text(json.dumps([str(f) for f in files]))
-    proc = subprocess.run([sys.executable, __file__, "--child", str(listing), str(run_dir)],
-                          capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, __file__, "--child", str(store_dir), str(shards),
+                           str(run_dir)], capture_output=True, text=True)
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout + proc.stderr)
         raise SystemExit(f"measuring {run_dir.name} failed (exit {proc.returncode})")
@@ -283,7 +346,7 @@ def run_child(files: list[Path], run_dir: Path) -> dict[str, Any]:
 
 
 def _report(base: dict[str, Any] | None, big: dict[str, Any]) -> None:
-    label = {"load": "load signals into DuckDB", "rules": "uid/error checks + 5 basic rules",
+    label = {"load": "load the store into DuckDB", "rules": "uid/error checks + 5 basic rules",
              "top_fraction": "(a) top_fraction threshold", "metaclip": "(b) MetaCLIP pass 1+2",
              "funnel_query": "(c) funnel/drops query", "manifest": "(d) write manifest",
              "select": "select() in all"}
@@ -317,13 +380,12 @@ def _report(base: dict[str, Any] | None, big: dict[str, Any]) -> None:
 
 
 def main() -> None:
-    if len(sys.argv) == 4 and sys.argv[1] == "--child":
-        files = [Path(f) for f in json.loads(Path(sys.argv[2]).read_text())]
-        print(json.dumps(measure(files, Path(sys.argv[3]))))
+    if len(sys.argv) == 5 and sys.argv[1] == "--child":
+        print(json.dumps(measure(Path(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4]))))
         return
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=100_000_000)
-    ap.add_argument("--shard-rows", type=int, default=SHARD_ROWS, help="rows per signals file")
+    ap.add_argument("--shard-rows", type=int, default=SHARD_ROWS, help="rows per shard")
     ap.add_argument("--baseline-rows", type=int, default=SHARD_ROWS,
                     help="measured first, on the first files of the same pool")
     ap.add_argument("--entries", type=int, default=ENTRIES, help="MetaCLIP metadata entries")
@@ -340,26 +402,26 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="curate-scale-", dir=args.workdir))
     try:
         t0 = time.perf_counter()
-        files = make_pool(work / "signals", args.rows, args.shard_rows, args.entries,
+        files = make_pool(work / "store", args.rows, args.shard_rows, args.entries,
                           args.workers)
         gen_s = time.perf_counter() - t0
-        size = sum(f.stat().st_size for f in files)
-        print(f"generated {args.rows:,} rows in {len(files)} signals files "
+        size = sum(f.stat().st_size for f in (work / "store").rglob("*.parquet"))
+        print(f"generated {args.rows:,} rows in {len(files)} shards of a store "
               f"({size / 2**30:.2f} GiB) in {gen_s:.0f} s", flush=True)
         base = None
         n_base = max(1, args.baseline_rows // args.shard_rows)
         if n_base < len(files):
-            base = run_child(files[:n_base], work / "run-baseline")
+            base = run_child(work / "store", n_base, work / "run-baseline")
             print(f"baseline {base['rows']:,} rows: select {base['select_seconds']:.1f} s, "
                   f"peak RSS {base['peak_rss_gib']:.2f} GiB", flush=True)
             if not args.keep:
                 shutil.rmtree(work / "run-baseline")
-        big = run_child(files, work / "run")
+        big = run_child(work / "store", len(files), work / "run")
         print(f"load average (1 min) after the run: {os.getloadavg()[0]:.1f} on "
               f"{os.cpu_count()} CPUs")
         _report(base, big)
         result = {k: v for k, v in big.items() if k != "funnel"}
-        result.update({"generate_seconds": round(gen_s, 1), "signals_gib": round(size / 2**30, 3),
+        result.update({"generate_seconds": round(gen_s, 1), "store_gib": round(size / 2**30, 3),
                        "baseline": None if base is None else {
                            k: v for k, v in base.items() if k != "funnel"}})
         if args.keep:

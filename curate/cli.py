@@ -54,29 +54,113 @@ def _cmd_demo_rewriter(args: argparse.Namespace) -> int:
     return 0
 
 
+def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    overrides: dict[str, dict[str, Any]] = {}
+    if getattr(args, "input", None):
+        key = "urls" if args.input.endswith((".parquet", ".csv", ".tsv", ".txt", ".json")) \
+            else "shards"
+        overrides["input"] = {key: args.input}
+    if getattr(args, "workers", None):
+        overrides["run"] = {"workers": args.workers}
+    return overrides
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from curate.config import load_pipeline
     from curate.runner import run
 
-    overrides: dict[str, dict[str, Any]] = {}
-    if args.input:
-        key = "urls" if args.input.endswith((".parquet", ".csv", ".tsv", ".txt", ".json")) \
-            else "shards"
-        overrides["input"] = {key: args.input}
-    if args.workers:
-        overrides["run"] = {"workers": args.workers}
-    pipeline = load_pipeline(args.pipeline, overrides)
+    pipeline = load_pipeline(args.pipeline, _overrides(args))
+    if args.store:
+        pipeline.store = args.store
     out = args.out or str(Path("runs") / pipeline.name)
-    result = run(pipeline, out, address=args.address, progress=not args.no_progress)
-    print(f"run {pipeline.name}: {result.samples} samples in {result.shards} shards "
-          f"({result.shards_resumed} resumed) in {result.seconds:.1f}s")
+    result = run(pipeline, out, address=args.address, progress=not args.no_progress,
+                 name=args.name)
+    assert result.scoring is not None
+    _print_scoring(result.scoring)
+    print(f"selection {result.dir.name}: {result.samples} samples in {result.shards} shards "
+          f"in {result.seconds:.1f}s")
     _print_funnel(result.samples, result.funnel, result.kept)
     if result.rewrite is not None:
         _print_rewrites(result.rewrite)
-    print(f"results in {result.run_dir}")
-    print(f"  manifest:  {result.run_dir / 'manifest.parquet'}")
-    print(f"  shards:    {result.output_dir} ({result.output_shards} tar files)")
-    print(f"  query:     curate query {out} \"select reason, count(*) from manifest group by 1\"")
+    _print_where(result.dir, result.output_dir, result.output_shards)
+    return 0
+
+
+def _print_scoring(s: Any) -> None:
+    """Per scorer, the shards this pass computed and the shards it reused from the store."""
+    print(f"store {s.store}: {s.shards} shards, {s.samples} samples, scored in {s.seconds:.1f}s")
+    width = max([len(k) for k, *_ in s.table()] + [8]) + 2
+    print(f"  {'scorer':<{width}}{'computed':>9}{'reused':>8}")
+    for name, computed, reused in s.table():
+        print(f"  {name:<{width}}{computed:>9}{reused:>8}")
+    if s.changed:
+        print(f"  {len(s.changed)} shards changed since they were scored, and were scored "
+              f"anew: {', '.join(s.changed[:5])}{' ...' if len(s.changed) > 5 else ''}")
+
+
+def _print_where(sel_dir: Path, output_dir: str, output_shards: int) -> None:
+    print(f"results in {sel_dir}")
+    print(f"  manifest:  {sel_dir / 'manifest.parquet'}")
+    print(f"  shards:    {output_dir} ({output_shards} tar files)")
+    print(f"  query:     curate query {sel_dir} \"select reason, count(*) from manifest group "
+          "by 1\"")
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    from curate.config import load_pipeline
+    from curate.runner import score
+
+    pipeline = load_pipeline(args.pipeline, _overrides(args))
+    store = args.store or pipeline.store
+    if store is None:
+        raise CurateError("no store to score into", "pass --store DIR (a path or a URL), or "
+                          "give the pipeline a `store:`")
+    result = score(pipeline, store, address=args.address, progress=not args.no_progress)
+    _print_scoring(result)
+    print(f"select from it: curate select {result.store} SELECTION.yaml --out DIR")
+    return 0
+
+
+def _cmd_select(args: argparse.Namespace) -> int:
+    from curate.config import load_selection
+    from curate.runner import select
+
+    selection = load_selection(args.selection)
+    if args.name:
+        selection.name = args.name
+    result = select(args.store, selection, args.out, address=args.address,
+                    progress=not args.no_progress)
+    print(f"selection {selection.name} of {result.store}: {result.samples} samples in "
+          f"{result.shards} shards in {result.seconds:.1f}s (no scoring)")
+    _print_funnel(result.samples, result.funnel, result.kept)
+    if result.rewrite is not None:
+        _print_rewrites(result.rewrite)
+    _print_where(result.dir, result.output_dir, result.output_shards)
+    return 0
+
+
+def _cmd_store(args: argparse.Namespace) -> int:
+    from curate.store.store import Store
+
+    store = Store(args.store)
+    if not store.exists():
+        raise CurateError(f"{args.store} is not a store (no store.json)",
+                          "score into it first: curate score PIPELINE.yaml --store DIR")
+    meta = store.meta()
+    pool = store.pool()
+    failed = sum(1 for s in pool if s.status == "failed")
+    print(f"store {store.location}: {len(pool)} shards ({failed} failed), "
+          f"{sum(s.samples or 0 for s in pool)} samples")
+    for label in meta.order:
+        entry = meta.scorers[label]
+        for version, d in sorted(entry["versions"].items(), key=lambda kv: kv[1].get(
+                "first_scored", "")):
+            mark = "*" if version == entry["current"] else " "
+            have = store.stored(f"scores/{label}/{version}")
+            n = sum(1 for s in pool if s.digest in have.get(s.key, set()))
+            params = ", ".join(f"{k}={v!r}" for k, v in d["params"].items())
+            print(f" {mark} {label:<20} {version}  {n}/{len(pool)} shards  {params}")
+    print("(* = current version: what `curate select` uses unless the selection names others)")
     return 0
 
 
@@ -134,16 +218,19 @@ def _cmd_reshard(args: argparse.Namespace) -> int:
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:
-    path = Path(args.run_dir) / "stats.json"
-    if not path.is_file():
-        raise CurateError(f"{args.run_dir} has no stats.json: not a finished curate run",
-                          "run `curate run PIPELINE.yaml --out DIR` (a rerun resumes)")
-    stats = json.loads(path.read_text())
+    from curate.audit.catalog import resolve_selection
+
+    sel = resolve_selection(args.run_dir, "stats.json")
+    stats = json.loads((sel / "stats.json").read_text())
     if args.json:
         print(json.dumps(stats, indent=1))
         return 0
-    print(f"run {args.run_dir} (pipeline {stats['pipeline']}), {stats['shards']} shards, "
+    print(f"selection {sel} (of the store {stats['store']}), {stats['shards']} shards, "
           f"{stats['seconds']:.1f}s")
+    scoring = stats.get("scoring")
+    if scoring:
+        done = ", ".join(f"{k} {v}" for k, v in scoring["computed"].items() if v)
+        print(f"last scoring: {scoring['seconds']:.1f}s; shards computed: {done or 'none'}")
     _print_funnel(stats["samples"], [(f["reason"], f["dropped"]) for f in stats["funnel"]],
                   stats["kept"])
     if "rewrite" in stats:
@@ -282,14 +369,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(fn=_cmd_demo_rewriter)
 
-    p = sub.add_parser("run", help="run a pipeline (resumes an earlier run into the same --out)")
+    p = sub.add_parser("run", help="score a pipeline into its store, then select: "
+                       "OUT/store and OUT/selections/<name> (a rerun computes only what is new)")
     p.add_argument("pipeline", help="pipeline YAML, e.g. pipelines/demo.yaml")
     p.add_argument("--out", help="run directory (default: runs/<pipeline name>)")
+    p.add_argument("--store", help="the scored pool store (default: the pipeline's `store:`, "
+                   "else OUT/store)")
+    p.add_argument("--name", help="selection name (default: the pipeline's name)")
     p.add_argument("--input", help="override the input: shard pattern or URL list file")
     p.add_argument("--address", help="join this Ray cluster (e.g. auto, ray://head:10001)")
     p.add_argument("--workers", type=int, help="scoring workers (default: one per CPU/GPU)")
     p.add_argument("--no-progress", action="store_true", help="no progress output")
     p.set_defaults(fn=_cmd_run)
+
+    p = sub.add_parser("score", help="score a pipeline's input into a store (only what the "
+                       "store lacks); no selection")
+    p.add_argument("pipeline", help="pipeline YAML (its score: list and input)")
+    p.add_argument("--store", help="the store: a path or a URL (default: the pipeline's "
+                   "`store:`)")
+    p.add_argument("--input", help="override the input: shard pattern or URL list file")
+    p.add_argument("--address", help="join this Ray cluster (e.g. auto, ray://head:10001)")
+    p.add_argument("--workers", type=int, help="scoring workers (default: one per CPU/GPU)")
+    p.add_argument("--no-progress", action="store_true", help="no progress output")
+    p.set_defaults(fn=_cmd_score)
+
+    p = sub.add_parser("select", help="apply a selection to a scored store into its own "
+                       "directory; computes no score")
+    p.add_argument("store", help="the scored pool store")
+    p.add_argument("selection", help="selection YAML (select:, output:, ...), or a pipeline")
+    p.add_argument("--out", required=True, help="the selection directory")
+    p.add_argument("--name", help="selection name (default: the file's name:)")
+    p.add_argument("--address", help="join this Ray cluster for writing output shards")
+    p.add_argument("--no-progress", action="store_true", help="no progress output")
+    p.set_defaults(fn=_cmd_select)
+
+    p = sub.add_parser("store", help="what a store holds: shards, scorers and their versions")
+    p.add_argument("store")
+    p.set_defaults(fn=_cmd_store)
 
     p = sub.add_parser("query", help="SQL over a run's DuckDB views (manifest, kept, drops, ...)")
     p.add_argument("run_dir")

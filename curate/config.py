@@ -67,6 +67,10 @@ class InputConfig(Params):
     download: DownloadConfig = DownloadConfig()
     # A tar member over this size is never read into memory; its sample fails (stage read).
     max_member_bytes: int = Field(default=128 * 2**20, gt=0)
+    # How a shard whose scores are stored is recognised as unchanged: "stamp" (its size and
+    # modification time; a changed stamp means hashing it again) or "always" (hash it on every
+    # run, for filesystems whose modification times cannot be trusted).
+    verify: Literal["stamp", "always"] = "stamp"
 
     @model_validator(mode="after")
     def _exactly_one(self) -> InputConfig:
@@ -121,14 +125,31 @@ class RunConfig(Params):
 
 
 class _PipelineFile(Params):
-    name: str = "pipeline"
+    name: str = Field(default="pipeline", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str | None = None
     input: InputConfig
+    # The scored pool store (a path or an fsspec URL); default: OUT/store of `curate run`.
+    store: str | None = None
     score: list[Any] = Field(min_length=1)
     select: list[Any] = []
     output: OutputConfig = OutputConfig()
     run: RunConfig = RunConfig()
     rewrite: RewriteConfig | None = None  # LLM caption rewrites of the kept samples
+
+
+class _SelectionFile(Params):
+    """What ``curate select`` reads: a selection, or a whole pipeline (whose input and store
+    are then not used, and whose ``score:`` names the scorers to select on)."""
+
+    name: str = Field(default="selection", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    description: str | None = None
+    input: Any = None
+    store: Any = None
+    score: list[Any] | None = None
+    select: list[Any] = []
+    output: OutputConfig = OutputConfig()
+    run: RunConfig = RunConfig()
+    rewrite: RewriteConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -137,6 +158,33 @@ class Step:
 
     stage: Stage
     where: str
+
+
+@dataclass
+class Selection:
+    """What ``curate select`` applies to a store: rules and selectors, output, rewrites; and,
+    when given, the scorers (with their parameters) whose stored columns it selects on
+    (default: the current version of every scorer in the store)."""
+
+    name: str
+    description: str | None
+    select: list[Step]
+    output: OutputConfig
+    run: RunConfig
+    source: str
+    raw: dict[str, Any]
+    rewrite: RewriteConfig | None = None
+    scorers: list[Step] | None = None
+
+    def scorer_stages(self) -> list[Scorer] | None:
+        return None if self.scorers is None else [s.stage for s in self.scorers]  # type: ignore[misc]
+
+    def selector_columns(self) -> dict[str, pa.DataType]:
+        cols: dict[str, pa.DataType] = {}
+        for step in self.select:
+            if isinstance(step.stage, Selector):
+                cols.update(step.stage.extra_columns())
+        return cols
 
 
 @dataclass
@@ -151,13 +199,14 @@ class Pipeline:
     source: str  # the file it came from, or "<dict>"
     raw: dict[str, Any]
     rewrite: RewriteConfig | None = None
+    store: str | None = None
 
     def scorer_stages(self) -> list[Scorer]:
         return [s.stage for s in self.scorers]  # type: ignore[misc]
 
     def signal_columns(self) -> dict[str, pa.DataType]:
-        """Every column of a signals file, in order (sidecar arrays such as embeddings are
-        stored beside the signals, not in them)."""
+        """Every column a selection of this pipeline sees, in order (embeddings are stored
+        beside the columns, not in them)."""
         cols = dict(SAMPLE_COLUMNS)
         for s in self.scorer_stages():
             side = set(s.sidecars())
@@ -165,11 +214,13 @@ class Pipeline:
         return cols
 
     def selector_columns(self) -> dict[str, pa.DataType]:
-        cols: dict[str, pa.DataType] = {}
-        for step in self.select:
-            if isinstance(step.stage, Selector):
-                cols.update(step.stage.extra_columns())
-        return cols
+        return self.selection().selector_columns()
+
+    def selection(self) -> Selection:
+        """The pipeline's selection: its steps, selecting on its own scorers."""
+        return Selection(name=self.name, description=self.description, select=self.select,
+                         output=self.output, run=self.run, source=self.source, raw=self.raw,
+                         rewrite=self.rewrite, scorers=self.scorers)
 
 
 # --------------------------------------------------------------------------------------------
@@ -282,11 +333,49 @@ def pipeline_from_dict(data: dict[str, Any], source: str = "<dict>") -> Pipeline
         select.extend(_select_steps(item, f"select[{i}]", source))
     pipeline = Pipeline(name=spec.name, description=spec.description, input=spec.input,
                         scorers=scorers, select=select, output=spec.output, run=spec.run,
-                        source=source, raw=data, rewrite=spec.rewrite)
-    check_columns(pipeline)
+                        source=source, raw=data, rewrite=spec.rewrite, store=spec.store)
+    check_scorers(pipeline.scorers, source)
+    check_selection(pipeline.selection(), pipeline.signal_columns(), _sidecars(pipeline.scorers))
     if spec.rewrite is not None:
         _check_rewrite(spec.rewrite, source)
     return pipeline
+
+
+def _sidecars(steps: list[Step]) -> set[str]:
+    return {c for step in steps for c in step.stage.sidecars()}  # type: ignore[attr-defined]
+
+
+def load_selection(path: str | Path) -> Selection:
+    """Read a selection file (or a pipeline file, see ``_SelectionFile``); its rules are
+    checked against a store's columns by ``check_selection`` when it is applied."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"selection file {str(path)!r} not found")
+    data = load_yaml(p)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a selection is a YAML mapping (name, select, output, ...)")
+    return selection_from_dict(data, source=str(path))
+
+
+def selection_from_dict(data: dict[str, Any], source: str = "<dict>") -> Selection:
+    try:
+        spec = _SelectionFile.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {_first_error(exc)}", _hint_for(exc, _SelectionFile)
+                          ) from exc
+    scorers = None
+    if spec.score is not None:
+        scorers = [_scorer_step(item, f"score[{i}]", source) for i, item in
+                   enumerate(spec.score)]
+        check_scorers(scorers, source)
+    select: list[Step] = []
+    for i, item in enumerate(spec.select):
+        select.extend(_select_steps(item, f"select[{i}]", source))
+    if spec.rewrite is not None:
+        _check_rewrite(spec.rewrite, source)
+    return Selection(name=spec.name, description=spec.description, select=select,
+                     output=spec.output, run=spec.run, source=source, raw=data,
+                     rewrite=spec.rewrite, scorers=scorers)
 
 
 def _main_error(exc: ValidationError) -> Any:
@@ -424,36 +513,52 @@ def _preset(name: Any, given: dict[str, Any], where: str, source: str) -> list[S
     return steps
 
 
-def check_columns(p: Pipeline) -> None:
-    """Check every scorer's inputs and every rule's SQL against the columns that will exist."""
+def check_scorers(steps: list[Step], source: str) -> None:
+    """Check that every scorer's inputs are produced by the reader or an earlier scorer, and
+    that no two scorers produce the same column."""
     available = {**SAMPLE_COLUMNS, **BATCH_ONLY_COLUMNS}
     producers: dict[str, str] = {}
-    for step in p.scorers:
+    for step in steps:
         s: Scorer = step.stage  # type: ignore[assignment]
         try:
             s.outputs()  # may look up a model's config
         except CurateError as exc:
-            raise ConfigError(f"{p.source}: {step.where} (scorer {s.name}): {exc.message}",
+            raise ConfigError(f"{source}: {step.where} (scorer {s.name}): {exc.message}",
                               exc.hint) from exc
         for col in s.inputs():
             if col not in available:
-                raise ConfigError(f"{p.source}: {step.where} (scorer {s.name}): needs column "
+                raise ConfigError(f"{source}: {step.where} (scorer {s.name}): needs column "
                                   f"{col!r}, which no earlier scorer produces",
                                   _who_makes(col))
         for col, dtype in s.outputs().items():
             if col in available:
                 by = producers.get(col, "the sample reader")
-                raise ConfigError(f"{p.source}: {step.where} (scorer {s.name}): column {col!r} "
+                raise ConfigError(f"{source}: {step.where} (scorer {s.name}): column {col!r} "
                                   f"is already produced by {by}",
                                   "each scorer may appear once per pipeline")
             available[col] = dtype
             producers[col] = s.name
-    # Rules and selectors see the signal columns plus the columns selectors add.
-    cols = {**p.signal_columns(), **p.selector_columns(), **MANIFEST_COLUMNS}
+
+
+def check_selection(sel: Selection, columns: dict[str, pa.DataType], sidecars: set[str],
+                    store: str | None = None) -> None:
+    """Check every rule's SQL and every selector's columns against ``columns`` (what the
+    scorers store) and ``sidecars`` (the embeddings they store). ``store`` names the store the
+    columns come from, for the hint when one is missing."""
+    p = sel
+    cols = {**columns, **p.selector_columns(), **MANIFEST_COLUMNS}
     con = duckdb.connect()
     schema = pa.schema(cols)
     con.register("signals_probe", schema.empty_table())
     reasons: dict[str, str] = {}
+
+    def hint(col: str) -> str | None:
+        made = _who_makes(col)
+        if made and store:
+            return made.replace("add it to `score:`", "the store has no such scorer: score "
+                                f"the pool with it (curate score PIPELINE.yaml --store {store})")
+        return made
+
     for step in p.select:
         st = step.stage
         if isinstance(st, Rule):
@@ -462,22 +567,25 @@ def check_columns(p: Pipeline) -> None:
                             ).fetchall()
             except duckdb.Error as exc:
                 msg = str(exc).splitlines()[0]
+                m = re.search(r'column "?([A-Za-z0-9_]+)"? not found', msg, re.IGNORECASE)
                 raise ConfigError(f"{p.source}: {step.where} (rule {st.name}, reason "
-                                  f"{st.reason}): {msg}", _missing_column_hint(msg)) from exc
+                                  f"{st.reason}): {msg}", hint(m.group(1)) if m else None
+                                  ) from exc
             own = [st.reason]
         else:
-            sel: Selector = st  # type: ignore[assignment]
-            for col in sel.columns():
+            sel_: Selector = st  # type: ignore[assignment]
+            for col in sel_.columns():
                 if col not in cols:
-                    raise ConfigError(f"{p.source}: {step.where} (selector {sel.name}): needs "
-                                      f"column {col!r}", _who_makes(col))
-            stored = {c for s in p.scorer_stages() for c in s.sidecars()}
-            for col in sel.sidecars_needed():
-                if col not in stored:
-                    raise ConfigError(f"{p.source}: {step.where} (selector {sel.name}): needs "
+                    raise ConfigError(f"{p.source}: {step.where} (selector {sel_.name}): needs "
+                                      f"column {col!r}", hint(col))
+            for col in sel_.sidecars_needed():
+                if col not in sidecars:
+                    raise ConfigError(f"{p.source}: {step.where} (selector {sel_.name}): needs "
                                       f"the embeddings {col!r}, which no scorer stores",
-                                      "add a clip scorer (embeddings: true) before it")
-            own = list(sel.reasons())
+                                      "add a clip scorer (embeddings: true) before it"
+                                      if store is None else "score the pool with a clip "
+                                      f"scorer into {store} (curate score ...)")
+            own = list(sel_.reasons())
         for r in own:
             if r in reasons or r.startswith("error:") or r == "duplicate_uid":
                 raise ConfigError(f"{p.source}: {step.where}: drop reason {r!r} is already used"
@@ -487,7 +595,7 @@ def check_columns(p: Pipeline) -> None:
     con.close()
     if p.output.split_by is not None and p.output.split_by not in cols:
         raise ConfigError(f"{p.source}: output.split_by: no column {p.output.split_by!r}",
-                          _who_makes(p.output.split_by) or "e.g. cluster_coarse from the "
+                          hint(p.output.split_by) or "e.g. cluster_coarse from the "
                           "mode_clusters selector")
 
 
@@ -519,8 +627,3 @@ def _who_makes(column: str) -> str | None:
     return None
 
 
-def _missing_column_hint(msg: str) -> str | None:
-    import re
-
-    m = re.search(r'column "?([A-Za-z0-9_]+)"? not found', msg, re.IGNORECASE)
-    return _who_makes(m.group(1)) if m else None

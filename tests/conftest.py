@@ -84,12 +84,12 @@ TRAINED_REWRITER_STEPS = 120
 
 @pytest.fixture(scope="session")
 def demo_run(demo_pool: Path, ray_local: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The demo pipeline run once on the demo pool through the session's local Ray."""
+    """The basic pipeline run once on the demo pool through the session's local Ray: its
+    selection directory (``RUN/selections/basic``; the store is ``RUN/store``)."""
     from curate.runner import run
 
     out = tmp_path_factory.mktemp("demo_run") / "run"
-    run(demo_pipeline(demo_pool), out, progress=False)
-    return out
+    return run(demo_pipeline(demo_pool), out, progress=False).dir
 
 
 def curate_cli(*args: str, cwd: Path | None = None, timeout: float = 300,

@@ -2,6 +2,7 @@
 
 Routes: ``/img/<name>`` serves the registered image bytes; ``/slow/<name>`` serves them after a
 delay; ``/page/<name>`` serves an HTML page (not an image); anything else is a 404.
+``requested()`` is the access log: the path of every request so far, in arrival order.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ class _Handler(BaseHTTPRequestHandler):
     server: LocalServer  # type: ignore[assignment]
 
     def do_GET(self) -> None:
+        self.server.record(self.path)
         parts = self.path.strip("/").split("/", 1)
         kind, name = [*parts, ""][:2]
         data = self.server.images.get(name)
@@ -48,7 +50,18 @@ class LocalServer(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.images = images
         self.slow_seconds = slow_seconds
+        self._requests: list[str] = []
+        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
+
+    def record(self, path: str) -> None:
+        with self._lock:
+            self._requests.append(path)
+
+    def requested(self) -> list[str]:
+        """The path of every request so far (a copy), in the order they arrived."""
+        with self._lock:
+            return list(self._requests)
 
     @property
     def base(self) -> str:

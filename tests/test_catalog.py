@@ -41,5 +41,10 @@ def test_views_answer_known_counts(demo_run: Path) -> None:
 
 
 def test_not_a_run(tmp_path: Path) -> None:
-    with pytest.raises(CurateError, match="not a finished curate run"):
+    with pytest.raises(CurateError, match="not a curate run or selection directory"):
+        curate.open_run(tmp_path)
+    with pytest.raises(CurateError, match="does not exist"):
+        curate.open_run(tmp_path / "nope")
+    (tmp_path / "selections" / "a").mkdir(parents=True)
+    with pytest.raises(CurateError, match="holds no finished selection"):
         curate.open_run(tmp_path)

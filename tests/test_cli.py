@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from conftest import REPO, curate_cli
@@ -10,7 +11,7 @@ from conftest import REPO, curate_cli
 def test_help_lists_commands() -> None:
     res = curate_cli("--help")
     assert res.returncode == 0
-    for cmd in ("demo-data", "run", "query", "stats", "stages"):
+    for cmd in ("demo-data", "run", "score", "select", "store", "query", "stats", "stages"):
         assert cmd in res.stdout
     res = curate_cli("stages")
     assert "image_info" in res.stdout and "datacomp_basic" in res.stdout
@@ -23,7 +24,9 @@ def test_run_starts_its_own_ray_and_resumes(tmp_path: Path) -> None:
             "--input", str(tmp_path / "pool" / "*.tar"))
     res = curate_cli(*args)
     assert res.returncode == 0, res.stderr
-    assert "samples in" in res.stdout and "kept" in res.stdout and "(0 resumed)" in res.stdout
-    assert (tmp_path / "run" / "catalog.duckdb").is_file()
+    assert "samples in" in res.stdout and "kept" in res.stdout
+    assert re.search(r"\n  image_info +2 +0\n", res.stdout), res.stdout  # computed, reused
+    assert (tmp_path / "run" / "selections" / "basic" / "catalog.duckdb").is_file()
     res = curate_cli(*args, "--no-progress")
-    assert res.returncode == 0 and "(2 resumed)" in res.stdout
+    assert res.returncode == 0 and re.search(r"\n  image_info +0 +2\n", res.stdout)
+    assert re.search(r"\n  \(read\) +0 +2\n", res.stdout)

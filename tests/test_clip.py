@@ -101,26 +101,30 @@ def test_missing_weights_offline_is_one_clear_error(monkeypatch: pytest.MonkeyPa
         Clip(ClipParams(model=str(tmp_path))).outputs()
 
 
-def test_embeddings_are_written_beside_the_signals(tiny_dir: Path, tmp_path: Path) -> None:
-    from curate.io.shards import list_shards
-    from curate.score.shard import score_shard, sidecar_path, signals_path
+def test_embeddings_are_stored_beside_the_scores(tiny_dir: Path, tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    from curate.config import pipeline_from_dict
+    from curate.runner import score
 
     images = big_photos(3)
     members = (sample_members("a", images[0], "first") + sample_members("b", b"bad", "second")
                + sample_members("c", images[1], "third"))
-    ref = list_shards(str(write_tar(tmp_path / "pool" / "00000.tar", members)))[0]
-    stage = Clip(ClipParams(model=str(tiny_dir), pretrained=None))
-    stage.setup()
-    dest = signals_path(tmp_path / "run", ref.shard_id)
-    score_shard(ref, [stage], dest, "fp")
-    emb = np.load(sidecar_path(dest, "clip_image_emb"), mmap_mode="r")
+    write_tar(tmp_path / "pool" / "00000.tar", members)
+    p = pipeline_from_dict({"input": {"shards": str(tmp_path / "pool" / "*.tar")}, "score": [
+        {"clip": {"model": str(tiny_dir), "pretrained": None}}]})
+    result = score(p, tmp_path / "store", local=True)
+    [version] = result.versions
+    [npy] = (tmp_path / "store" / "scores" / "clip" / version.version / "clip_image_emb").glob(
+        "00000.*.npy")
+    emb = np.load(npy, mmap_mode="r")
     assert emb.shape == (3, 256) and emb.dtype == np.float16
     assert np.isnan(emb[1]).all() and not np.isnan(emb[[0, 2]]).any()
-    import pyarrow.parquet as pq
-
-    sig = pq.read_table(dest)
-    assert "clip_image_emb" not in sig.column_names
-    assert sig.column("error_stage").to_pylist() == [None, "clip", None]
+    [scores] = (tmp_path / "store" / "scores" / "clip" / version.version).glob("00000.*.parquet")
+    sig = pq.read_table(scores)
+    assert sig.column_names == ["__status", "__error", "clip_score"]  # embeddings beside it
+    assert sig.column("__status").to_pylist() == ["ok", "error", "ok"]
+    assert version.sidecars == {"clip_image_emb": 256, "clip_text_emb": 256}
     norms = np.linalg.norm(emb[[0, 2]].astype(np.float32), axis=-1)
     assert np.allclose(norms, 1, atol=1e-2)
     assert isinstance(sig.column("clip_score"), pa.ChunkedArray)

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from conftest import REPO
 
-from curate.config import load_pipeline, pipeline_from_dict
+from curate.config import load_pipeline, load_selection, pipeline_from_dict
 from curate.errors import ConfigError
 
 
@@ -27,6 +27,10 @@ def test_shipped_pipelines_validate(tmp_path: Any, monkeypatch: Any) -> None:
     random_clip_dir(tmp_path / "demo" / "filter")  # what `make demo` trains first
     for path in sorted((REPO / "pipelines").glob("*.yaml")):
         load_pipeline(path)
+        load_selection(path)  # a pipeline is also a selection (of its own scorers)
+    for path in sorted((REPO / "pipelines" / "selections").glob("*.yaml")):
+        sel = load_selection(path)
+        assert sel.scorers is None and sel.select
 
 
 def test_presets_expand_into_rules_in_order() -> None:
@@ -48,7 +52,7 @@ def test_presets_expand_into_rules_in_order() -> None:
     (base(score=["caption_stats"], select=[{"rule": "threshold", "column": "width", "min": 1}]),
      "width", "scorer 'image_info' produces 'width'"),
     (base(select=[{"selector": "exact_dedup"}], score=["image_info"]),
-     "needs column 'image_sha256'", "exact_hash"),
+     "needs column 'url_caption_sha256'", "exact_hash"),
     (base(score=["image_info", "image_info"]), "already produced by image_info", None),
     (base(select=[{"rule": "in_set", "column": "lang", "values": ["en"], "reason": "x"},
                   {"rule": "in_set", "column": "lang", "values": ["de"], "reason": "x"}]),

@@ -109,6 +109,9 @@ def test_views_and_run_records(demo_run: Path) -> None:
     stages = dict(con.execute("select stage, errors from stages").fetchall())
     assert stages["image_info"] == 11 and stages["language"] == 0
     events = [json.loads(line)["event"] for line in
-              (demo_run / "run_log.jsonl").read_text().splitlines()]
-    assert events[0] == "run_start" and events[-1] == "run_end"
-    assert events.count("shard_done") == 8
+              (demo_run / "log.jsonl").read_text().splitlines()]
+    assert events[0] == "select_start" and events[-1] == "select_end"
+    store = demo_run.parent.parent / "store"
+    scoring = [json.loads(line)["event"] for line in
+               (store / "log.jsonl").read_text().splitlines()]
+    assert scoring.count("shard_done") == 8 and scoring[-1] == "scoring_end"

@@ -1,8 +1,8 @@
-"""curate diff: two runs of the demo pool that differ in one threshold and one added rule."""
+"""curate diff: two selections of the demo store that differ in one threshold and one added
+rule (the second made by ``select``, without scoring)."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import duckdb
@@ -10,16 +10,17 @@ import pyarrow.parquet as pq
 from conftest import REPO, curate_cli
 
 from curate.audit.diff import diff_runs, format_diff
-from curate.config import load_pipeline, pipeline_from_dict
-from curate.runner import run
+from curate.config import load_pipeline, selection_from_dict
+from curate.runner import select
 
 
 def test_diff_names_the_steps_that_differ(demo_run: Path, demo_pool: Path, ray_local: None,
                                           tmp_path: Path) -> None:
-    # B: the same pool and scores (copied run: scoring resumes), a stricter caption rule and
-    # an extra rule on the image width
+    # B: a selection of the same store, with a stricter caption rule and an extra rule on the
+    # image width
     b = tmp_path / "b"
-    shutil.copytree(demo_run, b)
+    store = demo_run.parent.parent / "store"
+    before = {p: p.stat().st_mtime_ns for p in store.rglob("*") if p.is_file()}
     pipe = load_pipeline(REPO / "pipelines" / "basic.yaml",
                          {"input": {"shards": str(demo_pool / "*.tar")}})
     raw = dict(pipe.raw)
@@ -29,8 +30,8 @@ def test_diff_names_the_steps_that_differ(demo_run: Path, demo_pool: Path, ray_l
                       "reason": "not_english"},
                      {"rule": "sql", "keep": "width >= 300", "reason": "narrow"},
                      {"selector": "exact_dedup"}]
-    result = run(pipeline_from_dict(raw), b, progress=False)
-    assert result.shards_resumed == result.shards  # nothing was rescored
+    select(store, selection_from_dict(raw), b, progress=False)
+    assert {p: p.stat().st_mtime_ns for p in store.rglob("*") if p.is_file()} == before
     d = diff_runs(demo_run, b, tmp_path / "d.parquet")
     con = duckdb.connect()
     ka = {u for (u,) in con.execute(f"SELECT uid FROM '{demo_run}/manifest.parquet' WHERE kept"

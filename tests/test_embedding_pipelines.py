@@ -20,13 +20,14 @@ def emb_runs(demo_pool: Path, demo_filter: Path, ray_local: None,
              tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("emb")
     out = {}
-    for name in ("clipcov", "semdedup", "mode"):
+    for name in ("clipcov", "semdedup", "mode"):  # one run directory: one store, scored once
         text = (REPO / "pipelines" / f"{name}.yaml").read_text().replace(
             "model: demo/filter", f"model: {demo_filter}")
         (root / f"{name}.yaml").write_text(text)
         p = load_pipeline(root / f"{name}.yaml", {"input": {"shards": str(demo_pool / "*.tar")}})
-        run(p, root / name, progress=False)
-        out[name] = root / name
+        result = run(p, root / "run", progress=False)
+        assert result.shards_resumed == (0 if name == "clipcov" else 8)
+        out[name] = result.dir
     return out
 
 

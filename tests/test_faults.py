@@ -31,12 +31,18 @@ SHARDS = [f"{i:05d}.tar" for i in range(8)]
 
 
 def events(run_dir: Path, name: str) -> list[dict[str, Any]]:
-    lines = (run_dir / "run_log.jsonl").read_text().splitlines()
+    """Events of the run's store log (scoring)."""
+    lines = (run_dir / "store" / "log.jsonl").read_text().splitlines()
     return [e for e in map(json.loads, lines) if e["event"] == name]
 
 
-def assert_same_as_clean(out: Path, clean: Path) -> None:
+def selection(run_dir: Path) -> Path:
+    return run_dir / "selections" / "basic"
+
+
+def assert_same_as_clean(run_dir: Path, clean: Path) -> None:
     """Manifest and output shards equal the clean run's; no uid twice; no temp file left."""
+    out = selection(run_dir)
     ours = pq.read_table(out / "manifest.parquet")
     theirs = pq.read_table(clean / "manifest.parquet")
     assert ours.schema.names == theirs.schema.names
@@ -47,11 +53,21 @@ def assert_same_as_clean(out: Path, clean: Path) -> None:
     assert sorted(p.name for p in (out / "output").glob("*.tar")) == names
     for name in names:
         assert (out / "output" / name).read_bytes() == (clean / "output" / name).read_bytes()
-    assert not list(out.rglob("*.tmp"))
+    assert not list(run_dir.rglob("*.tmp"))
 
 
-def signal_mtimes(out: Path) -> dict[str, int]:
-    return {p.name: p.stat().st_mtime_ns for p in (out / "signals").glob("*.parquet")}
+def signal_mtimes(run_dir: Path) -> dict[str, int]:
+    """Shard -> mtime of its last scorer's file in the store, for every shard whose scoring
+    finished (the files of a shard are committed base first, scorers in pipeline order)."""
+    last = run_dir / "store" / "scores" / "exact_hash"
+    return {p.name.split(".")[0]: p.stat().st_mtime_ns for p in last.glob("*/*.parquet")}
+
+
+def store_files(run_dir: Path) -> dict[str, int]:
+    """Every scorer and base file of the run's store -> its mtime."""
+    store = run_dir / "store"
+    return {str(p.relative_to(store)): p.stat().st_mtime_ns
+            for sub in ("base", "scores") for p in (store / sub).rglob("*.parquet")}
 
 
 def test_killed_worker_mid_shard_is_replaced_and_only_that_shard_redone(
@@ -67,8 +83,9 @@ def test_killed_worker_mid_shard_is_replaced_and_only_that_shard_redone(
         ("00003.tar", True)]
     done = [e["shard"] for e in events(out, "shard_done")]
     assert sorted(done) == SHARDS  # every shard finished once: none was scored twice
-    attempts = dict(zip(*pq.read_table(out / "shards.parquet", columns=["shard", "attempts"])
-                        .to_pydict().values(), strict=True))
+    attempts = dict(zip(*pq.read_table(selection(out) / "shards.parquet",
+                                       columns=["shard", "attempts"]).to_pydict().values(),
+                        strict=True))
     assert attempts == {s: 2 if s == "00003.tar" else 1 for s in SHARDS}
     assert result.samples == 8 * 64
     assert_same_as_clean(out, demo_run)
@@ -94,7 +111,7 @@ def test_killed_driver_resumes_without_redoing_finished_shards(
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 240
-        while len(signal_mtimes(out) if (out / "signals").is_dir() else {}) < 3:
+        while len(signal_mtimes(out)) < 3:
             assert proc.poll() is None, proc.stderr.read().decode()[-3000:]  # type: ignore
             assert time.monotonic() < deadline, "the run did not get going"
             time.sleep(0.2)
@@ -108,16 +125,18 @@ def test_killed_driver_resumes_without_redoing_finished_shards(
             pass
     assert proc.returncode == -signal.SIGKILL
     finished = signal_mtimes(out)
-    assert 3 <= len(finished) < 8 and not (out / "manifest.parquet").exists()
+    files = store_files(out)
+    assert 3 <= len(finished) < 8 and not (selection(out) / "manifest.parquet").exists()
     # What a write cut short leaves behind (never taken for a finished shard).
-    (out / "signals" / ".00007.parquet.x1y2.tmp").write_bytes(b"PAR1 half a file")
+    [base] = (out / "store" / "base").glob("*")
+    (base / ".00007.x1y2.parquet.tmp").write_bytes(b"PAR1 half a file")
 
     result = run(pipeline(demo_pool, {"sleep": 1.0}, workers=1), out, progress=False)
     assert result.shards_resumed == len(finished)
-    for name, mtime in finished.items():
-        assert (out / "signals" / name).stat().st_mtime_ns == mtime  # not recomputed
-    start = events(out, "run_start")
-    assert len(start) == 2 and start[1]["leftovers_removed"] >= 1
+    now = store_files(out)
+    assert {k: now[k] for k in files} == files  # finished work was not recomputed
+    assert not list(base.glob(".*.tmp"))  # the leftover was removed
+    assert len(events(out, "score_start")) == 2
     assert_same_as_clean(out, demo_run)
 
 
@@ -139,12 +158,12 @@ def test_shard_failing_every_time_is_reported_and_the_rest_finish(
     assert err[0].startswith("error: 1 of 8 shards failed after 3 attempts: 00005.tar: "), err
     assert "is not a tar archive" in err[0] and err[1].startswith("hint: "), err
     assert "Traceback" not in res.stderr
-    shards = pq.read_table(out / "shards.parquet").to_pylist()
+    shards = pq.read_table(out / "store" / "pool.parquet").to_pylist()
     status = {r["shard"]: r["status"] for r in shards}
     assert status == {s: "failed" if s == "00005.tar" else "done" for s in SHARDS}
     failed = next(r for r in shards if r["status"] == "failed")
     assert failed["attempts"] == 3 and "not a tar archive" in failed["error"]
-    assert len(signal_mtimes(out)) == 7 and not (out / "manifest.parquet").exists()
+    assert len(signal_mtimes(out)) == 7 and not (selection(out) / "manifest.parquet").exists()
     finished = signal_mtimes(out)
 
     bad.unlink()
@@ -152,7 +171,7 @@ def test_shard_failing_every_time_is_reported_and_the_rest_finish(
     res = curate_cli("run", str(REPO / "pipelines" / "basic.yaml"), "--out", str(out),
                      "--input", str(pool / "*.tar"), "--no-progress")
     assert res.returncode == 0, res.stderr
-    assert {k: v for k, v in signal_mtimes(out).items() if k != "00005.parquet"} == finished
+    assert {k: v for k, v in signal_mtimes(out).items() if k != "00005"} == finished
     assert_same_as_clean(out, demo_run)
 
 
@@ -167,13 +186,13 @@ def test_shard_vanishing_after_listing_fails_clearly_then_resumes(
         run(pipeline(pool, fault, workers=1), out, progress=False)
     assert "1 of 8 shards failed" in info.value.message
     assert "00007.tar: input shard" in info.value.message and "is gone" in info.value.message
-    assert sorted(signal_mtimes(out)) == [f"{i:05d}.parquet" for i in range(7)]
+    assert sorted(signal_mtimes(out)) == [f"{i:05d}" for i in range(7)]
     finished = signal_mtimes(out)
 
     shutil.copy(demo_pool / "00007.tar", pool / "00007.tar")  # it comes back
     result = run(pipeline(pool, fault, workers=1), out, progress=False)
     assert result.shards_resumed == 7
-    assert {k: v for k, v in signal_mtimes(out).items() if k != "00007.parquet"} == finished
+    assert {k: v for k, v in signal_mtimes(out).items() if k != "00007"} == finished
     assert_same_as_clean(out, demo_run)
 
 
@@ -223,7 +242,7 @@ def test_full_disk_while_writing_output(demo_pool: Path, demo_run: Path, small_d
     _resize(small_disk, "64m")
     result = run(p, out, progress=False)
     assert result.shards_resumed == 8 and signal_mtimes(out) == scored
-    assert pq.read_table(out / "manifest.parquet").equals(
+    assert pq.read_table(result.dir / "manifest.parquet").equals(
         pq.read_table(demo_run / "manifest.parquet"))
     for tar in sorted((demo_run / "output").glob("*.tar")):
         assert (small_disk / "out" / tar.name).read_bytes() == tar.read_bytes()
@@ -237,8 +256,9 @@ def test_full_disk_while_scoring(demo_pool: Path, demo_run: Path, small_disk: Pa
     assert info.value.message.startswith("no space left on device"), info.value.message
     assert not list(out.rglob("*.tmp"))
     finished = signal_mtimes(out)
-    for name in finished:  # every signals file there is complete and readable
-        assert pq.read_table(out / "signals" / name).num_rows == 64
+    for f in (out / "store").rglob("*.parquet"):  # every file there is complete and readable
+        if f.parent.name != "store":
+            assert pq.read_table(f).num_rows == 64
     assert len(finished) < 8
 
     _resize(small_disk, "64m")

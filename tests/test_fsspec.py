@@ -1,6 +1,7 @@
-"""Input shards and curated output through fsspec: ``file://`` URLs in a full Ray run give the
-local run's bytes, ``memory://`` works in-process, reruns rewrite nothing, stale shards go, and
-an unknown protocol fails before any work."""
+"""Input shards, the store and curated output through fsspec: ``file://`` URLs in a full Ray
+run give the local run's bytes (the store's workers commit their own results there),
+``memory://`` output works in-process, reruns rewrite nothing, stale shards go, and an unknown
+protocol fails before any work."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pytest
 from conftest import REPO, curate_cli
 
 from curate.config import Pipeline, load_pipeline
-from curate.errors import ConfigError
+from curate.errors import ConfigError, CurateError
 from curate.io.shards import list_shards
 from curate.runner import run
 from curate.write import output
@@ -29,8 +30,9 @@ def basic(shards: str, **out: object) -> Pipeline:
     return load_pipeline(BASIC, {"input": {"shards": shards}, "output": dict(out)})
 
 
-def events(run_dir: Path, name: str) -> list[dict[str, object]]:
-    lines = (run_dir / "run_log.jsonl").read_text().splitlines()
+def events(run_dir: Path, name: str, log: str = "selections/basic/log.jsonl",
+           ) -> list[dict[str, object]]:
+    lines = (run_dir / log).read_text().splitlines()
     return [e for e in map(json.loads, lines) if e["event"] == name]
 
 
@@ -67,17 +69,23 @@ def test_run_with_file_urls_equals_local_run(demo_pool: Path, demo_run: Path, ra
                                              tmp_path: Path) -> None:
     curated = tmp_path / "curated"
     p = basic(f"file://{demo_pool}/*.tar", dir=f"file://{curated}")
+    p.store = f"file://{tmp_path}/store"
     result = run(p, tmp_path / "run", progress=False)
     assert result.output_shards == 5
-    assert pq.read_table(tmp_path / "run" / "manifest.parquet").equals(
+    assert pq.read_table(result.dir / "manifest.parquet").equals(
         pq.read_table(demo_run / "manifest.parquet"))
-    urls = pq.read_table(tmp_path / "run" / "shards.parquet").column("url").to_pylist()
+    urls = pq.read_table(result.dir / "shards.parquet").column("url").to_pylist()
     assert all(u.startswith("file:///") for u in urls)
+    # A store on a URL is shared storage: every worker committed its own shards.
+    done = events(tmp_path / "store", "shard_done", "log.jsonl")
+    assert [e["committed_by"] for e in done] == ["worker"] * 8
+    assert result.scoring is not None and result.scoring.driver_bytes_in == 0
+    assert not (tmp_path / "run" / "store").exists()
     theirs = local_tars(demo_run / "output")
     assert local_tars(curated) == theirs and len(theirs) == 5
     assert (curated / "sizes.json").read_bytes() == (demo_run / "output" / "sizes.json"
                                                      ).read_bytes()
-    assert not (tmp_path / "run" / "output").exists()  # nothing went to RUN/output
+    assert not (result.dir / "output").exists()  # nothing went to SEL/output
     start = events(tmp_path / "run", "writing_start")[-1]
     assert start["dir"] == f"file://{curated}" and start["placement"] == "spread"
     # The catalogue and the CLI work on a run whose shards are elsewhere.
@@ -137,7 +145,7 @@ def test_failed_write_leaves_no_partial_file(demo_pool: Path, mem: str,
     missing = {**good, "uid": "b" * 32, "index": 10_000}  # no such sample: fails mid-tar
     shard = output.OutputShard(0, [good, missing])
     for out in (f"{mem}/out", str(tmp_path / "out")):
-        with pytest.raises(KeyError):
+        with pytest.raises(CurateError, match="is no longer in its input shard"):
             output.write_shard(shard, refs, out)
         fs, path = fsspec.core.url_to_fs(out)
         assert fs.find(path) == []  # no tar, no state, no temporary file
@@ -199,6 +207,13 @@ def test_unknown_protocol_fails_before_any_work(demo_pool: Path, tmp_path: Path)
     assert res.returncode == 2, res.stderr
     assert res.stderr.startswith("error: ") and "output: dir 'nope://bucket/x'" in res.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_a_process_local_store_is_refused(tmp_path: Path) -> None:
+    from curate.store.store import Store
+
+    with pytest.raises(CurateError, match="memory:// lives in one process"):
+        Store("memory://pool")
 
 
 def test_missing_filesystem_package_is_a_config_error(demo_pool: Path) -> None:

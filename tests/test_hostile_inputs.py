@@ -639,7 +639,7 @@ def test_oversized_members_are_skipped_unread(tmp_path: Path, ray_local: None) -
     from shardmaker import jpeg, sample_members, write_tar
 
     from curate.io.shards import ShardReader, ShardRef
-    from curate.score.shard import scoring_fingerprint
+    from curate.score.plan import reader_fingerprint
 
     big = "a photo of a dog " * 200_000  # 3.4 MB caption
     pool = tmp_path / "pool"
@@ -654,14 +654,15 @@ def test_oversized_members_are_skipped_unread(tmp_path: Path, ray_local: None) -
     assert f"member .txt is {len(big)} bytes, over max_member_bytes 1048576" in huge["error"]
     assert huge["caption"] == ""  # never read
     assert rows[0]["status"] == rows[2]["status"] == "ok"
-    # The default limit reads it; a different limit is a different scoring fingerprint.
+    # The default limit reads it; a different limit is a different reader (and so a
+    # different version of every scorer).
     rows = [r for b in ShardReader(ref) for r in b.to_pylist()]
     assert rows[1]["status"] == "ok" and rows[1]["caption"] == big
-    assert scoring_fingerprint([], 2**20) != scoring_fingerprint([])
+    assert reader_fingerprint(2**20) != reader_fingerprint()
 
     p = demo_pipeline(pool)
     p.input = p.input.model_copy(update={"max_member_bytes": 2**20})
     result = run(p, tmp_path / "run", progress=False)
     con = duckdb.connect()
-    got = dict(con.sql(f"SELECT key, reason FROM '{tmp_path}/run/manifest.parquet'").fetchall())
+    got = dict(con.sql(f"SELECT key, reason FROM '{result.dir}/manifest.parquet'").fetchall())
     assert got["huge"] == "error:read" and result.samples == 3

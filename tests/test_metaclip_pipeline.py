@@ -56,8 +56,7 @@ def _one_shard(pool: Path, out: Path) -> Path:
 def metaclip_run(demo_pool: Path, ray_local: None,
                  tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("metaclip") / "run"
-    run(_pipeline(str(demo_pool / "*.tar")), out, progress=False)
-    return out
+    return run(_pipeline(str(demo_pool / "*.tar")), out, progress=False).dir
 
 
 def test_balancing_bites_and_reports(metaclip_run: Path) -> None:
@@ -96,10 +95,9 @@ def test_balancing_bites_and_reports(metaclip_run: Path) -> None:
 
 def test_same_subset_for_two_workers_and_one_shard(metaclip_run: Path, demo_pool: Path,
                                                    tmp_path: Path) -> None:
-    two = tmp_path / "two_workers"
-    run(_pipeline(str(demo_pool / "*.tar"), workers=2), two, progress=False)
+    two = run(_pipeline(str(demo_pool / "*.tar"), workers=2), tmp_path / "two_workers",
+              progress=False).dir
     assert _kept(two) == _kept(metaclip_run)
     single = _one_shard(demo_pool, tmp_path / "one" / "00000.tar")
-    one = tmp_path / "one_shard"
-    run(_pipeline(str(single)), one, progress=False)
+    one = run(_pipeline(str(single)), tmp_path / "one_shard", progress=False).dir
     assert _kept(one) == _kept(metaclip_run)

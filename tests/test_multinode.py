@@ -1,8 +1,15 @@
 """A 3-node ``ray.cluster_utils.Cluster`` (a head without CPUs, as on real clusters, and two
 1-CPU workers) runs the demo pipeline (basic filtering, dedup, the demo filter network's CLIP
-score) and gives the same manifest and output shards as a single-node run. Scoring is spread
-over both workers; output shards for a plain local path are written on the driver's node, and
-for a ``file://`` URL (a mount every node sees) on the workers."""
+score) and gives the same manifest and output shards as a single-node run.
+
+* A store on a plain path may exist on the driver's machine only: the workers (none can run on
+  the CPU-less head) send their results to the driver, which commits them.
+* A store on a ``file://`` URL (a mount every node sees) is shared storage: the workers commit
+  their own results and the driver receives summaries only.
+* Output shards for a plain local path are written on the driver's node, and for a ``file://``
+  URL on the workers.
+
+Nothing here depends on which worker the scheduler picks for which shard."""
 
 from __future__ import annotations
 
@@ -33,11 +40,14 @@ cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
 workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
 cluster.wait_for_nodes()
 try:
-    # RUN/output (a plain path), then the same run into a file:// URL: scoring resumes.
-    for out_dir in (None, args["shared"]):
+    # A plain store with RUN/output; the same run into a file:// output (scoring resumes);
+    # then a file:// store (a new one: everything is scored again, committed by workers).
+    for out, store, out_dir in ((args["run"], None, None), (args["run"], None, args["shared"]),
+                                (args["run2"], args["shared_store"], None)):
         p = load_pipeline(args["pipeline"], {"input": {"shards": args["shards"]},
                                              "output": {"dir": out_dir}})
-        run(p, args["run"], address=cluster.address, progress=False)
+        p.store = store
+        run(p, out, address=cluster.address, progress=False)
     print(json.dumps({"head": cluster.head_node.node_id,
                       "workers": [w.node_id for w in workers]}))
 finally:
@@ -62,42 +72,62 @@ def demo_pipeline_on(pool: Path, yaml_path: Path) -> Pipeline:
 def single_node_run(demo_pool: Path, demo_filter: Path, ray_local: None,
                     tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("single")
-    run(demo_pipeline_on(demo_pool, demo_yaml(root, demo_filter)), root / "run", progress=False)
-    return root / "run"
+    return run(demo_pipeline_on(demo_pool, demo_yaml(root, demo_filter)), root / "run",
+               progress=False).dir
 
 
 def tars(d: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(d.glob("*.tar"))}
 
 
+def log_of(path: Path) -> list[dict[str, object]]:
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
 @pytest.mark.slow
 def test_cluster_run_matches_single_node_run(demo_pool: Path, demo_filter: Path,
                                              single_node_run: Path, tmp_path: Path) -> None:
-    out, shared = tmp_path / "run", tmp_path / "shared"
+    out, shared, run2 = tmp_path / "run", tmp_path / "shared", tmp_path / "run2"
     args = {"pipeline": str(demo_yaml(tmp_path, demo_filter)),
-            "shards": str(demo_pool / "*.tar"), "run": str(out), "shared": f"file://{shared}"}
+            "shards": str(demo_pool / "*.tar"), "run": str(out), "shared": f"file://{shared}",
+            "run2": str(run2), "shared_store": f"file://{tmp_path / 'shared_store'}"}
     res = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(args)],
-                         capture_output=True, text=True, timeout=400)
+                         capture_output=True, text=True, timeout=500)
     assert res.returncode == 0, res.stderr[-3000:]
     nodes = json.loads(res.stdout.strip().splitlines()[-1])
     workers = set(nodes["workers"])
+    sel, sel2 = out / "selections" / "demo", run2 / "selections" / "demo"
 
-    # Same selection, same bytes, in both output locations.
-    assert pq.read_table(out / "manifest.parquet").equals(
-        pq.read_table(single_node_run / "manifest.parquet"))
+    # Same selection, same bytes, in every output location.
+    reference_manifest = pq.read_table(single_node_run / "manifest.parquet")
+    assert pq.read_table(sel / "manifest.parquet").equals(reference_manifest)
+    assert pq.read_table(sel2 / "manifest.parquet").equals(reference_manifest)
     reference = tars(single_node_run / "output")
     assert len(reference) == 4  # 387 kept, 100 per shard
-    assert tars(out / "output") == reference
+    assert tars(sel / "output") == reference
     assert tars(shared) == reference
+    assert tars(sel2 / "output") == reference
     assert (shared / "sizes.json").read_bytes() == (single_node_run / "output" / "sizes.json"
                                                     ).read_bytes()
 
-    # Scoring ran on both workers (the head has no CPU).
-    scored_on = set(pq.read_table(out / "shards.parquet").column("node").to_pylist())
-    assert scored_on == workers
+    # Scoring ran on the workers only (the head has no CPU).
+    scored_on = set(pq.read_table(sel / "shards.parquet").column("node").to_pylist())
+    assert scored_on <= workers
 
-    # Writing: RUN/output on the driver's node, the file:// URL on the workers.
-    log = [json.loads(x) for x in (out / "run_log.jsonl").read_text().splitlines()]
+    # Who committed: the driver for the plain store (it received the data), the workers for
+    # the file:// store (the driver received summaries only).
+    plain = log_of(out / "store" / "log.jsonl")
+    done = [e for e in plain if e["event"] == "shard_done"]
+    assert len(done) == 8 and {e["committed_by"] for e in done} == {"driver"}
+    ends = [e for e in plain if e["event"] == "scoring_end"]
+    assert ends[0]["driver_bytes_in"] > 0 and ends[1]["computed"] == 0  # the rerun resumed
+    shared_log = log_of(tmp_path / "shared_store" / "log.jsonl")
+    done = [e for e in shared_log if e["event"] == "shard_done"]
+    assert len(done) == 8 and {e["committed_by"] for e in done} == {"worker"}
+    assert [e["driver_bytes_in"] for e in shared_log if e["event"] == "scoring_end"] == [0]
+
+    # Writing: SEL/output on the driver's node, the file:// URL on the workers.
+    log = log_of(sel / "log.jsonl")
     starts = [i for i, e in enumerate(log) if e["event"] == "writing_start"]
     assert len(starts) == 2
     first, second = log[starts[0]], log[starts[1]]
@@ -106,6 +136,4 @@ def test_cluster_run_matches_single_node_run(demo_pool: Path, demo_filter: Path,
     written = [[e["node"] for e in log[a:b] if e["event"] == "output_shard_done"]
                for a, b in ((starts[0], starts[1]), (starts[1], len(log)))]
     assert written[0] == [nodes["head"]] * 4
-    assert len(written[1]) == 4 and set(written[1]) <= workers and len(set(written[1])) == 2
-    resumed = [e for e in log[starts[0]:] if e["event"] == "scoring_start"]
-    assert resumed and resumed[0]["todo"] == 0  # the second run scored nothing again
+    assert len(written[1]) == 4 and set(written[1]) <= workers

@@ -126,7 +126,7 @@ def test_text_is_escaped(demo_run: Path, tmp_path: Path) -> None:
 
 
 def test_not_a_run(tmp_path: Path) -> None:
-    with pytest.raises(CurateError, match="not a finished curate run"):
+    with pytest.raises(CurateError, match="not a curate run or selection directory"):
         write_report(tmp_path)
 
 
@@ -138,7 +138,7 @@ def test_cli(demo_run: Path, tmp_path: Path) -> None:
     text = out.read_text()
     assert text.split("<h2>Samples</h2>", 1)[1].count('<div class="card">') == 6
     r = curate_cli("report", str(tmp_path / "nothing"))
-    assert r.returncode == 2 and "not a finished curate run" in r.stderr
+    assert r.returncode == 2 and "does not exist" in r.stderr
 
 
 def _chromium() -> str | None:

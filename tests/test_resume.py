@@ -24,10 +24,11 @@ def test_failed_shard_then_resume_equals_uninterrupted_run(
     out = tmp_path / "run"
     with pytest.raises(ShardFailed, match="1 of 8 shards failed after 2 attempts"):
         run(demo_pipeline(pool, max_retries=1), out, progress=False)
-    assert not (out / "manifest.parquet").exists()
-    done = {p.name: p.stat().st_mtime_ns for p in (out / "signals").glob("*.parquet")}
-    assert len(done) == 7 and "00003.parquet" not in done
-    log = [json.loads(x) for x in (out / "run_log.jsonl").read_text().splitlines()]
+    assert not (out / "selections").exists()
+    done = {str(p): p.stat().st_mtime_ns for p in (out / "store").rglob("*.parquet")
+            if p.name != "pool.parquet"}
+    assert len(done) == 7 * 5 and not [p for p in done if "/00003." in p]  # base + 4 scorers
+    log = [json.loads(x) for x in (out / "store" / "log.jsonl").read_text().splitlines()]
     assert [e["event"] for e in log].count("shard_retry") == 1
     assert any(e["event"] == "shard_failed" and "IsADirectoryError" in e["error"] for e in log)
 
@@ -36,11 +37,11 @@ def test_failed_shard_then_resume_equals_uninterrupted_run(
     result = run(demo_pipeline(pool), out, progress=False)
     assert result.shards_resumed == 7
     for name, mtime in done.items():  # finished shards were not recomputed
-        assert (out / "signals" / name).stat().st_mtime_ns == mtime
+        assert Path(name).stat().st_mtime_ns == mtime
 
-    assert pq.read_table(out / "manifest.parquet").equals(
+    assert pq.read_table(result.dir / "manifest.parquet").equals(
         pq.read_table(demo_run / "manifest.parquet"))
-    ours = sorted((out / "output").glob("*.tar"))
+    ours = sorted((result.dir / "output").glob("*.tar"))
     theirs = sorted((demo_run / "output").glob("*.tar"))
     assert [p.name for p in ours] == [p.name for p in theirs]
     for a, b in zip(ours, theirs, strict=True):

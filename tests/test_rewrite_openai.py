@@ -45,6 +45,9 @@ def _pipeline(pool: Path, model: Path, base_url: str, shards: int = 2, **rewrite
 
 
 def _statuses(run_dir: Path) -> dict[str, int]:
+    from curate.audit.catalog import resolve_selection
+
+    run_dir = resolve_selection(run_dir, "rewrites.parquet")
     return dict(duckdb.connect().execute(
         f"SELECT status, count(*) FROM read_parquet('{run_dir / 'rewrites.parquet'}') GROUP BY 1"
     ).fetchall())

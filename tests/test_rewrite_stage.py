@@ -55,8 +55,11 @@ def _input_captions(pool: Path) -> dict[str, bytes]:
 
 
 def _manifest(run_dir: Path) -> list[dict[str, Any]]:
+    from curate.audit.catalog import resolve_selection
+
+    sel = resolve_selection(run_dir, "manifest.parquet")
     con = duckdb.connect()
-    rel = con.execute(f"SELECT * FROM read_parquet('{run_dir / 'manifest.parquet'}')")
+    rel = con.execute(f"SELECT * FROM read_parquet('{sel / 'manifest.parquet'}')")
     names = [d[0] for d in rel.description]
     return [dict(zip(names, r, strict=True)) for r in rel.fetchall()]
 
@@ -70,7 +73,8 @@ def random_run(demo_pool: Path, random_rewriter: Path, ray_local: None,
 
 def test_garbage_is_rejected_and_recorded_originals_survive(random_run: tuple[Path, Any],
                                                           demo_pool: Path) -> None:
-    out, result = random_run
+    _, result = random_run
+    out = result.dir
     rw = result.rewrite
     assert rw["captions"] == result.kept > 50
     assert rw["requested"] == 2 * result.kept
@@ -162,7 +166,7 @@ def test_laclip_pipeline_writes_rewrite_members(demo_pool: Path, trained_rewrite
     assert rw["requested"] == 2 * result.kept and rw["errors"] == 0
     assert rw["ok"] > 0.5 * rw["requested"]  # the trained model writes well-formed captions
     rows = {r["uid"]: r for r in _manifest(tmp_path / "run") if r["kept"]}
-    shards = sorted(str(x) for x in (tmp_path / "run" / "output").glob("*.tar"))
+    shards = sorted(str(x) for x in (result.dir / "output").glob("*.tar"))
     ds = wds.WebDataset(shards, shardshuffle=False)
     seen = 0
     for sample in ds:

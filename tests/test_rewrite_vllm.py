@@ -32,7 +32,7 @@ def test_no_gpu_fails_before_scoring(demo_pool: Path, random_rewriter: Path, ray
     with pytest.raises(CurateError, match="needs 1 GPU") as e:
         run(_pipeline(demo_pool, random_rewriter), tmp_path / "run", progress=False)
     assert "transformers backend" in (e.value.hint or "")
-    assert not (tmp_path / "run" / "signals").exists()  # nothing was scored
+    assert not (tmp_path / "run" / "store" / "scores").exists()  # nothing was scored
 
 
 @pytest.mark.gpu

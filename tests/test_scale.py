@@ -35,12 +35,15 @@ def test_scale_benchmark_small(tmp_path: Path) -> None:
     assert 0 < result["peak_rss_gib"] < 24
     assert result["funnel_matches_manifest"] is True
 
-    # The generated pool: 4 signals files of 5000 rows, with the columns real scorers write.
-    signals = sorted((Path(result["run_dir"]).parent / "signals").glob("*.parquet"))
-    assert [pq.read_metadata(f).num_rows for f in signals] == [5000] * 4
-    names = set(pq.read_schema(signals[0]).names)
-    assert {"uid", "shard", "index", "status", "clip_score", "caption_chars", "lang",
-            "metaclip_entries", "image_sha256"} <= names
+    # The generated pool: a store of 4 shards of 5000 rows, with the columns real scorers
+    # write, one file per scorer.
+    store = Path(result["run_dir"]).parent / "store"
+    base = sorted(store.glob("base/*/*.parquet"))
+    assert [pq.read_metadata(f).num_rows for f in base] == [5000] * 4
+    assert {"uid", "shard", "index", "status", "image_sha256"} <= set(pq.read_schema(
+        base[0]).names)
+    names = {n for f in store.glob("scores/*/*/00000.*.parquet") for n in pq.read_schema(f).names}
+    assert {"clip_score", "caption_chars", "lang", "metaclip_entries", "__status"} <= names
 
     # Recount from the manifest it wrote: every sample once, in pool order, kept as reported.
     manifest = Path(result["run_dir"]) / "manifest.parquet"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import tarfile
 from pathlib import Path
 
@@ -67,6 +68,12 @@ def test_samples_identity_and_members(tmp_path: Path) -> None:
     assert rows[0]["url"] == "https://example.invalid/0.jpg"
     assert rows[0]["caption"].startswith("a photograph")
     assert reader.report.samples == 5
+    # The reader's identity records: each image's SHA-256, and the shard's (hashed as it
+    # streamed by, trailing padding included).
+    with tarfile.open(path) as tar:
+        image = tar.extractfile("000002.jpg").read()  # type: ignore[union-attr]
+    assert rows[2]["image_sha256"] == hashlib.sha256(image).hexdigest()
+    assert reader.digest == hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_uid_from_json_is_kept(tmp_path: Path) -> None:
@@ -136,7 +143,7 @@ def test_read_members_returns_original_bytes(tmp_path: Path) -> None:
     with tarfile.open(path) as tar:
         assert got[1]["jpg"] == tar.extractfile("000001.jpg").read()  # type: ignore[union-attr]
         assert got[3]["txt"] == tar.extractfile("000003.txt").read()  # type: ignore[union-attr]
-    assert set(got) == {1, 3}
+    assert set(got) == {1, 3} and got[3]["__key__"] == b"000003"
 
 
 def test_truncation_inside_member_data_is_detected(tmp_path: Path) -> None:
@@ -159,3 +166,33 @@ def test_gzipped_shard_reads(tmp_path: Path) -> None:
     gz.write_bytes(gzip.compress(path.read_bytes()))
     rows, reader = read_all(list_shards(str(gz))[0])
     assert len(rows) == 3 and reader.report.truncated is None
+
+
+def test_download_shard_samples_are_in_key_order(tmp_path: Path) -> None:
+    """A downloaded shard: the tar's images and, in their key order, the URLs that failed
+    (img2dataset's Parquet); read_members numbers samples the same way."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    write_tar(tmp_path / "00000.tar", sample_members("0000001", jpeg(), "one")
+              + sample_members("0000003", jpeg(colour=(1, 2, 3)), "three"))
+    pq.write_table(pa.table({
+        "key": ["0000000", "0000001", "0000002", "0000003", "0000004"],
+        "status": ["failed_to_download", "success", "failed_to_download", "success",
+                   "failed_to_download"],
+        "error_message": ["404", None, "timeout", None, "404"],
+        "url": [f"http://x/{i}" for i in range(5)],
+        "caption": [f"c{i}" for i in range(5)]}), tmp_path / "00000.parquet")
+    ref = ShardRef(str(tmp_path / "00000.tar"), "00000.tar", str(tmp_path / "00000.parquet"))
+    rows, reader = read_all(ref)
+    assert [(r["key"], r["index"], r["status"]) for r in rows] == [
+        ("0000000", 0, "error"), ("0000001", 1, "ok"), ("0000002", 2, "error"),
+        ("0000003", 3, "ok"), ("0000004", 4, "error")]
+    assert rows[2]["error_stage"] == "download" and rows[2]["error"] == "timeout"
+    got = read_members(ref, {1, 3})
+    assert got[1]["txt"] == b"one" and got[3]["txt"] == b"three"
+    tar_digest = hashlib.sha256((tmp_path / "00000.tar").read_bytes()).hexdigest()
+    pq_digest = hashlib.sha256((tmp_path / "00000.parquet").read_bytes()).hexdigest()
+    from curate.store.identity import combine, shard_digest
+
+    assert reader.digest == combine(tar_digest, pq_digest) == shard_digest(ref.url, ref.failures)

@@ -36,7 +36,7 @@ def text_runs(demo_pool: Path, demo_filter: Path, ray_local: None,
         con = duckdb.connect()
         con.register("truth", truth)
         results[name] = (result, con.sql(
-            f"SELECT m.*, truth.kind, truth.source FROM '{out}/manifest.parquet' m "
+            f"SELECT m.*, truth.kind, truth.source FROM '{result.dir}/manifest.parquet' m "
             "JOIN truth USING (uid)").to_arrow_table())
     return results
 

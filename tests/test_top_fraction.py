@@ -9,27 +9,22 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from stagetest import rule_keeps
+from storemaker import write_store
 
 from curate.config import pipeline_from_dict
 from curate.errors import ConfigError
-from curate.schema import SAMPLE_COLUMNS
+from curate.select.pool import PoolSource
 from curate.select.selection import select
 from curate.stages.top_fraction import TopFraction, TopFractionParams
 
 
-def write_signals(run_dir: Path, scores: np.ndarray, shards: int) -> list[Path]:
-    files = []
-    for s, chunk in enumerate(np.array_split(np.arange(len(scores)), shards)):
-        rows = [{"uid": f"{i:032x}", "shard": f"{s:05d}.tar", "key": str(i), "index": j,
-                 "status": "ok", "caption_chars": int(scores[i]), "caption_words": 3}
-                for j, i in enumerate(chunk)]
-        schema = pa.schema({**SAMPLE_COLUMNS, "caption_chars": pa.int32(),
-                            "caption_words": pa.int32()})
-        path = run_dir / "signals" / f"{s:05d}.parquet"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
-        files.append(path)
-    return files
+def write_signals(root: Path, scores: np.ndarray, shards: int) -> PoolSource:
+    rows = [{"uid": f"{i:032x}", "shard": f"{s:05d}.tar", "key": str(i), "index": j,
+             "caption_chars": int(scores[i]), "caption_words": 3}
+            for s, chunk in enumerate(np.array_split(np.arange(len(scores)), shards))
+            for j, i in enumerate(chunk)]
+    return write_store(root / "store", rows, {"caption_chars": pa.int32(),
+                                              "caption_words": pa.int32()}, label="caption_stats")
 
 
 @pytest.mark.parametrize(("fraction", "shards"), [(0.3, 4), (0.29, 7), (0.05, 3), (1.0, 2)])
@@ -39,7 +34,7 @@ def test_equals_global_sort(tmp_path: Path, fraction: float, shards: int) -> Non
     files = write_signals(tmp_path, scores, shards)
     p = pipeline_from_dict({"input": {"shards": "x"}, "score": ["caption_stats"], "select": [
         {"rule": "top_fraction", "column": "caption_chars", "fraction": fraction}]})
-    sel = select(p, files, tmp_path, [])
+    sel = select(p.select, files, tmp_path)
     kept = pq.read_table(tmp_path / "manifest.parquet").to_pandas()
     k = int(np.floor(len(scores) * fraction))
     expected = set(np.argsort(-scores)[:k])
@@ -61,7 +56,7 @@ def test_over_kept_ranks_only_surviving_rows(tmp_path: Path) -> None:
         {"rule": "threshold", "column": "caption_chars", "max": 4, "reason": "big"},
         {"rule": "top_fraction", "column": "caption_chars", "fraction": 0.4, "over": "kept",
          "reason": "not_top"}]})
-    select(p, files, tmp_path, [])
+    select(p.select, files, tmp_path)
     m = pq.read_table(tmp_path / "manifest.parquet").to_pandas()
     # 5 rows survive (0..4); top 40% of those = {4, 3}.
     assert sorted(m[m.kept].caption_chars) == [3, 4]

@@ -1,28 +1,33 @@
-"""The run's DuckDB catalogue: views over its Parquet files.
+"""A selection's DuckDB catalogue: views over its Parquet files.
 
-``catalog.duckdb`` in the run directory holds only views whose paths are relative to the run
-directory, so a run can be moved or copied whole. ``open_catalog`` opens it with DuckDB's
-``file_search_path`` pointed at the run. Views:
+``catalog.duckdb`` in the selection directory holds only views whose paths are relative to that
+directory, so a selection can be moved or copied whole. ``open_catalog`` opens it with DuckDB's
+``file_search_path`` pointed at the selection. Views:
 
 ========== ==========================================================================
 manifest   one row per input sample: uid, shard, key, index, kept, reason, every score
 kept       manifest rows that were kept
-drops      uid, shard, key, stage (the rule, selector or failing stage), reason, error_stage,
-           error of every dropped sample
-signals    the per-shard signals files (scores before selection)
-shards     one row per input shard: status, samples, errors, attempts, seconds, node
-funnel     step, stage, reason, dropped, remaining: the selection funnel in pipeline order
-stages     per scorer: samples, errors, skipped, seconds (summed over shards)
-rewrites   (pipelines with ``rewrite:``) one row per kept sample and rewrite: text, status,
+drops      uid, shard, key, caption, stage (the rule, selector or failing stage), reason,
+           error_stage, error of every dropped sample
+signals    the manifest's scores without the selection's decisions (kept, reason)
+shards     one row per input shard: status, samples, errors, digest, last scoring's attempts,
+           seconds, node
+funnel     step, stage, reason, dropped, remaining: the selection funnel in order
+stages     per scorer: samples, errors, skipped, seconds (summed over the pool's shards)
+rewrites   (selections with ``rewrite:``) one row per kept sample and rewrite: text, status,
            reason, attempts, seed, example_ids, model, backend, prompt_format, sampling
-entry_counts (pipelines with ``metaclip_balance``) per metadata entry: entry_id, entry,
+entry_counts (selections with ``metaclip_balance``) per metadata entry: entry_id, entry,
            count_before, count_after, p
 ========== ==========================================================================
 
+Every command that reads a selection (``curate query``, ``stats``, ``report``, ``diff``,
+``export``) takes a selection directory, or the ``--out`` directory of ``curate run`` when it
+holds exactly one selection (``resolve_selection``).
+
 ``open_run(path)`` (also ``curate.open_run``) gives a ``Run``: ``run.sql(query)`` returns a
 DuckDB relation over these views, ``run.pl(query_or_view)`` a polars DataFrame.
-``open_runs({"a": RUN_A, "b": RUN_B})`` puts several runs' views in one connection, one schema
-per run (``a.manifest``, ``b.kept``...), to compare them in SQL.
+``open_runs({"a": SEL_A, "b": SEL_B})`` puts several selections' views in one connection, one
+schema per selection (``a.manifest``, ``b.kept``...), to compare them in SQL.
 """
 
 from __future__ import annotations
@@ -42,9 +47,9 @@ VIEWS: dict[str, str] = {
     "manifest": "SELECT * FROM read_parquet('manifest.parquet')",
     "funnel": "SELECT * FROM read_parquet('funnel.parquet')",
     "kept": "SELECT * FROM manifest WHERE kept",
-    "drops": "SELECT m.uid, m.shard, m.key, f.stage, m.reason, m.error_stage, m.error "
-             "FROM manifest m LEFT JOIN funnel f USING (reason) WHERE NOT m.kept",
-    "signals": "SELECT * FROM read_parquet('signals/*.parquet', union_by_name = true)",
+    "drops": "SELECT m.uid, m.shard, m.key, m.caption, f.stage, m.reason, m.error_stage, "
+             "m.error FROM manifest m LEFT JOIN funnel f USING (reason) WHERE NOT m.kept",
+    "signals": "SELECT * EXCLUDE (kept, reason) FROM manifest",
     "shards": "SELECT * FROM read_parquet('shards.parquet')",
     "stages": "SELECT * FROM read_parquet('stages.parquet')",
 }
@@ -72,14 +77,35 @@ def write_catalog(run_dir: Path) -> Path:
     return dest
 
 
+def resolve_selection(path: str | Path, need: str = CATALOG) -> Path:
+    """The selection directory ``path`` names: itself when it holds ``need``, or the one
+    selection under ``path/selections/`` (the ``--out`` of ``curate run``)."""
+    run = Path(path)
+    if (run / need).is_file():
+        return run
+    under = sorted(d for d in (run / "selections").glob("*") if (d / need).is_file()) \
+        if (run / "selections").is_dir() else []
+    if len(under) == 1:
+        return under[0]
+    if len(under) > 1:
+        names = ", ".join(str(d) for d in under)
+        raise CurateError(f"{path} holds {len(under)} selections: name one", f"e.g. {names}")
+    if not run.exists():
+        raise CurateError(f"{path} does not exist",
+                          "run `curate run PIPELINE.yaml --out DIR` first")
+    if (run / "selections").is_dir() or (run / "manifest.parquet").exists() or (
+            run / "log.jsonl").exists():
+        raise CurateError(f"{path} holds no finished selection (no {need})",
+                          "the run stopped before its selection finished: run the same "
+                          "command again to resume it")
+    raise CurateError(f"{path} is not a curate run or selection directory",
+                      "give the --out of `curate run`, or a directory `curate select` wrote")
+
+
 def open_catalog(run_dir: str | Path) -> duckdb.DuckDBPyConnection:
-    """A read-only DuckDB connection on the run's views."""
-    run = Path(run_dir)
+    """A read-only DuckDB connection on a selection's views (see ``resolve_selection``)."""
+    run = resolve_selection(run_dir)
     path = run / CATALOG
-    if not path.is_file():
-        hint = "run `curate run PIPELINE.yaml --out DIR` first" if not run.exists() else (
-            "the run has not finished its selection phase; rerun it to resume")
-        raise CurateError(f"{run_dir} is not a finished curate run (no {CATALOG})", hint)
     con = duckdb.connect(str(path), read_only=True)
     con.execute(f"SET file_search_path = {literal(str(run.resolve()))}")
     return con
@@ -89,8 +115,8 @@ class Run:
     """A finished run's catalogue: DuckDB relations and polars frames over its views."""
 
     def __init__(self, run_dir: str | Path) -> None:
-        self.dir = Path(run_dir)
-        self.con = open_catalog(run_dir)
+        self.dir = resolve_selection(run_dir)
+        self.con = open_catalog(self.dir)
 
     @property
     def views(self) -> list[str]:
@@ -133,9 +159,7 @@ def open_runs(runs: dict[str, str | Path]) -> duckdb.DuckDBPyConnection:
 
     con = duckdb.connect()
     for alias, path in runs.items():
-        run = Path(path).resolve()
-        if not (run / "manifest.parquet").is_file():
-            raise CurateError(f"{path} is not a finished curate run (no manifest.parquet)")
+        run = resolve_selection(path, "manifest.parquet").resolve()
         schema = ident(alias)
         con.execute(f"CREATE SCHEMA {schema}")
         views = dict(VIEWS)

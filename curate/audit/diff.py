@@ -1,15 +1,18 @@
-"""Comparing two runs: which samples one keeps and the other drops, and why.
+"""Comparing two selections: which samples one keeps and the other drops, and why.
 
 ``diff_runs(a, b)`` joins the two manifests on uid and counts samples kept in both, kept only
 in A (grouped by the reason B dropped them) and kept only in B (grouped by A's reason). It then
-compares the two pipelines as they were run (``RUN/pipeline.yaml``): scorers by name and
-parameters; selection steps by the drop reason they produce, with the parameters that differ
-(e.g. a threshold that moved). Reasons that explain the differing samples come first.
-``curate diff RUN_A RUN_B`` prints it; ``--out`` writes the per-sample table.
+compares the two selections as they were run: the scorer versions they selected on
+(``selection.json``: label, version, parameters) and their steps (``pipeline.yaml``), by the
+drop reason each step produces, with the parameters that differ (e.g. a threshold that moved).
+Reasons that explain the differing samples come first. Two selections of one store compare
+the same scores; selections of different stores are compared too, and the diff says so.
+``curate diff SEL_A SEL_B`` prints it; ``--out`` writes the per-sample table.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +58,8 @@ class RunDiff:
     missing_in_b: int = 0  # samples of A that B never saw
     missing_in_a: int = 0
     changes: list[StepChange] = field(default_factory=list)
+    store_a: str | None = None
+    store_b: str | None = None
 
 
 def _short(d: dict[str, Any]) -> str:
@@ -62,21 +67,22 @@ def _short(d: dict[str, Any]) -> str:
 
 
 def _manifest(run: Path) -> Path:
-    path = run / "manifest.parquet"
-    if not path.is_file():
-        raise CurateError(f"{run} has no manifest.parquet: not a finished curate run")
-    return path
+    return run / "manifest.parquet"
 
 
 def _steps(run: Path) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
     """(scorers by name, selection steps by drop reason) of the pipeline a run ran, with their
     parameters; presets are expanded into their rules."""
-    from curate.config import pipeline_from_dict
+    from curate.config import selection_from_dict
     from curate.stages.base import Rule
 
     raw = yaml.safe_load((run / "pipeline.yaml").read_text(encoding="utf-8"))
-    p = pipeline_from_dict(raw, source=str(run / "pipeline.yaml"))
-    scorers = {s.stage.name: s.stage.params.model_dump() for s in p.scorers}
+    p = selection_from_dict({k: v for k, v in raw.items() if k in ("name", "select")},
+                            source=str(run / "pipeline.yaml"))
+    record = json.loads((run / "selection.json").read_text()) if (
+        run / "selection.json").is_file() else {}
+    scorers = {s["label"]: {"version": s["version"], **s["params"]}
+               for s in record.get("scorers", [])}
     steps: dict[str, dict[str, Any]] = {}
     for step in p.select:
         st = step.stage
@@ -108,7 +114,10 @@ def _changes(a: Path, b: Path) -> list[StepChange]:
 
 
 def diff_runs(a: str | Path, b: str | Path, out: str | Path | None = None) -> RunDiff:
-    ra, rb = Path(a), Path(b)
+    from curate.audit.catalog import resolve_selection
+
+    ra = resolve_selection(a, "manifest.parquet")
+    rb = resolve_selection(b, "manifest.parquet")
     ma, mb = literal(str(_manifest(ra))), literal(str(_manifest(rb)))
     con = duckdb.connect()
     con.execute(f"""CREATE TEMP TABLE d AS
@@ -140,19 +149,28 @@ def diff_runs(a: str | Path, b: str | Path, out: str | Path | None = None) -> Ru
     relevant = set(by_a) | set(by_b)
     changes.sort(key=lambda c: (c.name not in relevant, c.what != "select"))
     return RunDiff(ra, rb, count[0], count[1], count[2], count[3], count[4], by_a, by_b,
-                   count[5], count[6], changes)
+                   count[5], count[6], changes, _store(ra), _store(rb))
+
+
+def _store(sel: Path) -> str | None:
+    path = sel / "selection.json"
+    return json.loads(path.read_text()).get("store") if path.is_file() else None
 
 
 def format_diff(d: RunDiff) -> str:
-    lines = [f"A: {d.a} ({d.samples_a} samples)", f"B: {d.b} ({d.samples_b} samples)",
-             f"kept in both:       {d.kept_both:>9}",
-             f"kept only in A:     {d.only_a:>9}"]
+    lines = [f"A: {d.a} ({d.samples_a} samples)", f"B: {d.b} ({d.samples_b} samples)"]
+    if d.store_a == d.store_b:
+        lines.append(f"store: {d.store_a} (both)")
+    else:
+        lines.append(f"stores differ: A selects from {d.store_a}, B from {d.store_b}")
+    lines += [f"kept in both:       {d.kept_both:>9}", f"kept only in A:     {d.only_a:>9}"]
     lines += [f"  dropped in B by {r}: {n}" for r, n in d.only_a_by_reason.items()]
     lines.append(f"kept only in B:     {d.only_b:>9}")
     lines += [f"  dropped in A by {r}: {n}" for r, n in d.only_b_by_reason.items()]
     if d.missing_in_a or d.missing_in_b:
         lines.append(f"samples only in A's pool: {d.missing_in_b}, only in B's: "
                      f"{d.missing_in_a}")
-    lines.append("pipeline differences:" if d.changes else "pipelines are identical")
+    lines.append("differences (scorer versions and steps):" if d.changes
+                 else "same scorer versions and steps")
     lines += ["  " + c.describe() for c in d.changes]
     return "\n".join(lines)

@@ -80,19 +80,19 @@ class _Page:
 
 
 def write_report(run_dir: str | Path, out: str | Path | None = None, gallery: int = 12) -> Path:
-    """Write the HTML report of the finished run in ``run_dir``; return its path.
+    """Write the HTML report of the finished selection in ``run_dir`` (a selection directory,
+    or a run's ``--out`` holding one selection); return its path.
 
-    ``out`` defaults to ``RUN/report/index.html``; the plots are saved as PNG files in the same
+    ``out`` defaults to ``SEL/report/index.html``; the plots are saved as PNG files in the same
     directory. ``gallery`` is the number of kept and of dropped samples shown (each).
     """
+    from curate.audit.catalog import resolve_selection
     from curate.io.atomic import write_text
 
-    run = Path(run_dir)
-    for name in ("manifest.parquet", "funnel.parquet"):
-        if not (run / name).is_file():
-            hint = ("run `curate run PIPELINE.yaml --out DIR` first" if not run.exists() else
-                    "the run has not finished its selection phase; rerun it to resume")
-            raise CurateError(f"{run_dir} is not a finished curate run (no {name})", hint)
+    run = resolve_selection(run_dir, "manifest.parquet")
+    if not (run / "funnel.parquet").is_file():
+        raise CurateError(f"{run} is not a finished selection (no funnel.parquet)",
+                          "run the same command again to resume it")
     dest = Path(out) if out is not None else run / "report" / "index.html"
     dest.parent.mkdir(parents=True, exist_ok=True)
     page = _Page(dest.parent)
@@ -177,30 +177,26 @@ def _manifest_view(source: Path | pa.Table) -> duckdb.DuckDBPyConnection:
 
 
 def threshold_bounds(pipeline_yaml: Path, run: Path | None = None) -> dict[str, list[Bound]]:
-    """Column → the bounds of the pipeline's ``threshold`` rules (presets already expanded).
+    """Column → the bounds of the selection's ``threshold`` rules (presets already expanded).
 
-    The run's own input shards (``shards.parquet``) stand in for the pipeline's input, so the
-    pipeline loads wherever the report is written. A pipeline that no longer loads (a stage
-    removed since) gives no bounds rather than no report.
+    Only the selection steps are read (not the scorers, whose models may not load where the
+    report is written). A file that no longer loads (a stage removed since) gives no bounds
+    rather than no report.
     """
-    from curate.config import load_pipeline
+    from curate.config import load_yaml, selection_from_dict
     from curate.stages.threshold import Threshold, ThresholdParams
 
     if not pipeline_yaml.is_file():
         return {}
-    overrides: dict[str, dict[str, Any]] = {}
-    if run is not None and (run / "shards.parquet").is_file():
-        import pyarrow.parquet as pq
-
-        urls = pq.read_table(run / "shards.parquet", columns=["url"]).column("url").to_pylist()
-        if urls:
-            overrides["input"] = {"shards": urls}
     try:
-        pipeline = load_pipeline(pipeline_yaml, overrides)
+        raw = load_yaml(pipeline_yaml)
+        steps = {k: v for k, v in raw.items() if k in ("name", "select")} \
+            if isinstance(raw, dict) else {}
+        selection = selection_from_dict(steps, source=str(pipeline_yaml))
     except CurateError:
         return {}
     out: dict[str, list[Bound]] = {}
-    for step in pipeline.select:
+    for step in selection.select:
         if not isinstance(step.stage, Threshold):
             continue
         p: ThresholdParams = step.stage.params  # type: ignore[assignment]

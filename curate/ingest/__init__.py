@@ -1,1 +1,2 @@
-"""Ingest: URL lists downloaded by img2dataset into webdataset shards."""
+"""Ingest: URL lists (``urls``: reading them, the uid of each row) downloaded by img2dataset into
+reproducible webdataset shards (``download``)."""

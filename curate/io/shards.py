@@ -18,6 +18,7 @@ failed): a missing file, or a file that is not a tar archive (``ShardUnreadable`
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
 import posixpath
@@ -33,6 +34,7 @@ import pyarrow as pa
 
 from curate.errors import CurateError
 from curate.schema import BATCH_SCHEMA, STATUS_ERROR, STATUS_OK
+from curate.store.identity import HashingFile, combine, file_digest
 from curate.uid import derive_uid, normalise_uid
 
 # What a tar that ends early or has a corrupt block raises while streaming.
@@ -182,7 +184,14 @@ class _Pending:
 class ShardReader:
     """Stream the samples of one shard as Arrow batches (``BATCH_SCHEMA``).
 
-    ``report`` is complete once iteration ends. The stream is read once, front to back.
+    ``report`` is complete once iteration ends, and so is ``digest``: the SHA-256 identity of
+    the shard's bytes (``curate.store.identity``), hashed as the stream goes by. The stream is
+    read once, front to back. Each sample's ``image_sha256`` is the SHA-256 of its image
+    member's bytes: the output writer checks it before it copies them.
+
+    A downloaded shard (``ref.failures``: img2dataset's Parquet) yields its samples in key
+    order, which is the URL list's order: the images in the tar and, between them, one error
+    sample for each URL that failed to download.
 
     Hostile members, decided here once:
 
@@ -210,6 +219,7 @@ class ShardReader:
         self.batch_size = batch_size
         self.max_member_bytes = max_member_bytes
         self.report = ShardReadReport()
+        self.digest: str | None = None
         self._seen: dict[str, int] = {}
 
     def __iter__(self) -> Iterator[pa.Table]:
@@ -224,35 +234,53 @@ class ShardReader:
 
     def _samples(self) -> Iterator[dict[str, Any]]:
         fs, path = fsspec.core.url_to_fs(self.ref.url)
-        # A download shard whose every URL failed may have no tar; a plain shard must.
-        if self.ref.failures is None or fs.exists(path):
+        if self.ref.failures is None:
             yield from self._tar_samples()
-        if self.ref.failures is not None:
-            yield from self._failed_downloads(self.ref.failures)
+            return
+        # A download shard whose every URL failed may have no tar; its failures are merged in
+        # key order between the tar's samples.
+        failed = self._failed_downloads(self.ref.failures)
+        pending = next(failed, None)
+        tar_digest: str | None = None
+        if fs.exists(path):
+            for sample in self._tar_samples(number=False):
+                while pending is not None and pending["key"] < sample["key"]:
+                    yield self._numbered(pending)
+                    pending = next(failed, None)
+                yield self._numbered(sample)
+            tar_digest = self.digest
+        while pending is not None:
+            yield self._numbered(pending)
+            pending = next(failed, None)
+        self.digest = combine(tar_digest, file_digest(self.ref.failures))
+
+    def _numbered(self, sample: dict[str, Any]) -> dict[str, Any]:
+        sample["index"] = self.report.samples
+        self.report.samples += 1
+        return sample
 
     def _failed_downloads(self, path: str) -> Iterator[dict[str, Any]]:
-        """One error sample per URL that img2dataset could not download."""
+        """One error sample per URL that img2dataset could not download, in key order."""
         import pyarrow.parquet as pq
 
-        table = pq.read_table(path)
+        with fsspec.open(path, "rb") as f:
+            table = pq.read_table(f)
         names = set(table.column_names)
-        for row in table.to_pylist():
-            if row.get("status") == "success":
-                continue
-            index = self.report.samples
-            self.report.samples += 1
+        rows = [r for r in table.to_pylist() if r.get("status") != "success"]
+        for row in sorted(rows, key=lambda r: str(r["key"])):
             self.report.read_errors += 1
             uid = normalise_uid(row.get("uid")) or derive_uid(self.ref.shard_id, str(row["key"]))
             yield {"uid": uid, "shard": self.ref.shard_id, "key": str(row["key"]),
-                   "index": index, "image_member": None, "url": row.get("url"),
+                   "index": -1, "image_member": None, "url": row.get("url"),
                    "caption": row.get("caption") if "caption" in names else None,
-                   "status": STATUS_ERROR, "error_stage": "download",
+                   "image_sha256": None, "status": STATUS_ERROR, "error_stage": "download",
                    "error": str(row.get("error_message") or row.get("status") or "failed"),
                    "image": None, "json": None}
 
-    def _tar_samples(self) -> Iterator[dict[str, Any]]:
+    def _tar_samples(self, number: bool = True) -> Iterator[dict[str, Any]]:
         fs, path = fsspec.core.url_to_fs(self.ref.url)
-        with fs.open(path, "rb") as f:  # OSError here: the shard is unreadable (retried)
+        with fs.open(path, "rb") as raw:  # OSError here: the shard is unreadable (retried)
+            f = HashingFile(raw)
             pending: _Pending | None = None
             try:
                 opened = tarfile.open(fileobj=f, mode="r|*")
@@ -263,7 +291,7 @@ class ShardReader:
                 with opened as tar:
                     for info, key, ext in _sample_members(tar, self.report):
                         if pending is not None and (key != pending.key or ext in pending.members):
-                            yield self._finish(pending)
+                            yield self._finish(pending, number)
                             pending = None
                         if pending is None:
                             pending = _Pending(key)
@@ -286,11 +314,13 @@ class ShardReader:
                 if pending is not None:
                     pending.broken = f"the shard ends inside this sample ({self.report.truncated})"
             if pending is not None:
-                yield self._finish(pending)
+                yield self._finish(pending, number)
+            self.digest = f.finish()
 
-    def _finish(self, p: _Pending) -> dict[str, Any]:
-        index = self.report.samples
-        self.report.samples += 1
+    def _finish(self, p: _Pending, number: bool = True) -> dict[str, Any]:
+        index = self.report.samples if number else -1
+        if number:
+            self.report.samples += 1
         n = self._seen.get(p.key, 0)
         self._seen[p.key] = n + 1
         if n:
@@ -327,6 +357,7 @@ class ShardReader:
         if uid is None:
             uid = derive_uid(self.ref.shard_id, p.key if not n else f"{p.key}#{n}")
         url = meta.get("url")
+        image = p.members.get(image_ext) if image_ext else None
         if problems:
             self.report.read_errors += 1
         return {
@@ -337,38 +368,61 @@ class ShardReader:
             "image_member": image_ext,
             "url": url if isinstance(url, str) else None,
             "caption": caption,
+            "image_sha256": hashlib.sha256(image).hexdigest() if image is not None else None,
             "status": STATUS_ERROR if problems else STATUS_OK,
             "error_stage": "read" if problems else None,
             "error": "; ".join(problems) if problems else None,
-            "image": p.members.get(image_ext) if image_ext else None,
+            "image": image,
             "json": meta_text,
         }
 
 
 def read_members(ref: ShardRef, indices: set[int]) -> dict[int, dict[str, bytes]]:
-    """The raw members (extension → bytes) of the samples at ``indices`` of one shard.
+    """The raw members (extension → bytes, plus ``__key__``: the sample's key) of the samples at
+    ``indices`` of one shard.
 
-    Used by the writer to copy kept samples byte for byte. Grouping is the same as ``ShardReader``.
+    Used by the writer to copy kept samples byte for byte. Grouping and numbering are the same
+    as ``ShardReader``'s (in a download shard, the failed URLs take their places in key order).
     """
     out: dict[int, dict[str, bytes]] = {}
+    failed = _failed_keys(ref.failures) if ref.failures is not None else []
     index = -1
+    tar_position = -1
+    passed = 0  # failed URLs numbered before the current tar sample
     current: str | None = None
     seen_exts: set[str] = set()
     want = max(indices) if indices else -1
-    with fsspec.open(ref.url, "rb") as f:
+    fs, path = fsspec.core.url_to_fs(ref.url)
+    if ref.failures is not None and not fs.exists(path):
+        return out
+    with fs.open(path, "rb") as f:
         try:
             with tarfile.open(fileobj=f, mode="r|*") as tar:
                 for info, key, ext in _sample_members(tar, None):
                     if key != current or ext in seen_exts:
-                        index += 1
+                        tar_position += 1
+                        while passed < len(failed) and failed[passed] < key:
+                            passed += 1
+                        index = tar_position + passed
                         current, seen_exts = key, set()
                         if index > want:
                             break
                     seen_exts.add(ext)
                     if index in indices:
                         data = tar.extractfile(info)
-                        out.setdefault(index, {})[ext] = data.read() if data else b""
+                        got = out.setdefault(index, {"__key__": key.encode()})
+                        got[ext] = data.read() if data else b""
         except _TRUNCATION as exc:
             if set(indices) - set(out):
                 raise CurateError(f"shard {ref.url} changed since it was scored: {exc}") from exc
     return out
+
+
+def _failed_keys(path: str) -> list[str]:
+    import pyarrow.parquet as pq
+
+    with fsspec.open(path, "rb") as f:
+        table = pq.read_table(f, columns=["key", "status"])
+    return sorted(str(k) for k, s in zip(table.column("key").to_pylist(),
+                                         table.column("status").to_pylist(), strict=True)
+                  if s != "success")

@@ -77,7 +77,7 @@ class RewriteConfig(Params):
     validation: Validation = Validation()
     batch_size: int = Field(default=32, gt=0)  # requests per call to a worker
     workers: int | None = Field(default=None, gt=0)  # default: one per GPU, else one
-    cache: str | None = None  # SQLite file; default <run>/rewrite_cache.sqlite
+    cache: str | None = None  # SQLite file; default STORE/rewrite_cache.sqlite (shared)
     transformers: TransformersOptions = TransformersOptions()
     openai: OpenAIOptions = OpenAIOptions()
     vllm: VLLMOptions = VLLMOptions()

@@ -175,17 +175,22 @@ def _kept_rows(manifest: Path) -> list[tuple[str, str, int, str | None]]:
 def rewrite_kept(cfg: RewriteConfig, run_dir: Path, *, max_retries: int = 2,
                  event: Callable[..., None] | None = None,
                  progress: Any = None,
-                 lang_of: Callable[[str], str | None] | None = None) -> RewriteSummary:
-    """Rewrite the kept captions of the run in ``run_dir`` (its manifest must exist); writes
-    ``rewrites.parquet`` and adds the rewrite columns to ``manifest.parquet``."""
+                 lang_of: Callable[[str], str | None] | None = None,
+                 cache: Path | None = None) -> RewriteSummary:
+    """Rewrite the kept captions of the selection in ``run_dir`` (its manifest must exist);
+    writes ``rewrites.parquet`` and adds the rewrite columns to ``manifest.parquet``. The
+    generation cache is ``cache`` (``curate run`` passes the store's, so every selection of a
+    store shares it), else ``rewrite.cache``, else ``run_dir/rewrite_cache.sqlite``."""
     import ray
 
     t0 = time.perf_counter()
     emit = event or (lambda *_a, **_k: None)
     manifest = run_dir / "manifest.parquet"
     rows = _kept_rows(manifest)
-    cache = GenerationCache(Path(cfg.cache) if cfg.cache else run_dir / "rewrite_cache.sqlite")
-    driver = _Driver(cfg, cache, lang_of)
+    cache_path = cache if cache is not None else (
+        Path(cfg.cache) if cfg.cache else run_dir / "rewrite_cache.sqlite")
+    generations = GenerationCache(cache_path)
+    driver = _Driver(cfg, generations, lang_of)
     summary = driver.summary
     summary.captions = len(rows)
     slots: list[_Slot] = []
@@ -200,7 +205,7 @@ def rewrite_kept(cfg: RewriteConfig, run_dir: Path, *, max_retries: int = 2,
                 queue.append(s)
     summary.requested = len(slots)
     emit("rewrite_start", captions=len(rows), requests=len(slots), model=driver.model,
-         backend=cfg.backend, cache=str(cache.path), cached=len(cache))
+         backend=cfg.backend, cache=str(generations.path), cached=len(generations))
     bar = progress(len(slots)) if progress else None
     if bar is not None:
         bar.update(len(slots) - len(queue))
@@ -220,7 +225,7 @@ def rewrite_kept(cfg: RewriteConfig, run_dir: Path, *, max_retries: int = 2,
             if queue and (not workers or min(busy[w] for w in workers) < 2):
                 chunk = [queue.popleft() for _ in range(min(cfg.batch_size, len(queue)))]
                 reqs = [driver.request(s) for s in chunk]
-                hits = cache.get_many([s.key for s in chunk])
+                hits = generations.get_many([s.key for s in chunk])
                 misses: list[tuple[_Slot, GenRequest]] = []
                 for s, r in zip(chunk, reqs, strict=True):
                     if s.key in hits:
@@ -266,7 +271,7 @@ def rewrite_kept(cfg: RewriteConfig, run_dir: Path, *, max_retries: int = 2,
                 t_last = time.perf_counter()
                 fresh = [(s.key, r.text) for s, r in zip(batch, results, strict=True)
                          if r.error is None and r.text is not None]
-                cache.put_many(fresh, driver.model, cfg.backend)  # type: ignore[arg-type]
+                generations.put_many(fresh, driver.model, cfg.backend)  # type: ignore[arg-type]
                 summary.generated += len(fresh)
                 for s, r in zip(batch, results, strict=True):
                     if r.error is not None or r.text is None:
@@ -282,7 +287,7 @@ def rewrite_kept(cfg: RewriteConfig, run_dir: Path, *, max_retries: int = 2,
                 ray.kill(w)
         if bar is not None:
             bar.close()
-        cache.close()
+        generations.close()
 
     _write(slots, cfg, driver.model, run_dir)
     counts = Counter(s.status for s in slots)

@@ -1,4 +1,4 @@
-"""Selection: rules and selectors over the whole pool's signals, in DuckDB → the manifest.
+"""Selection: rules and selectors over a store's scores, in DuckDB → a selection's manifest.
 
 Steps, in order; each sees only the rows every earlier step kept, and a dropped row records the
 first step that dropped it (``reason``):
@@ -6,28 +6,25 @@ first step that dropped it (``reason``):
 1. ``duplicate_uid``: a uid seen earlier in pool order (only possible when the input carries
    uids and repeats one);
 2. ``error:<stage>``: the sample failed to download, read or score;
-3. the pipeline's ``select`` steps (rules and presets expanded into rules, then selectors), in
-   the order the pipeline lists them.
+3. the selection's steps (rules and presets expanded into rules, then selectors), in the order
+   the selection lists them.
 
 Pool order is (shard id, position in shard). Nothing here depends on how many workers or nodes
-scored the pool, so the manifest is identical for any cluster layout.
+scored the pool, so the manifest is identical for any cluster layout. Selection computes no
+score: it reads the store (``curate.select.pool``), one shard at a time, into DuckDB.
 
-**Memory.** The pool table lives in a file-backed DuckDB database, ``RUN/.selection.duckdb``
+**Memory.** The pool table lives in a file-backed DuckDB database, ``SEL/.selection.duckdb``
 (a stale one is removed first; it is deleted when selection ends), under a memory limit, and
-DuckDB spills what does not fit to ``RUN/.duckdb_tmp``. So memory stops growing with the pool:
-``benchmarks/scale.py`` peaks at 4.2 GiB for 10M rows and 7.2 GiB for 100M on a 24 GiB machine
-(the in-memory table it replaces needed 13 GiB at 10M). While selection runs, the database
-takes about 1.2 times the disk of the signals files. The limit is the environment variable
-``CURATE_DUCKDB_MEMORY`` when set (a DuckDB size such as ``8GB`` or ``1500MiB``), else a
-quarter of the machine's memory (or of its cgroup limit), at least 1 GiB and at most 8 GiB:
+DuckDB spills what does not fit to ``SEL/.duckdb_tmp``. So memory stops growing with the pool
+(``benchmarks/scale.py`` measures it up to 100M rows). While selection runs, the database
+takes about 1.2 times the disk of the pool's score files. The limit is the environment
+variable ``CURATE_DUCKDB_MEMORY`` when set (a DuckDB size such as ``8GB`` or ``1500MiB``), else
+a quarter of the machine's memory (or of its cgroup limit), at least 1 GiB and at most 8 GiB:
 more buys little (a 30M-row pool selected 15% faster with 12 GB than with 4 GB, at twice the
 peak memory), and selectors' own arrays (numpy, Arrow) are outside it.
 
-**Pool order without a sort.** The signals files come in pool order and each holds one shard's
-samples at positions 0, 1, 2... in order, so ``_row`` (1-based pool order) is the file's offset
-plus the row's position in its file, and the table is stored in that order. One aggregation
-checks this (each shard's rows contiguous, ``index`` rising with ``_row``, shards ascending);
-when it does not hold, ``_row`` is renumbered by sorting on (shard, index) instead.
+**Pool order without a sort.** The pool is streamed shard by shard in pool order with ``_row``
+(1-based pool order) already numbered, and the table keeps that order.
 """
 
 from __future__ import annotations
@@ -35,15 +32,17 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
 
-from curate.config import Pipeline
+from curate.config import Step
 from curate.errors import CurateError
 from curate.io.atomic import atomic_path
+from curate.select.pool import PoolSource
 from curate.sql import ident, literal
 from curate.stages.base import Rule, SelectContext, Selector
 
@@ -67,8 +66,9 @@ class Selection:
     kept: int
     funnel: list[FunnelRow]  # in step order; reasons that dropped nothing are listed with 0
     # Wall seconds per phase, in order: "load", "duplicate_uid", "errors", then each step
-    # (a rule by its reason, a selector by its name), "count" and "manifest".
+    # (a rule by its reason, a selector by its name), "count", "manifest" and "shards".
     seconds: dict[str, float] = field(default_factory=dict)
+    shard_counts: dict[str, tuple[int, int]] = field(default_factory=dict)  # samples, errors
 
 
 def memory_limit() -> str:
@@ -116,25 +116,33 @@ def _timed(seconds: dict[str, float], name: str) -> Iterator[None]:
     seconds[key] = round(time.perf_counter() - t0, 3)
 
 
-def select(pipeline: Pipeline, signal_files: list[Path], run_dir: Path,
-           error_stages: list[str]) -> Selection:
-    """Apply the pipeline's steps to ``signal_files`` (in pool order) and write
-    ``manifest.parquet`` into ``run_dir`` atomically."""
-    con = _connect(run_dir)
+def select(steps: Sequence[Step], source: PoolSource, out_dir: Path) -> Selection:
+    """Apply ``steps`` (rules and selectors, in order) to the pool of ``source`` and write
+    ``manifest.parquet`` into ``out_dir`` atomically."""
+    con = _connect(out_dir)
     try:
-        return _select(con, pipeline, signal_files, run_dir, error_stages)
+        return _select(con, steps, source, out_dir)
     finally:
         con.close()
-        _remove_database(run_dir / DATABASE)
+        _remove_database(out_dir / DATABASE)
 
 
-def _select(con: duckdb.DuckDBPyConnection, pipeline: Pipeline, signal_files: list[Path],
-            run_dir: Path, error_stages: list[str]) -> Selection:
+def selector_columns(steps: Sequence[Step]) -> dict[str, pa.DataType]:
+    cols: dict[str, pa.DataType] = {}
+    for step in steps:
+        if isinstance(step.stage, Selector):
+            cols.update(step.stage.extra_columns())
+    return cols
+
+
+def _select(con: duckdb.DuckDBPyConnection, steps: Sequence[Step], source: PoolSource,
+            out_dir: Path) -> Selection:
     seconds: dict[str, float] = {}
     with _timed(seconds, "load"):
-        in_order = _load(con, pipeline, signal_files)
+        _load(con, steps, source)
     order: list[str] = []
     stage_of: dict[str, str] = {"duplicate_uid": "uid"}
+    ctx = SelectContext(out_dir, source.sidecars())
 
     def drop(reason_sql: str, where: str) -> None:
         con.execute(f"UPDATE {TABLE} SET reason = {reason_sql} WHERE reason IS NULL AND ({where})")
@@ -149,8 +157,8 @@ def _select(con: duckdb.DuckDBPyConnection, pipeline: Pipeline, signal_files: li
     order.append("duplicate_uid")
     with _timed(seconds, "errors"):
         drop("'error:' || error_stage", "status <> 'ok'")
-    order.extend(f"error:{s}" for s in error_stages)
-    for step in pipeline.select:
+    order.extend(f"error:{s}" for s in source.error_stages())
+    for step in steps:
         st = step.stage
         if isinstance(st, Rule):
             with _timed(seconds, st.reason):
@@ -160,7 +168,7 @@ def _select(con: duckdb.DuckDBPyConnection, pipeline: Pipeline, signal_files: li
         else:
             sel: Selector = st  # type: ignore[assignment]
             with _timed(seconds, sel.name):
-                sel.apply(con, TABLE, SelectContext(run_dir))
+                sel.apply(con, TABLE, ctx)
             order.extend(sel.reasons())
             stage_of.update({r: sel.name for r in sel.reasons()})
     with _timed(seconds, "count"):
@@ -175,66 +183,35 @@ def _select(con: duckdb.DuckDBPyConnection, pipeline: Pipeline, signal_files: li
                         stage_of.get(r, r.removeprefix("error:") if r.startswith("error:")
                                      else "")) for r in order
               if counts.get(r, 0) or not r.startswith(("error:", "duplicate_uid"))]
-    with _timed(seconds, "manifest"), atomic_path(run_dir / "manifest.parquet") as tmp:
-        # The table is stored in pool order (preserve_insertion_order): no sort needed then.
+    with _timed(seconds, "manifest"), atomic_path(out_dir / "manifest.parquet") as tmp:
+        # The table is stored in pool order (preserve_insertion_order): no sort needed.
         con.execute(f"""
             COPY (SELECT uid, shard, key, "index", reason IS NULL AS kept, reason,
                          * EXCLUDE (_row, uid, shard, key, "index", reason)
-                  FROM {TABLE} {"" if in_order else "ORDER BY _row"})
+                  FROM {TABLE})
             TO {literal(str(tmp))} (FORMAT parquet, COMPRESSION zstd)
         """)
-    return Selection(samples=total, kept=kept, funnel=funnel, seconds=seconds)
+    with _timed(seconds, "shards"):
+        per_shard = {sid: (n, e) for sid, n, e in con.execute(
+            f"SELECT shard, count(*), count(*) FILTER (WHERE status <> 'ok') FROM {TABLE} "
+            "GROUP BY shard").fetchall()}
+    return Selection(samples=total, kept=kept, funnel=funnel, seconds=seconds,
+                     shard_counts=per_shard)
 
 
-def _load(con: duckdb.DuckDBPyConnection, pipeline: Pipeline, signal_files: list[Path]) -> bool:
-    """Create the pool table; True when it is stored in ``_row`` order."""
-    import pyarrow.parquet as pq
-
-    files = ", ".join(literal(str(f)) for f in signal_files)
-    extra = pipeline.selector_columns()
+def _load(con: duckdb.DuckDBPyConnection, steps: Sequence[Step], source: PoolSource) -> None:
+    """Create the pool table, in pool order (``_row``), from the store."""
+    extra = selector_columns(steps)
     extra_sql = "".join(f", CAST(NULL AS {_duck_type(t)}) AS {ident(c)}" for c, t in extra.items())
-    offsets, start = [], 0
-    for f in signal_files:
-        offsets.append(start)
-        start += pq.read_metadata(f).num_rows
-    offsets_sql = "CAST([" + ", ".join(map(str, offsets)) + "] AS BIGINT[])"
+    con.register("_pool_source", source.stream())
     con.execute(f"""
         CREATE TABLE {TABLE} AS
-        SELECT {offsets_sql}[CAST(file_index AS BIGINT) + 1] + CAST(file_row_number AS BIGINT)
-                 + 1 AS _row,
-               *, CAST(NULL AS VARCHAR) AS reason {extra_sql}
-        FROM read_parquet([{files}], union_by_name = true)
+        SELECT *, CAST(NULL AS VARCHAR) AS reason {extra_sql} FROM _pool_source
     """)
-    if _in_pool_order(con):
-        return True
-    con.execute(f"""
-        CREATE OR REPLACE TABLE {TABLE} AS
-        SELECT row_number() OVER (ORDER BY shard, "index") AS _row, * EXCLUDE (_row)
-        FROM {TABLE}
-    """)
-    return False
-
-
-def _in_pool_order(con: duckdb.DuckDBPyConnection) -> bool:
-    """Whether ``_row`` (file order) equals ``row_number() OVER (ORDER BY shard, index)``: each
-    shard's rows are contiguous with ``index`` rising by one per row, and shards ascend."""
-    groups = con.sql(f"""
-        SELECT shard IS NULL, count(*), count("index"), min(_row), max(_row),
-               min("index" - _row), max("index" - _row)
-        FROM {TABLE} GROUP BY shard ORDER BY shard""").fetchall()
-    if any(null_shard or n != n_index for null_shard, n, n_index, *_ in groups):
-        return False
-    last = 0
-    for _, n, _, lo, hi, a, b in groups:
-        if lo != last + 1 or hi - lo + 1 != n or a != b:
-            return False
-        last = hi
-    return True
+    con.unregister("_pool_source")
 
 
 def _duck_type(t: object) -> str:
-    import pyarrow as pa
-
     mapping = {pa.string(): "VARCHAR", pa.int32(): "INTEGER", pa.int64(): "BIGINT",
                pa.float32(): "FLOAT", pa.float64(): "DOUBLE", pa.bool_(): "BOOLEAN"}
     if t not in mapping:

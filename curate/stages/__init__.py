@@ -5,6 +5,7 @@ from curate.stages import (  # noqa: F401
     caption_stats,
     clip,
     clipcov,
+    embedding_head,
     exact_dedup,
     exact_hash,
     image_complexity,

@@ -116,9 +116,9 @@ class Scorer(Stage):
         raise NotImplementedError
 
     def sidecars(self) -> Sequence[str]:
-        """Output columns stored as arrays beside the signals instead of in them (embeddings:
-        fixed-size lists of floats → ``embeddings/<column>/<shard>.npy``, float16, row i =
-        sample i of the shard, NaN rows for samples without a value)."""
+        """Output columns stored as arrays beside the scorer's Parquet instead of in it
+        (embeddings: fixed-size lists of floats → one float16 ``.npy`` per shard in the store,
+        row i = sample i of the shard, NaN rows for samples without a value)."""
         return ()
 
     def setup(self) -> None:
@@ -160,10 +160,11 @@ class Rule(Stage):
 
 @dataclass
 class SelectContext:
-    """What a selector may use besides the pool table: the run directory, the stored
-    embeddings, a way to write its decisions back, and reports."""
+    """What a selector may use besides the pool table: the selection's directory (for its
+    reports and files), the stored embeddings, and a way to write its decisions back."""
 
-    run_dir: Path
+    out_dir: Path
+    sidecars: Any = None  # curate.store.embeddings.SidecarReader of the pool being selected
 
     def kept(self, con: Any, table: str, columns: Sequence[str]) -> pa.Table:
         """``_row``, ``uid``, ``shard``, ``index`` and ``columns`` of the rows still kept."""
@@ -175,10 +176,12 @@ class SelectContext:
 
     def embeddings(self, column: str, rows: pa.Table) -> Any:
         """float32 L2-normalised embeddings ``[rows, dim]`` of ``rows`` (from ``kept``)."""
-        from curate.store.embeddings import read_rows
+        from curate.errors import CurateError
 
-        return read_rows(self.run_dir, column, rows.column("shard").to_pylist(),
-                         rows.column("index").to_pylist())
+        if self.sidecars is None:
+            raise CurateError(f"no stored embeddings to read {column!r} from")
+        return self.sidecars.read_rows(column, rows.column("shard").to_pylist(),
+                                       rows.column("index").to_pylist())
 
     def mark(self, con: Any, table: str, decisions: pa.Table) -> None:
         """Write ``decisions`` (``_row`` plus columns of ``table``, e.g. ``reason``) back."""
@@ -194,10 +197,10 @@ class SelectContext:
         con.unregister("_decisions")
 
     def report(self, name: str, data: dict[str, Any]) -> Path:
-        """Store a selector's report as ``RUN/reports/<name>.json``."""
+        """Store a selector's report as ``SELECTION/reports/<name>.json``."""
         from curate.io.atomic import write_text
 
-        path = self.run_dir / "reports" / f"{name}.json"
+        path = self.out_dir / "reports" / f"{name}.json"
         write_text(json.dumps(data, indent=1, default=float), path)
         return path
 

@@ -231,7 +231,7 @@ def _write_outputs(ctx: SelectContext, names: list[str], before: np.ndarray,
         "count_before": pa.array(before), "count_after": pa.array(after),
         "p": pa.array(p),
     })
-    write_parquet(table, ctx.run_dir / "entry_counts.parquet")
+    write_parquet(table, ctx.out_dir / "entry_counts.parquet")
     matches = int(before.sum())
     head = before > t
     order = np.argsort(-before, kind="stable")
@@ -250,7 +250,7 @@ def _write_outputs(ctx: SelectContext, names: list[str], before: np.ndarray,
         "plot": "metaclip_balance.png",
     }
     ctx.report("metaclip_balance", summary)
-    plot_entry_counts(before, after, t, ctx.run_dir / "reports" / "metaclip_balance.png")
+    plot_entry_counts(before, after, t, ctx.out_dir / "reports" / "metaclip_balance.png")
 
 
 def plot_entry_counts(before: np.ndarray, after: np.ndarray, t: int, out: Path) -> Path:

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -31,9 +32,11 @@ DATACOMP_DTYPE = np.dtype([("u0", "<u8"), ("u1", "<u8")])
 
 
 def _manifest(run_dir: str | Path) -> Path:
-    path = Path(run_dir) / "manifest.parquet"
+    from curate.audit.catalog import resolve_selection
+
+    path = resolve_selection(run_dir, "manifest.parquet") / "manifest.parquet"
     if not path.is_file():
-        raise CurateError(f"{run_dir} has no manifest.parquet: not a finished curate run",
+        raise CurateError(f"{run_dir} has no manifest.parquet: not a finished selection",
                           "run `curate run PIPELINE.yaml --out DIR` first")
     return path
 
@@ -129,15 +132,17 @@ def reshard(uids: list[str], out: str | Path, *, run_dir: str | Path | None = No
     if run_dir is not None:
         con = duckdb.connect()
         con.register("wanted", pa.table({"uid": sorted(wanted)}))
-        shards_table = Path(run_dir) / "shards.parquet"
+        manifest = _manifest(run_dir)
+        shards_table = manifest.parent / "shards.parquet"
         locations = con.execute(f"""
-            SELECT m.uid, m.shard, m."index", m.image_member FROM read_parquet(
-                {literal(str(_manifest(run_dir)))}) m SEMI JOIN wanted USING (uid)
+            SELECT m.uid, m.shard, m."index", m.image_member, m.key, m.image_sha256, m.caption
+            FROM read_parquet({literal(str(manifest))}) m SEMI JOIN wanted USING (uid)
             WHERE m.status = 'ok' QUALIFY row_number() OVER (PARTITION BY m.uid
                                                         ORDER BY m.shard, m."index") = 1
             ORDER BY m.shard, m."index" """).fetchall()
-        refs = {sid: ShardRef(url, sid) for sid, url in con.execute(
-            f"SELECT shard, url FROM read_parquet({literal(str(shards_table))})").fetchall()}
+        refs = {sid: ShardRef(url, sid, failures) for sid, url, failures in con.execute(
+            "SELECT shard, url, failures FROM read_parquet("
+            f"{literal(str(shards_table))})").fetchall()}
     elif pool is not None:
         locations, refs = _scan_pool(list_shards(pool), wanted)
     else:
@@ -145,8 +150,9 @@ def reshard(uids: list[str], out: str | Path, *, run_dir: str | Path | None = No
                           "or the pool's shards")
     found = {u for u, *_ in locations}
     missing = sorted(wanted - found)
-    items = [{"uid": u, "shard": s, "index": i, "image_member": m, "scores": {}}
-             for u, s, i, m in locations]
+    items = [{"uid": u, "shard": s, "index": i, "image_member": m, "scores": {},
+              **({"key": rest[0], "image_sha256": rest[1], "caption": rest[2]} if rest else {})}
+             for u, s, i, m, *rest in locations]
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     shards = [output.OutputShard(n, items[k:k + samples_per_shard])
@@ -160,17 +166,19 @@ def reshard(uids: list[str], out: str | Path, *, run_dir: str | Path | None = No
 
 
 def _scan_pool(refs: list[object], wanted: set[str]
-               ) -> tuple[list[tuple[str, str, int, str]], dict[str, object]]:
+               ) -> tuple[list[tuple[Any, ...]], dict[str, object]]:
     from curate.io.shards import ShardReader
 
-    locations: list[tuple[str, str, int, str]] = []
+    locations: list[tuple[Any, ...]] = []
     seen: set[str] = set()
     for ref in refs:
         for batch in ShardReader(ref):  # type: ignore[arg-type]
-            cols = batch.select(["uid", "shard", "index", "image_member", "status"]).to_pylist()
+            cols = batch.select(["uid", "shard", "index", "image_member", "status", "key",
+                                 "image_sha256", "caption"]).to_pylist()
             for row in cols:
                 u = row["uid"]
                 if u in wanted and u not in seen and row["status"] == "ok":
                     seen.add(u)
-                    locations.append((u, row["shard"], row["index"], row["image_member"]))
+                    locations.append((u, row["shard"], row["index"], row["image_member"],
+                                      row["key"], row["image_sha256"], row["caption"]))
     return locations, {r.shard_id: r for r in refs}  # type: ignore[attr-defined]

@@ -33,30 +33,29 @@ one process, so the driver writes it itself.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
-import os
 import posixpath
 import re
-import tempfile
 import urllib.parse
-from collections import defaultdict
-from collections.abc import Callable
+from collections import defaultdict, deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal
 
 import duckdb
-import fsspec
 import webdataset as wds
-from fsspec.implementations.local import LocalFileSystem
 
-from curate.io.atomic import atomic_path
+from curate.errors import CurateError
+from curate.io.fsdir import PROCESS_LOCAL, FsDir, is_url, protocols, resolve
 from curate.io.shards import ShardRef, read_members
 from curate.rewrite.stage import rewrites_json
+from curate.runtime import Progress, RaySession, RunLog
 from curate.sql import ident, literal
+
+if TYPE_CHECKING:
+    from curate.config import Selection
 
 
 @dataclass(frozen=True)
@@ -90,7 +89,8 @@ def plan(manifest: Path, score_columns: list[str], samples_per_shard: int,
     group = f"CAST({ident(split_by)} AS VARCHAR)" if split_by else "NULL"
     rows = con.execute(f"""
         SELECT {group} AS grp, uid, shard, "index", image_member,
-               {"rewrites" if has_rw else "NULL"} AS rewrites {scores}
+               {"rewrites" if has_rw else "NULL"} AS rewrites, key, image_sha256, caption
+               {scores}
         FROM {src} WHERE kept
         ORDER BY {ident(split_by) + " NULLS LAST, " if split_by else ""}shard, "index"
     """).fetchall()
@@ -104,8 +104,9 @@ def plan(manifest: Path, score_columns: list[str], samples_per_shard: int,
         for n in range(math.ceil(len(members) / samples_per_shard)):
             chunk = members[n * samples_per_shard:(n + 1) * samples_per_shard]
             items = [{"uid": r[0], "shard": r[1], "index": r[2], "image_member": r[3],
+                      "key": r[5], "image_sha256": r[6], "caption": r[7],
                       "scores": {c: _json_value(v)
-                                 for c, v in zip(score_columns, r[5:], strict=True)}}
+                                 for c, v in zip(score_columns, r[8:], strict=True)}}
                      for r in chunk]
             if has_rw:
                 for item, r in zip(items, chunk, strict=True):
@@ -131,94 +132,16 @@ Placement = Literal["driver_node", "spread", "driver_process"]
 _SHARD_NAME = re.compile(r"[0-9]{5}\.tar")
 # Temporary files of a killed local write (see curate.io.atomic): ".00003.tar.k2j_x9.tmp".
 _LEFTOVER = re.compile(r"\.([0-9]{5}\.tar|sizes\.json|[^/]+\.json)\.[^./]+\.tmp")
-_PROCESS_LOCAL = frozenset({"memory"})
-
-
-def _is_url(out: str) -> bool:
-    return "://" in out or "::" in out
-
-
-def resolve_dir(out: str | Path) -> str:
-    """``out`` as every process reads it alike: a local path made absolute, ``file://`` plus an
-    absolute path, or any other URL as given (without a trailing slash)."""
-    text = str(out)
-    if not _is_url(text):
-        return str(Path(text).expanduser().absolute())
-    if text.startswith("file://"):
-        return "file://" + fsspec.core.url_to_fs(text)[1]
-    proto, sep, rest = text.rpartition("://")
-    return f"{proto}{sep}{rest.rstrip('/')}"
+_Dir = FsDir
+resolve_dir = resolve
 
 
 def placement(out: str | Path) -> Placement:
     """Where the runner writes the shards of ``out`` from (see the module docstring)."""
     text = str(out)
-    if not _is_url(text):
+    if not is_url(text):
         return "driver_node"
-    fs, _ = fsspec.core.url_to_fs(text)
-    protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
-    return "driver_process" if protocols & _PROCESS_LOCAL else "spread"
-
-
-@dataclass(frozen=True)
-class _Dir:
-    """An output directory on some fsspec filesystem; names are relative, '/'-separated."""
-
-    fs: Any
-    root: str
-
-    @classmethod
-    def of(cls, out: str | Path) -> _Dir:
-        fs, root = fsspec.core.url_to_fs(str(out))
-        return cls(fs, root.rstrip("/") if root != "/" else root)
-
-    @property
-    def local(self) -> bool:
-        return isinstance(self.fs, LocalFileSystem)
-
-    def path(self, name: str) -> str:
-        return posixpath.join(self.root, name) if self.root else name
-
-    def files(self) -> set[str]:
-        """Every file under the directory (recursively), by relative name."""
-        found = self.fs.find(self.root)
-        if self.root in ("", "/"):  # a filesystem's root (e.g. memory://)
-            return {p.lstrip("/") for p in found}
-        return {posixpath.relpath(p, self.root) for p in found}
-
-    def read(self, names: list[str]) -> dict[str, bytes]:
-        """The bytes of existing files (missing ones are left out), in one batch request."""
-        if not names:
-            return {}
-        paths = {self.fs._strip_protocol(self.path(n)): n for n in names}
-        got = self.fs.cat(list(paths), on_error="omit")
-        return {paths[k]: v for k, v in ((self.fs._strip_protocol(p), v)
-                                          for p, v in got.items()) if k in paths}
-
-    def write(self, name: str, fill: Callable[[IO[bytes]], None]) -> None:
-        """Write ``name`` atomically; ``fill`` writes its bytes into a binary file."""
-        if self.local:
-            with atomic_path(self.path(name)) as tmp, open(tmp, "wb") as f:
-                fill(f)
-            return
-        fd, tmp = tempfile.mkstemp(prefix="curate-", suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                fill(f)
-            self.fs.put_file(tmp, self.path(name))
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-
-    def write_bytes(self, name: str, data: bytes) -> None:
-        if self.local:
-            self.write(name, lambda f: f.write(data))
-        else:
-            self.fs.pipe_file(self.path(name), data)  # one request: whole or nothing
-
-    def remove(self, name: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.fs.rm_file(self.path(name))
+    return "driver_process" if protocols(text) & PROCESS_LOCAL else "spread"
 
 
 def _state_name(name: str) -> str:
@@ -266,12 +189,15 @@ def write_shard(shard: OutputShard, refs: dict[str, ShardRef], out_dir: str | Pa
     for item in shard.items:
         wanted[item["shard"]].add(item["index"])
     members = {sid: read_members(refs[sid], idx) for sid, idx in wanted.items()}
+    for item in shard.items:
+        verify(shard, item, members[item["shard"]].get(item["index"]))
 
     def fill(f: IO[bytes]) -> None:
         writer = wds.TarWriter(f, encoder=False, mtime=0.0)
         try:
             for item in shard.items:
                 m = members[item["shard"]][item["index"]]
+                m.pop("__key__", None)
                 sample: dict[str, Any] = {"__key__": item["uid"],
                                           item["image_member"]: m[item["image_member"]]}
                 caption = next((m[e] for e in ("txt", "text", "caption") if e in m), None)
@@ -292,6 +218,32 @@ def write_shard(shard: OutputShard, refs: dict[str, ShardRef], out_dir: str | Pa
     return len(shard.items)
 
 
+def verify(shard: OutputShard, item: dict[str, Any], members: dict[str, bytes] | None) -> None:
+    """Check that the members about to be copied are the ones that were scored: the same key,
+    an image whose SHA-256 is the stored ``image_sha256``, and the same caption. Anything else
+    means the input changed after scoring, and the output shard fails (nothing is written)."""
+    where = f"output shard {shard.name}: sample {item['uid']} ({item['shard']}, position " \
+            f"{item['index']})"
+    hint = ("its input shard changed after it was scored: score the pool again (the same "
+            "`curate run`, or `curate score`), which rescores the changed shard, then select")
+    if members is None:
+        raise CurateError(f"{where} is no longer in its input shard", hint)
+    key = members.get("__key__", b"").decode("utf-8", "replace")
+    if item.get("key") is not None and key != item["key"]:
+        raise CurateError(f"{where}: the input has key {key!r} there, the scores are of "
+                          f"{item['key']!r}", hint)
+    image = members.get(item["image_member"])
+    digest = hashlib.sha256(image).hexdigest() if image is not None else None
+    if item.get("image_sha256") is not None and digest != item["image_sha256"]:
+        raise CurateError(f"{where}: its image is not the one that was scored (SHA-256 "
+                          f"{(digest or 'none')[:16]}…, the scores are of "
+                          f"{item['image_sha256'][:16]}…)", hint)
+    caption = next((members[e] for e in ("txt", "text", "caption") if e in members), None)
+    text = caption.decode("utf-8", "replace") if caption is not None else None
+    if "caption" in item and text != item["caption"]:
+        raise CurateError(f"{where}: its caption is not the one that was scored", hint)
+
+
 def _json_member(original: bytes | None, item: dict[str, Any]) -> bytes:
     meta: dict[str, Any] = {}
     if original:
@@ -302,6 +254,8 @@ def _json_member(original: bytes | None, item: dict[str, Any]) -> bytes:
         except ValueError:
             pass
     meta["uid"] = item["uid"]
+    if item.get("image_sha256") is not None:
+        meta["image_sha256"] = item["image_sha256"]
     meta["scores"] = item["scores"]
     if "rewrites" in item:
         meta["rewrites"] = item["rewrites"]
@@ -332,3 +286,94 @@ def finish(out_dir: str | Path, shards: list[OutputShard]) -> None:
                           json.dumps(sizes, indent=1, sort_keys=True).encode())
     d.write_bytes("sizes.json", json.dumps({s.name: len(s.items) for s in shards}, indent=1,
                                            sort_keys=True).encode())
+
+
+def write_output(sel: Selection, columns: list[str], refs: list[ShardRef], sel_dir: Path,
+                 rlog: RunLog, progress: bool | None, session: RaySession,
+                 max_retries: int = 2) -> int:
+    """Write the output shards of a selection into ``output.dir`` (default SEL/output), as Ray
+    tasks (Ray is started only when a shard must be written). ``columns`` are the score columns
+    that go into each sample's json.
+
+    A plain local path may exist only on the driver's machine, so its tasks are pinned to the
+    driver's node (one per CPU there; one at a time when the driver's node has no CPU, e.g. a
+    head started with ``--num-cpus 0``). ``file://`` (a mount at the same path on every node)
+    and object stores are written from every node (SPREAD). ``memory://`` lives in this
+    process, and under Ray Client (``ray://``) this process is on no node of the cluster, so
+    in those cases the driver writes the shards itself."""
+    p = sel
+    out = resolve_dir(p.output.dir if p.output.dir is not None else sel_dir / "output")
+    shards = plan(sel_dir / "manifest.parquet", columns, p.output.samples_per_shard,
+                  p.output.split_by)
+    todo = stale(out, shards)
+    if not todo:
+        rlog.event("writing_start", shards=len(shards), todo=0, dir=out)
+        finish(out, shards)
+        return len(shards)
+    session.ensure()
+    import ray
+    from ray.util.client import ray as ray_client
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    where = placement(out)
+    if where == "driver_node" and ray_client.is_connected():
+        where = "driver_process"  # Ray Client (ray://): this process is on no cluster node
+    driver = ray.get_runtime_context().get_node_id()
+    rlog.event("writing_start", shards=len(shards), todo=len(todo), dir=out, placement=where,
+               driver_node=driver)
+    bar = Progress(len(shards), "writing", progress)
+    bar.update(shards=len(shards) - len(todo))
+    refs_by_id = {r.shard_id: r for r in refs}
+    if where == "driver_process":
+        for s in todo:
+            n = write_shard(s, refs_by_id, out)
+            rlog.event("output_shard_done", shard=s.name, samples=n, node=driver)
+            bar.update(samples=n)
+    elif todo:
+        def write(shard: OutputShard, by_id: dict[str, ShardRef], dest: str,
+                  ) -> tuple[int, str]:
+            return write_shard(shard, by_id, dest), \
+                ray.get_runtime_context().get_node_id()
+
+        if where == "driver_node":
+            cpus = next((n["Resources"].get("CPU", 0.0) for n in ray.nodes()
+                         if n["NodeID"] == driver), 0.0)
+            opts: dict[str, Any] = {
+                "num_cpus": 1 if cpus >= 1 else 0,
+                "scheduling_strategy": NodeAffinitySchedulingStrategy(driver, soft=False)}
+            window = max(1, int(cpus))
+        else:
+            opts = {"num_cpus": 1, "scheduling_strategy": "SPREAD"}
+            window = len(todo)
+        task = ray.remote(write).options(max_retries=max_retries, **opts)
+        shared = ray.put(refs_by_id)
+        queue = deque(todo)
+        pending: dict[Any, OutputShard] = {}
+        first_error: BaseException | None = None
+        while (queue and first_error is None) or pending:
+            while queue and first_error is None and len(pending) < window:
+                s = queue.popleft()
+                pending[task.remote(s, shared, out)] = s
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for fut in ready:
+                s = pending.pop(fut)
+                try:
+                    n, node = ray.get(fut)
+                except Exception as exc:  # noqa: BLE001 - re-raised once the others settle
+                    rlog.event("output_shard_failed", shard=s.name,
+                               error=f"{type(exc).__name__}: {exc}".splitlines()[0])
+                    first_error = first_error or exc
+                    continue
+                rlog.event("output_shard_done", shard=s.name, samples=n, node=node)
+                bar.update(samples=n)
+        if first_error is not None:
+            # Raised only now: the tasks still writing when it failed have finished (each one
+            # complete, or its temporary file removed), so nothing is left half-written.
+            bar.close()
+            cause = getattr(first_error, "cause", None)
+            if isinstance(cause, CurateError):  # ours, raised in the task: say it plainly
+                raise cause from None
+            raise first_error
+    bar.close()
+    finish(out, shards)
+    return len(shards)
