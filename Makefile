@@ -41,9 +41,10 @@ demo: $(STAMP)
 	$(BIN)/curate query $(DEMO_DIR)/run "select reason, count(*) as samples from manifest group by 1 order by 2 desc"
 	@echo
 	@echo "CLIP drops by sample kind (the generator's ground truth):"
-	@$(BIN)/python -c "import duckdb; duckdb.sql(\"select g.kind, count(*) as dropped_by_clip from '$(DEMO_DIR)/run/manifest.parquet' m join '$(DEMO_DIR)/pool/ground_truth.parquet' g using (uid) where m.reason = 'clip_score_too_low' group by 1 order by 2 desc\").show()"
-	@echo "The demo run is in $(DEMO_DIR)/run: manifest.parquet (one row per input sample),"
-	@echo "output/*.tar (curated shards), catalog.duckdb (views). Try:"
+	@$(BIN)/python -c "import duckdb; duckdb.sql(\"select g.kind, count(*) as dropped_by_clip from '$(DEMO_DIR)/run/selections/demo/manifest.parquet' m join '$(DEMO_DIR)/pool/ground_truth.parquet' g using (uid) where m.reason = 'clip_score_too_low' group by 1 order by 2 desc\").show()"
+	@echo "The demo run is in $(DEMO_DIR)/run: store/ (every score, reused by later runs) and"
+	@echo "selections/demo/: manifest.parquet (one row per input sample), output/*.tar (curated"
+	@echo "shards), catalog.duckdb (views). Try:"
 	@echo "  $(BIN)/curate stats $(DEMO_DIR)/run"
 	@echo "  $(BIN)/curate query $(DEMO_DIR)/run \"select * from drops limit 10\""
 

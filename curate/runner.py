@@ -194,11 +194,22 @@ def select(store: str | Path | Store, selection: Selection | Pipeline, out: str 
     own = session is None
     session = session or RaySession(address or sel.run.address)
     try:
+        _preflight(sel, session)
         with RunLock(out_dir):
             return _select_locked(st, sel, source, out_dir, progress, session)
     finally:
         if own:
             session.close()
+
+
+def _preflight(sel: Selection, session: RaySession) -> None:
+    """Checks of the rewrite backend that need the cluster (e.g. vllm's GPUs)."""
+    if sel.rewrite is None:
+        return
+    from curate.rewrite.stage import preflight
+
+    session.ensure()
+    preflight(sel.rewrite)
 
 
 def _stored_versions(store: Store, sel: Selection) -> list[Version]:
@@ -389,6 +400,7 @@ def run(pipeline: Pipeline | str | Path, out: str | Path, *, address: str | None
     dest = selection_dir(out, sel.name)
     t0 = time.perf_counter()
     with RaySession(address or p.run.address) as session:
+        _preflight(sel, session)  # a rewrite that cannot run fails before any scoring
         scored = score(p, store, progress=progress, session=session,
                        measure_transfer=measure_transfer)
         selected = select(store, sel, dest, progress=progress, session=session,

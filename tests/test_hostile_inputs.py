@@ -160,9 +160,15 @@ def _tree(root: Path) -> set[str]:
     return {p.relative_to(root).as_posix() for p in root.rglob("*")}
 
 
+def _selection(run_dir: Path) -> Path:
+    from curate.audit.catalog import resolve_selection
+
+    return resolve_selection(run_dir, "manifest.parquet")
+
+
 def _manifest(run_dir: Path) -> dict[tuple[str, int], dict[str, Any]]:
     con = duckdb.connect()
-    cur = con.execute(f"SELECT * FROM '{run_dir}/manifest.parquet'")
+    cur = con.execute(f"SELECT * FROM '{_selection(run_dir)}/manifest.parquet'")
     names = [d[0] for d in cur.description]
     return {(r["shard"], r["index"]): r for r in (dict(zip(names, row, strict=True))
                                                    for row in cur.fetchall())}
@@ -171,7 +177,7 @@ def _manifest(run_dir: Path) -> dict[tuple[str, int], dict[str, Any]]:
 def _output(run_dir: Path) -> dict[str, dict[str, bytes]]:
     """uid → extension → bytes, over every output tar (asserting unique member names)."""
     out: dict[str, dict[str, bytes]] = {}
-    for path in sorted((run_dir / "output").rglob("*.tar")):
+    for path in sorted((_selection(run_dir) / "output").rglob("*.tar")):
         with tarfile.open(path) as tar:
             for m in tar.getmembers():
                 assert m.isfile() and MEMBER_NAME.fullmatch(m.name), m.name

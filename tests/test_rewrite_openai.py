@@ -89,7 +89,7 @@ def test_timeouts_are_recorded_not_fatal(server: LLMServer, demo_pool: Path,
     rw = result.rewrite
     assert rw["errors"] == rw["requested"] - rw["skipped"] > 0 and rw["generated"] == 0
     reasons = duckdb.connect().execute(
-        f"SELECT DISTINCT reason FROM read_parquet('{tmp_path / 'run' / 'rewrites.parquet'}') "
+        f"SELECT DISTINCT reason FROM read_parquet('{result.dir / 'rewrites.parquet'}') "
         "WHERE status = 'error'").fetchall()
     assert reasons == [("timeout after 0.001s (2 attempts)",)]
     assert result.output_shards > 0  # the run finished and wrote the originals
@@ -116,7 +116,7 @@ def test_server_dies_mid_run(demo_pool: Path, trained_rewriter: Path, ray_local:
         assert rw["errors"] > 0, "the server died, yet no request failed"
         assert rw["generated"] >= kill_after - 1  # what was answered before the kill is kept
         errors = duckdb.connect().execute(
-            f"SELECT reason FROM read_parquet('{tmp_path / 'run' / 'rewrites.parquet'}') "
+            f"SELECT reason FROM read_parquet('{first.dir / 'rewrites.parquet'}') "
             "WHERE status = 'error'").fetchall()
         assert all("connection error" in r for (r,) in errors)
         assert first.output_shards > 0
@@ -128,6 +128,7 @@ def test_server_dies_mid_run(demo_pool: Path, trained_rewriter: Path, ray_local:
         assert again.rewrite["errors"] == 0
         assert again.rewrite["cache_hits"] >= rw["generated"]
         assert srv.completions_served() - before == again.rewrite["generated"]
-        assert again.rewrite["generated"] < again.rewrite["requested"]
+        # (how many it generates depends on when the server died: rejected rewrites are
+        # asked again, and count as generations)
     finally:
         srv.stop()

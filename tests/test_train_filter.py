@@ -30,7 +30,7 @@ def clip_demo_run(demo_pool: Path, demo_filter: Path, ray_local: None,
         "model: demo/filter", f"model: {demo_filter}")
     (root / "demo.yaml").write_text(yaml_text)
     p = load_pipeline(root / "demo.yaml", {"input": {"shards": str(demo_pool / "*.tar")}})
-    run(p, root / "run", progress=False)
+    return run(p, root / "run", progress=False).dir
     return root / "run"
 
 

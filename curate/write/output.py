@@ -84,12 +84,15 @@ def plan(manifest: Path, score_columns: list[str], samples_per_shard: int,
     each value of that column gets its own directory ``<column>=<value>/`` of shards."""
     con = duckdb.connect()
     src = f"read_parquet({literal(str(manifest))})"
-    has_rw = "rewrites" in {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()}
+    names = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()}
+    has_rw = "rewrites" in names
+    check = ", ".join(c if c in names else f"NULL AS {c}"
+                      for c in ("key", "image_sha256", "caption"))
     scores = "".join(f", {ident(c)}" for c in score_columns)
     group = f"CAST({ident(split_by)} AS VARCHAR)" if split_by else "NULL"
     rows = con.execute(f"""
         SELECT {group} AS grp, uid, shard, "index", image_member,
-               {"rewrites" if has_rw else "NULL"} AS rewrites, key, image_sha256, caption
+               {"rewrites" if has_rw else "NULL"} AS rewrites, {check}
                {scores}
         FROM {src} WHERE kept
         ORDER BY {ident(split_by) + " NULLS LAST, " if split_by else ""}shard, "index"
@@ -104,10 +107,12 @@ def plan(manifest: Path, score_columns: list[str], samples_per_shard: int,
         for n in range(math.ceil(len(members) / samples_per_shard)):
             chunk = members[n * samples_per_shard:(n + 1) * samples_per_shard]
             items = [{"uid": r[0], "shard": r[1], "index": r[2], "image_member": r[3],
-                      "key": r[5], "image_sha256": r[6], "caption": r[7],
-                      "scores": {c: _json_value(v)
-                                 for c, v in zip(score_columns, r[8:], strict=True)}}
+                      "key": r[5], "image_sha256": r[6], "scores": {c: _json_value(v)
+                      for c, v in zip(score_columns, r[8:], strict=True)}}
                      for r in chunk]
+            if "caption" in names:  # checked against the caption member when copied
+                for item, r in zip(items, chunk, strict=True):
+                    item["caption"] = r[7]
             if has_rw:
                 for item, r in zip(items, chunk, strict=True):
                     item["rewrites"] = rewrites_json(r[4])

@@ -1,0 +1,57 @@
+"""The README's quick start, run as written (its code block, line by line), in a fresh
+directory: one scoring pass, two selections over it, a diff and the store listing."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from conftest import REPO, curate_cli
+
+
+def quickstart_commands() -> list[list[str]]:
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    section = text.split("## Quick start", 1)[1]
+    block = section.split("```bash\n", 1)[1].split("```", 1)[0]
+    commands = []
+    for line in block.splitlines():
+        args = shlex.split(line, comments=True)
+        if not args:
+            continue
+        assert args[0] == ".venv/bin/curate", line
+        commands.append([str(REPO / a) if a.startswith("pipelines/") else a for a in args[1:]])
+    return commands
+
+
+@pytest.mark.slow
+def test_readme_quickstart(tmp_path: Path) -> None:
+    commands = quickstart_commands()
+    assert [c[0] for c in commands] == ["demo-data", "score", "select", "select", "diff",
+                                        "store"]
+    out = {}
+    for args in commands:
+        res = curate_cli(*args, cwd=tmp_path, timeout=600)
+        assert res.returncode == 0, (args, res.stderr[-2000:])
+        out[args[0] if args[0] != "select" else args[-1]] = res.stdout
+    # The scoring pass computed every scorer on every shard ...
+    assert re.search(r"\n  image_info +8 +0\n", out["score"]), out["score"]
+    # ... the selections computed nothing and each has its own directory.
+    basic, strict = tmp_path / "runs" / "basic", tmp_path / "runs" / "strict"
+    for d in (basic, strict):
+        assert "(no scoring)" in out[str(d.relative_to(tmp_path))]
+        record = json.loads((d / "selection.json").read_text())
+        assert record["store"] == str(tmp_path / "runs" / "pool")
+    kept_basic = sum(pq.read_table(basic / "manifest.parquet").column("kept").to_pylist())
+    kept_strict = sum(pq.read_table(strict / "manifest.parquet").column("kept").to_pylist())
+    assert kept_basic == 414 and 0 < kept_strict < kept_basic
+    assert "dropped in B by caption_under_10_words: " in out["diff"]
+    assert "select caption_under_10_words: only in B" in out["diff"]
+    assert "image_info" in out["store"] and "8/8 shards" in out["store"]
+    # Scoring the same pipeline again computes nothing.
+    res = curate_cli("score", str(REPO / "pipelines" / "basic.yaml"), "--store", "runs/pool",
+                     cwd=tmp_path)
+    assert res.returncode == 0 and re.search(r"\n  image_info +0 +8\n", res.stdout)
