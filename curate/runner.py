@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -396,6 +397,9 @@ def run(pipeline: Pipeline | str | Path, out: str | Path, *, address: str | None
     store = Store(default_store(p, out))
     sel = p.selection()
     if name is not None:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+            raise CurateError(f"selection name {name!r}: use letters, digits, '_', '-' and '.'",
+                              "it names the directory OUT/selections/<name>")
         sel.name = name
     dest = selection_dir(out, sel.name)
     t0 = time.perf_counter()

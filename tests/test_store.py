@@ -280,6 +280,15 @@ def test_a_shard_changed_in_place_is_rescored(demo_pool: Path, demo_filter: Path
     touched = run(p, out, progress=False)
     assert touched.scoring is not None and touched.scoring.changed == []
     assert all(c == 0 for c, _ in computed(touched).values())
+    # Copied elsewhere (new mtimes): every shard is hashed again (in parallel Ray tasks), and
+    # nothing is rescored.
+    moved = tmp_path / "moved"
+    shutil.copytree(pool, moved, copy_function=shutil.copy)
+    again = run(pipeline(moved, [*BASE, clip(demo_filter)]), out, progress=False)
+    assert again.scoring is not None and again.scoring.changed == []
+    assert all(c == 0 for c, _ in computed(again).values())
+    assert events(out / "store" / "log.jsonl", "hashing")[-1]["shards"] == 8
+    assert {s.url for s in again.scoring.pool} == {str(moved / f"{i:05d}.tar") for i in range(8)}
 
     _rotate_images(pool / "00003.tar")
     with caplog.at_level(logging.WARNING, logger="curate"):

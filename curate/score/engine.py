@@ -146,18 +146,31 @@ def _resources(scorers: Sequence[Scorer]) -> Resources:
                      gpus=max((s.resources.gpus for s in scorers), default=0.0))
 
 
-def _hash_many(session: RaySession) -> Callable[[list[ShardRef]], dict[str, str]]:
-    """Hash shards: here for one or two, else in parallel Ray tasks."""
+def _hash_many(session: RaySession, rlog: RunLog, progress: bool | None,
+               ) -> Callable[[list[ShardRef]], dict[str, str]]:
+    """Hash shards whose stamp changed: here for one or two, else in parallel Ray tasks (with
+    a progress bar: a copied pool is read once in full)."""
 
     def run(refs: list[ShardRef]) -> dict[str, str]:
+        rlog.event("hashing", shards=len(refs))
         if len(refs) <= 2:
             return {r.shard_id: shard_digest(r.url, r.failures) for r in refs}
         session.ensure()
         import ray
 
         task = ray.remote(num_cpus=1)(shard_digest)
-        futures = [task.remote(r.url, r.failures) for r in refs]
-        return {r.shard_id: d for r, d in zip(refs, ray.get(futures), strict=True)}
+        pending = {task.remote(r.url, r.failures): r for r in refs}
+        out: dict[str, str] = {}
+        bar = Progress(len(refs), "hashing changed shards", progress)
+        try:
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                for fut in ready:
+                    out[pending.pop(fut).shard_id] = ray.get(fut)
+                    bar.update()
+        finally:
+            bar.close()
+        return out
 
     return run
 
@@ -178,7 +191,8 @@ def score_pool(scorers: Sequence[Scorer], refs: Sequence[ShardRef], store: Store
     records = {r.shard: r for r in store.pool()}
     meta_versions = [v.record(reader) for v in versions]
     store.register(meta_versions, reader, input_section)
-    identities = identify(store, refs, reader, verify, _hash_many(session), records)
+    identities = identify(store, refs, reader, verify, _hash_many(session, rlog, progress),
+                          records)
     changed = [sid for sid, ident in identities.items() if ident.changed_from is not None]
     for sid in changed:
         ident = identities[sid]

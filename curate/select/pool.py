@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -102,42 +103,61 @@ class PoolSource:
     def schema(self) -> pa.Schema:
         return pa.schema({"_row": pa.int64(), **self.columns()})
 
-    def batches(self) -> Iterator[pa.RecordBatch]:
-        """The pool in pool order, one record batch per shard, with ``_row`` (1-based)."""
+    def batches(self, prefetch: int = 8) -> Iterator[pa.RecordBatch]:
+        """The pool in pool order, one record batch per shard, with ``_row`` (1-based). The
+        next ``prefetch`` shards' files are read ahead on threads (Parquet reads release the
+        GIL), so a pool of many small shards is not read one file at a time."""
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
         schema = self.schema()
-        sample = pa.schema(SAMPLE_COLUMNS)
         offset = 0
-        for s in self.shards:
-            assert s.digest is not None
-            base = self.store.dir.read_parquet(Store.base_name(self.reader, s.key, s.digest))
-            base = base.select(sample.names).cast(sample)
-            n = base.num_rows
-            status, stage, error = base.column("status"), base.column("error_stage"), \
-                base.column("error")
-            arrays: dict[str, pa.ChunkedArray | pa.Array] = {}
-            for v in self.versions:
-                t = self.store.dir.read_parquet(
-                    Store.score_name(v.label, v.version, s.key, s.digest))
-                if t.num_rows != n:
-                    raise CurateError(f"the store is inconsistent: {v.label} has {t.num_rows} "
-                                      f"rows for shard {s.shard}, the reader {n}",
-                                      "score the pool into a new store")
-                fails = pc.and_(pc.equal(status, STATUS_OK),
-                                pc.equal(t.column(STATUS), STATUS_ERROR))
-                status = pc.if_else(fails, STATUS_ERROR, status)
-                stage = pc.if_else(fails, v.label, stage)
-                error = pc.if_else(fails, t.column(ERROR), error)
-                for f in v.schema:
-                    arrays[f.name] = t.column(f.name)
-            cols: dict[str, pa.ChunkedArray | pa.Array] = {
-                "_row": pa.array(range(offset + 1, offset + n + 1), pa.int64())}
-            for name in sample.names:
-                cols[name] = base.column(name)
-            cols["status"], cols["error_stage"], cols["error"] = status, stage, error
-            cols.update(arrays)
-            table = pa.table(cols).cast(schema)
-            offset += n
-            yield from table.to_batches()
+        with ThreadPoolExecutor(max_workers=max(1, prefetch),
+                                thread_name_prefix="pool-read") as pool:
+            ahead: deque[Any] = deque()
+            shards = iter(self.shards)
+            for s in shards:
+                ahead.append(pool.submit(self._shard_table, s))
+                if len(ahead) >= prefetch:
+                    break
+            while ahead:
+                table = ahead.popleft().result()
+                nxt = next(shards, None)
+                if nxt is not None:
+                    ahead.append(pool.submit(self._shard_table, nxt))
+                n = table.num_rows
+                table = table.add_column(0, "_row", pa.array(range(offset + 1, offset + n + 1),
+                                                             pa.int64())).cast(schema)
+                offset += n
+                yield from table.to_batches()
+
+    def _shard_table(self, s: PoolShard) -> pa.Table:
+        """One shard's columns: the reader's, its combined status, then every scorer's."""
+        sample = pa.schema(SAMPLE_COLUMNS)
+        assert s.digest is not None
+        base = self.store.dir.read_parquet(Store.base_name(self.reader, s.key, s.digest))
+        base = base.select(sample.names).cast(sample)
+        n = base.num_rows
+        status, stage, error = base.column("status"), base.column("error_stage"), \
+            base.column("error")
+        arrays: dict[str, Any] = {}
+        for v in self.versions:
+            t = self.store.dir.read_parquet(Store.score_name(v.label, v.version, s.key,
+                                                             s.digest))
+            if t.num_rows != n:
+                raise CurateError(f"the store is inconsistent: {v.label} has {t.num_rows} "
+                                  f"rows for shard {s.shard}, the reader {n}",
+                                  "score the pool into a new store")
+            fails = pc.and_(pc.equal(status, STATUS_OK), pc.equal(t.column(STATUS), STATUS_ERROR))
+            status = pc.if_else(fails, STATUS_ERROR, status)
+            stage = pc.if_else(fails, v.label, stage)
+            error = pc.if_else(fails, t.column(ERROR), error)
+            for f in v.schema:
+                arrays[f.name] = t.column(f.name)
+        cols: dict[str, Any] = {name: base.column(name) for name in sample.names}
+        cols["status"], cols["error_stage"], cols["error"] = status, stage, error
+        cols.update(arrays)
+        return pa.table(cols)
 
     def stream(self) -> pa.RecordBatchReader:
         return pa.RecordBatchReader.from_batches(self.schema(), self.batches())
