@@ -115,3 +115,20 @@ def test_stale_database_memory_limit_and_step_seconds(tmp_path: Path, monkeypatc
     monkeypatch.delenv(MEMORY_ENV)
     mib = int(memory_limit().removesuffix("MiB"))
     assert 1024 <= mib <= 8192
+
+
+def test_a_scorer_file_out_of_step_with_the_reader_fails_the_load(tmp_path: Path) -> None:
+    """Files are joined by position; one with a row too few must never shift scores onto
+    other samples: the load checks every row's (file, row in file) and fails."""
+    import pyarrow.parquet as pq
+
+    from curate.errors import CurateError
+
+    source = _store(tmp_path / "store", {"a.tar": [(i, f"{i:032x}", 10 * i) for i in range(4)],
+                                         "b.tar": [(i, f"{9 + i:032x}", i) for i in range(3)]})
+    steps = _steps({"rule": "threshold", "column": "caption_chars", "gt": 15, "reason": "short"})
+    select(steps, source, tmp_path / "ok")  # consistent: loads
+    [a_file] = (tmp_path / "store" / "scores" / "caption_stats").glob("*/a.*.parquet")
+    pq.write_table(pq.read_table(a_file).slice(1), a_file)  # one row short
+    with pytest.raises(CurateError, match="do not have one row per sample"):
+        select(steps, source, tmp_path / "bad")

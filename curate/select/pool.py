@@ -2,25 +2,24 @@
 
 ``PoolSource.of(store, versions)`` checks that every shard of the pool has every scorer's
 columns (a selection never computes, so anything missing is an error that names the scorer
-and the command that computes it). ``batches()`` streams the pool in pool order, one shard at
-a time: the reader's columns, then each scorer's, joined by position (every file of a shard
-has one row per sample, in shard order). A sample's ``status``, ``error_stage`` and ``error``
-are its first failure in the order read (or download), then the scorers in selection order.
+and the command that computes it). The pool is the reader's columns, then each scorer's,
+joined by position: every file of a shard has one row per sample, in shard order. A sample's
+``status``, ``error_stage`` and ``error`` are its first failure in the order read (or
+download), then the scorers in selection order. ``files()`` gives the files in pool order;
+selection reads them with DuckDB (``curate.select.selection``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from curate.errors import CurateError, ShardFailed
-from curate.schema import SAMPLE_COLUMNS, STATUS_ERROR, STATUS_OK
+from curate.schema import SAMPLE_COLUMNS
 from curate.store.embeddings import SidecarReader
-from curate.store.store import ERROR, STATUS, PoolShard, Store, Version
+from curate.store.store import PoolShard, Store, Version
 
 
 @dataclass
@@ -100,64 +99,33 @@ class PoolSource:
     def samples(self) -> int:
         return sum(s.samples or 0 for s in self.shards)
 
-    def schema(self) -> pa.Schema:
-        return pa.schema({"_row": pa.int64(), **self.columns()})
+    def files(self) -> tuple[list[str], dict[str, list[str]]]:
+        """The base files of the pool's shards and, per selected scorer label, its files: in
+        pool order, as DuckDB reads them (local paths, or URLs of the store's filesystem)."""
+        def where(name: str) -> str:
+            path = self.store.dir.path(name)
+            if self.store.dir.local:
+                return path
+            proto = self.store.dir.fs.protocol
+            return f"{proto if isinstance(proto, str) else proto[0]}://{path}"
 
-    def batches(self, prefetch: int = 8) -> Iterator[pa.RecordBatch]:
-        """The pool in pool order, one record batch per shard, with ``_row`` (1-based). The
-        next ``prefetch`` shards' files are read ahead on threads (Parquet reads release the
-        GIL), so a pool of many small shards is not read one file at a time."""
-        from collections import deque
+        base = [where(Store.base_name(self.reader, s.key, s.digest)) for s in self.shards
+                if s.digest is not None]
+        scores = {v.label: [where(Store.score_name(v.label, v.version, s.key, s.digest))
+                            for s in self.shards if s.digest is not None]
+                  for v in self.versions}
+        return base, scores
+
+    def row_counts(self, threads: int = 8) -> list[int]:
+        """Rows of each shard's base file (their footers, read on threads)."""
         from concurrent.futures import ThreadPoolExecutor
 
-        schema = self.schema()
-        offset = 0
-        with ThreadPoolExecutor(max_workers=max(1, prefetch),
-                                thread_name_prefix="pool-read") as pool:
-            ahead: deque[Any] = deque()
-            shards = iter(self.shards)
-            for s in shards:
-                ahead.append(pool.submit(self._shard_table, s))
-                if len(ahead) >= prefetch:
-                    break
-            while ahead:
-                table = ahead.popleft().result()
-                nxt = next(shards, None)
-                if nxt is not None:
-                    ahead.append(pool.submit(self._shard_table, nxt))
-                n = table.num_rows
-                table = table.add_column(0, "_row", pa.array(range(offset + 1, offset + n + 1),
-                                                             pa.int64())).cast(schema)
-                offset += n
-                yield from table.to_batches()
+        import pyarrow.parquet as pq
 
-    def _shard_table(self, s: PoolShard) -> pa.Table:
-        """One shard's columns: the reader's, its combined status, then every scorer's."""
-        sample = pa.schema(SAMPLE_COLUMNS)
-        assert s.digest is not None
-        base = self.store.dir.read_parquet(Store.base_name(self.reader, s.key, s.digest))
-        base = base.select(sample.names).cast(sample)
-        n = base.num_rows
-        status, stage, error = base.column("status"), base.column("error_stage"), \
-            base.column("error")
-        arrays: dict[str, Any] = {}
-        for v in self.versions:
-            t = self.store.dir.read_parquet(Store.score_name(v.label, v.version, s.key,
-                                                             s.digest))
-            if t.num_rows != n:
-                raise CurateError(f"the store is inconsistent: {v.label} has {t.num_rows} "
-                                  f"rows for shard {s.shard}, the reader {n}",
-                                  "score the pool into a new store")
-            fails = pc.and_(pc.equal(status, STATUS_OK), pc.equal(t.column(STATUS), STATUS_ERROR))
-            status = pc.if_else(fails, STATUS_ERROR, status)
-            stage = pc.if_else(fails, v.label, stage)
-            error = pc.if_else(fails, t.column(ERROR), error)
-            for f in v.schema:
-                arrays[f.name] = t.column(f.name)
-        cols: dict[str, Any] = {name: base.column(name) for name in sample.names}
-        cols["status"], cols["error_stage"], cols["error"] = status, stage, error
-        cols.update(arrays)
-        return pa.table(cols)
+        def rows(s: PoolShard) -> int:
+            assert s.digest is not None
+            with self.store.dir.open(Store.base_name(self.reader, s.key, s.digest)) as f:
+                return int(pq.read_metadata(f).num_rows)
 
-    def stream(self) -> pa.RecordBatchReader:
-        return pa.RecordBatchReader.from_batches(self.schema(), self.batches())
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            return list(pool.map(rows, self.shards))

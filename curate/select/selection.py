@@ -200,15 +200,69 @@ def _select(con: duckdb.DuckDBPyConnection, steps: Sequence[Step], source: PoolS
 
 
 def _load(con: duckdb.DuckDBPyConnection, steps: Sequence[Step], source: PoolSource) -> None:
-    """Create the pool table, in pool order (``_row``), from the store."""
+    """Create the pool table, in pool order, from the store's files: the base files and each
+    selected scorer's files, each list read by DuckDB in pool order and joined by position.
+    Every row's (file, row in file) must agree across them, or the load fails: a scorer file
+    with a row too many or too few can never shift scores onto other samples."""
+    from curate.schema import SAMPLE_COLUMNS
+    from curate.store.store import ERROR, STATUS
+
+    if not source.store.dir.local:
+        con.register_filesystem(source.store.dir.fs)
+    base_files, score_files = source.files()
+    offsets, start = [], 0
+    for n in source.row_counts():
+        offsets.append(start)
+        start += n
+    offsets_sql = "CAST([" + ", ".join(map(str, offsets)) + "] AS BIGINT[])"
+
+    def scan(files: list[str], cols: list[str]) -> str:
+        listed = ", ".join(literal(f) for f in files)
+        picked = ", ".join([*(ident(c) for c in cols), "file_index", "file_row_number"])
+        return f"(SELECT {picked} FROM read_parquet([{listed}], file_row_number = true))"
+
+    sources = [f"{scan(base_files, list(SAMPLE_COLUMNS))} AS b"]
+    first_fail_status = ["WHEN b.status <> 'ok' THEN b.status"]
+    first_fail_stage = ["WHEN b.status <> 'ok' THEN b.error_stage"]
+    first_fail_error = ["WHEN b.status <> 'ok' THEN b.error"]
+    columns: list[str] = []
+    aligned: list[str] = []
+    for k, v in enumerate(source.versions):
+        alias = f"s{k}"
+        sources.append(f"{scan(score_files[v.label], [STATUS, ERROR, *v.columns])} AS {alias}")
+        st = f"{alias}.{ident(STATUS)}"
+        first_fail_status.append(f"WHEN {st} = 'error' THEN 'error'")
+        first_fail_stage.append(f"WHEN {st} = 'error' THEN {literal(v.label)}")
+        first_fail_error.append(f"WHEN {st} = 'error' THEN {alias}.{ident(ERROR)}")
+        columns += [f"{alias}.{ident(c)}" for c in v.columns]
+        aligned.append(f"{alias}.file_index IS DISTINCT FROM b.file_index OR "
+                       f"{alias}.file_row_number IS DISTINCT FROM b.file_row_number")
+    combined = {"status": f"CASE {' '.join(first_fail_status)} ELSE 'ok' END AS status",
+                "error_stage": f"CASE {' '.join(first_fail_stage)} ELSE NULL END AS error_stage",
+                "error": f"CASE {' '.join(first_fail_error)} ELSE NULL END AS error"}
+    sample = [combined.get(c, f"b.{ident(c)}") for c in SAMPLE_COLUMNS]
     extra = selector_columns(steps)
     extra_sql = "".join(f", CAST(NULL AS {_duck_type(t)}) AS {ident(c)}" for c, t in extra.items())
-    con.register("_pool_source", source.stream())
-    con.execute(f"""
-        CREATE TABLE {TABLE} AS
-        SELECT *, CAST(NULL AS VARCHAR) AS reason {extra_sql} FROM _pool_source
-    """)
-    con.unregister("_pool_source")
+    check = ("WHERE CASE WHEN " + " OR ".join(aligned) + " THEN error("
+             + literal("the store is inconsistent: a scorer's files do not have one row per "
+                       "sample of the reader's (score the pool into a new store)")
+             + ") ELSE TRUE END") if aligned else ""
+    cols_sql = ", ".join([*sample, *columns])
+    try:
+        con.execute(f"""
+            CREATE TABLE {TABLE} AS
+            SELECT {offsets_sql}[CAST(b.file_index AS BIGINT) + 1]
+                     + CAST(b.file_row_number AS BIGINT) + 1 AS _row,
+                   {cols_sql}, CAST(NULL AS VARCHAR) AS reason {extra_sql}
+            FROM {" POSITIONAL JOIN ".join(sources)}
+            {check}
+        """)
+    except duckdb.Error as exc:
+        if "the store is inconsistent" in str(exc):
+            raise CurateError(f"{source.store.location}: a scorer's files do not have one row "
+                              "per sample of the reader's", "score the pool into a new store"
+                              ) from None
+        raise
 
 
 def _duck_type(t: object) -> str:
