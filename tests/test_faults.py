@@ -132,7 +132,9 @@ def test_killed_driver_resumes_without_redoing_finished_shards(
     (base / ".00007.x1y2.parquet.tmp").write_bytes(b"PAR1 half a file")
 
     result = run(pipeline(demo_pool, {"sleep": 1.0}, workers=1), out, progress=False)
-    assert result.shards_resumed == len(finished)
+    # A worker of the killed driver may still commit a shard (complete, atomically) before Ray
+    # reaps it, so the rerun reuses at least what was finished at the kill.
+    assert len(finished) <= result.shards_resumed <= 8
     now = store_files(out)
     assert {k: now[k] for k in files} == files  # finished work was not recomputed
     assert not list(base.glob(".*.tmp"))  # the leftover was removed
