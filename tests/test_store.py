@@ -346,3 +346,53 @@ def test_a_change_the_stamp_cannot_see_fails_the_output(demo_pool: Path, tmp_pat
     strict = pipeline_from_dict({**p.raw, "input": {**p.raw["input"], "verify": "always"}})
     again = run(strict, out, progress=False)
     assert again.scoring is not None and again.scoring.changed == ["00001.tar"]
+
+
+def _doubled_scorer() -> type:
+    """A scorer that reads another scorer's stored column (caption_words), registered for the
+    test only (it is scored in this process)."""
+    from collections.abc import Mapping
+
+    import pyarrow as pa
+
+    from curate.stages.base import _REGISTRY, SampleScorer
+
+    class Doubled(SampleScorer):
+        name = "doubled_words"
+
+        def inputs(self) -> tuple[str, ...]:
+            return ("caption_words",)
+
+        def outputs(self) -> Mapping[str, pa.DataType]:
+            return {"doubled_words": pa.int32()}
+
+        def score_sample(self, sample: dict[str, Any]) -> Mapping[str, Any]:
+            return {"doubled_words": 2 * sample["caption_words"]}
+
+    _REGISTRY["scorer"].setdefault("doubled_words", Doubled)
+    return _REGISTRY["scorer"]["doubled_words"]
+
+
+def test_a_scorer_reads_another_scorers_stored_columns(demo_pool: Path, tmp_path: Path) -> None:
+    from curate.runner import score
+
+    _doubled_scorer()
+    store = tmp_path / "store"
+    first = score(pipeline(demo_pool, ["image_info", "caption_stats"], []), store, local=True)
+    assert first.scorers["caption_stats"].computed == 8
+    second = score(pipeline(demo_pool, ["image_info", "caption_stats", "doubled_words"], []),
+                   store, local=True)
+    assert {k: (v.computed, v.reused) for k, v in second.scorers.items()} == {
+        "image_info": (0, 8), "caption_stats": (0, 8), "doubled_words": (8, 0)}
+    assert second.reader.computed == 0  # no tar was read: its input is a stored column
+    sel = selection_from_dict({"name": "all", "select": [], "output": {"write_shards": False}})
+    out = select(store, sel, tmp_path / "sel")
+    rows = pq.read_table(out.dir / "manifest.parquet").to_pylist()
+    assert all(r["doubled_words"] == 2 * r["caption_words"] for r in rows
+               if r["caption_words"] is not None)
+    # A scorer depends on its inputs only: a sample image_info failed (a broken image) still
+    # has its caption scores, and is dropped for its first error.
+    broken = [r for r in rows if r["error_stage"] == "image_info"]
+    assert len(broken) == 11 and all(r["doubled_words"] == 2 * r["caption_words"] > 0
+                                     for r in broken)
+    assert all(r["reason"] == "error:image_info" for r in broken)
