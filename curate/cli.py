@@ -253,7 +253,7 @@ def _cmd_query(args: argparse.Namespace) -> int:
         raise CurateError(f"query failed: {str(exc).splitlines()[0]}",
                           "views: manifest, kept, drops, signals, shards, funnel, stages, "
                           "rewrites, entry_counts "
-                          "(try: curate query RUN \"describe manifest\")") from exc
+                          "(try: curate query SEL \"describe manifest\")") from exc
     if cur.description is None:
         return 0
     names = [d[0] for d in cur.description]
@@ -372,7 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="score a pipeline into its store, then select: "
                        "OUT/store and OUT/selections/<name> (a rerun computes only what is new)")
     p.add_argument("pipeline", help="pipeline YAML, e.g. pipelines/demo.yaml")
-    p.add_argument("--out", help="run directory (default: runs/<pipeline name>)")
+    p.add_argument("--out", help="run directory: OUT/store and OUT/selections/<name> "
+                   "(default: runs/<pipeline name>)")
     p.add_argument("--store", help="the scored pool store (default: the pipeline's `store:`, "
                    "else OUT/store)")
     p.add_argument("--name", help="selection name (default: the pipeline's name)")

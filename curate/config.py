@@ -84,8 +84,9 @@ class OutputConfig(Params):
     samples_per_shard: int = Field(default=1000, gt=0)
     write_shards: bool = True
     split_by: str | None = None  # a column: one directory of shards per value
-    # Where the shards go: None = RUN/output; a local path or an fsspec URL (s3://bucket/x,
-    # gs://..., file:///shared/x = a mount at the same path on every node, memory://x).
+    # Where the shards go: None = SEL/output (in the selection's directory); a local path or an
+    # fsspec URL (s3://bucket/x, gs://..., file:///shared/x = a mount at the same path on every
+    # node, memory://x).
     dir: str | None = None
 
     @model_validator(mode="after")
@@ -98,7 +99,7 @@ class OutputConfig(Params):
             return self
         if not self.dir.strip():
             raise PydanticCustomError("output_dir", "dir is empty: give a path or a URL, or "
-                                      "leave it out for RUN/output")
+                                      "leave it out for SEL/output")
         for part in self.dir.split("::"):
             protocol, _ = fsspec.core.split_protocol(part)
             if protocol is None:

@@ -1,6 +1,6 @@
 """``curate report``: one self-contained HTML page that explains a finished run at a glance.
 
-The page (``RUN/report/index.html``) shows the run's configuration and timings, the selection
+The page (``SEL/report/index.html``) shows the selection's configuration and timings, the selection
 funnel, the score distributions of kept and dropped samples with the rule thresholds, languages
 and caption lengths, selector reports (MetaCLIP's entry-count curve), caption rewrites and a
 gallery of kept and dropped samples. Every image is embedded as a ``data:`` URI, so the HTML
@@ -224,7 +224,8 @@ def _header(d: _RunData) -> str:
     parts = [f"<header><h1>{_e(d.name)}</h1>"]
     if d.description:
         parts.append(f'<p class="desc">{_e(d.description)}</p>')
-    parts.append(f'<p class="path">run directory: <code>{_e(str(d.run.resolve()))}</code></p>')
+    parts.append(f'<p class="path">selection directory: <code>{_e(str(d.run.resolve()))}'
+                 '</code></p>')
     parts.append(f'<div class="facts">{cards}</div></header>')
     if d.pipeline_text is not None:
         parts.append("<details><summary>Run configuration (pipeline.yaml)</summary>"

@@ -1,7 +1,7 @@
-"""Guarding a run directory: one run at a time, leftovers of a killed run removed, and disk
-errors turned into messages a user can act on.
+"""Guarding a run's directories (a selection directory, a local store): one run at a time,
+leftovers of a killed run removed, and disk errors turned into messages a user can act on.
 
-* ``RunLock``: an exclusive ``flock`` on ``RUN/.lock`` held for the whole run. The kernel drops
+* ``RunLock``: an exclusive ``flock`` on ``DIR/.lock`` held for the whole run. The kernel drops
   it when the process dies, however it dies, so a killed run never blocks the next one; a
   second run started while the first is alive fails at once, naming the first one's pid.
 * ``remove_leftovers``: a run killed while writing leaves ``.<name>.<random>.tmp`` files (every

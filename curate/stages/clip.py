@@ -3,7 +3,7 @@
 Outputs ``clip_score<suffix>``: the cosine of the L2-normalised image and text embeddings, as
 LAION and DataComp threshold it. Unless ``embeddings: false``, it also outputs
 ``clip_image_emb<suffix>`` and ``clip_text_emb<suffix>``. These are float16, stored beside the
-signals as ``embeddings/<column>/<shard>.npy`` (row i = sample i of the shard; memory-map them).
+scores in the store, one ``.npy`` per shard (row i = sample i of the shard; memory-map them).
 ``name`` sets the suffix (``name: l14`` → ``clip_score_l14``), so several CLIP models can score
 one run.
 

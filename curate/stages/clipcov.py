@@ -18,7 +18,7 @@ with s(i,j) the cosine of image i and caption j. ``similarity: linear`` uses s a
 sum factors through the class means and the running sums of S_c, so each greedy step costs two
 matrix-vector products: O(n·d) per step, never n×n. ``similarity: clipped`` uses max(0, s), as
 the authors' notebook does; it needs each class's n_c×n_c matrix. Classes are independent: they
-run in parallel as Ray tasks when Ray is up. The report (``RUN/reports/clipcov.json``) compares
+run in parallel as Ray tasks when Ray is up. The report (``SEL/reports/clipcov.json``) compares
 the relative cross-covariance error ‖C_S − C_V‖_F / ‖C_V‖_F (C = mean of image·captionᵀ) of the
 clipcov subset with a random subset and a CLIP-score top-k subset of the same size.
 """

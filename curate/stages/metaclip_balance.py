@@ -15,8 +15,8 @@ numpy inside a streaming DuckDB function: the subset depends on the seed only, n
 workers or order. ``t`` is a parameter (MetaCLIP: 20k for a 400M pool, 170k for 2.5B), or is
 derived from ``target_size``: the smallest t whose expected number of kept rows reaches it.
 
-Writes ``RUN/entry_counts.parquet`` (entry_id, entry, count_before, count_after, p), the report
-``RUN/reports/metaclip_balance.json`` (head/tail summary) and ``metaclip_balance.png`` (the
+Writes ``SEL/entry_counts.parquet`` (entry_id, entry, count_before, count_after, p), the report
+``SEL/reports/metaclip_balance.json`` (head/tail summary) and ``metaclip_balance.png`` (the
 sorted entry-count curve before and after balancing, as in MetaCLIP's figure). Adds the column
 ``metaclip_keep_p`` (each row's keep probability).
 """
