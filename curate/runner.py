@@ -47,7 +47,7 @@ from curate.config import Pipeline, Selection, check_selection, load_pipeline
 from curate.errors import CurateError
 from curate.io.atomic import write_parquet, write_text
 from curate.io.fsdir import resolve
-from curate.io.rundir import RunLock, disk_error, remove_leftovers
+from curate.io.rundir import RunLock, as_directory, disk_error, remove_leftovers
 from curate.io.shards import ShardRef, list_shards
 from curate.runtime import Progress, RaySession, RunLog
 from curate.schema import SAMPLE_COLUMNS, SHARD_SCHEMA
@@ -123,6 +123,8 @@ def score(pipeline: Pipeline | str | Path, store: str | Path | Store, *,
     this process without Ray (small pools, tests, debugging)."""
     p = pipeline if isinstance(pipeline, Pipeline) else load_pipeline(pipeline)
     st = store if isinstance(store, Store) else Store(store)
+    if st.local_root is not None:
+        as_directory(st.local_root, "the store")
     listed = list_refs(p)  # a wrong input path costs nothing
     own = session is None
     session = session or RaySession(address or p.run.address)
@@ -181,10 +183,7 @@ def select(store: str | Path | Store, selection: Selection | Pipeline, out: str 
     no score (a rule on a column no stored scorer has fails before anything is written)."""
     st = store if isinstance(store, Store) else Store(store)
     sel = selection.selection() if isinstance(selection, Pipeline) else selection
-    out_dir = Path(out).absolute()
-    if out_dir.exists() and not out_dir.is_dir():
-        raise CurateError(f"{out_dir} exists and is not a directory",
-                          "give --out a directory (it is created when missing)")
+    out_dir = as_directory(out, "the selection directory")
     if versions is None and sel.scorers is not None:
         versions = _stored_versions(st, sel)
     source = PoolSource.of(st, versions, pool)
@@ -394,6 +393,7 @@ def run(pipeline: Pipeline | str | Path, out: str | Path, *, address: str | None
     module docs). Raises ``ShardFailed`` when shards still fail after their retries (the
     finished ones are kept for the next attempt)."""
     p = pipeline if isinstance(pipeline, Pipeline) else load_pipeline(pipeline)
+    out = as_directory(out, "--out")
     store = Store(default_store(p, out))
     sel = p.selection()
     if name is not None:

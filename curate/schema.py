@@ -57,7 +57,7 @@ SHARD_COLUMNS: dict[str, pa.DataType] = {
     "shard": pa.string(),
     "url": pa.string(),  # where it was read from
     "failures": pa.string(),  # a downloaded shard: img2dataset's Parquet beside it
-    "status": pa.string(),  # done | truncated | failed
+    "status": pa.string(),  # done | truncated | damaged (data skipped to resynchronise) | failed
     "samples": pa.int64(),
     "errors": pa.int64(),
     "read_error": pa.string(),  # e.g. truncated tar

@@ -8,7 +8,8 @@ leftovers of a killed run removed, and disk errors turned into messages a user c
   write goes to such a file and is renamed into place only when complete, see
   ``curate.io.atomic``), selection's working database and DuckDB spill files. They are never
   mistaken for finished work; a new run deletes them before it starts.
-* ``disk_error``: ``ENOSPC``, ``EDQUOT`` and ``EFBIG`` (also when raised inside a Ray task) →
+* ``disk_error``: ``ENOSPC``, ``EDQUOT`` and ``EFBIG`` (also when raised inside a Ray task, or
+  reported by DuckDB for its own database and spill files) →
   a ``CurateError`` saying which file could not be written and that rerunning resumes.
 """
 
@@ -83,14 +84,25 @@ def remove_leftovers(run_dir: Path) -> int:
     return removed
 
 
+# How libraries that do their own I/O (DuckDB) report a full disk in their messages.
+_DISK_FULL_TEXT = {errno.ENOSPC: "No space left on device", errno.EDQUOT: "Disk quota exceeded",
+                   errno.EFBIG: "File too large"}
+
+
 def _os_error(exc: BaseException) -> OSError | None:
-    """The OSError behind ``exc``: itself, a Ray task's cause, or a chained cause."""
+    """The OSError behind ``exc``: itself, a Ray task's cause, or a chained cause; or one made
+    from a library error whose message is the system's full-disk text (DuckDB raises
+    ``TransactionException: ... No space left on device`` for its own files)."""
     seen: set[int] = set()
     cur: BaseException | None = exc
     while cur is not None and id(cur) not in seen:
         seen.add(id(cur))
         if isinstance(cur, OSError) and cur.errno is not None:
             return cur
+        text = str(cur)
+        for code, words in _DISK_FULL_TEXT.items():
+            if words in text and type(cur).__module__.split(".")[0] in ("duckdb", "_duckdb"):
+                return OSError(code, os.strerror(code))
         cause = getattr(cur, "cause", None)  # ray.exceptions.RayTaskError
         cur = cause if isinstance(cause, BaseException) else (cur.__cause__ or cur.__context__)
     return None
@@ -108,3 +120,18 @@ def disk_error(exc: BaseException, doing: str = "") -> CurateError | None:
         f"{os.strerror(err.errno or 0).lower()}{what}",
         "free space (or raise the quota) there and run the same command again: finished "
         "shards and output files are complete and are kept; incomplete ones were removed")
+
+
+def as_directory(path: str | Path, what: str) -> Path:
+    """``path`` made absolute; a CurateError when it exists and is not a directory."""
+    p = Path(path).expanduser().absolute()
+    if p.exists() and not p.is_dir():
+        raise CurateError(f"{what} {p} exists and is not a directory",
+                          "give a directory (it is created when missing)")
+    for parent in p.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise CurateError(f"{what} {p}: {parent} is a file, not a directory",
+                                  "give a path whose parents are directories")
+            break
+    return p

@@ -147,6 +147,26 @@ def _check_end(offset: int, size: int | None) -> None:
         raise tarfile.ReadError(f"no end-of-archive block after byte {offset} of {size}")
 
 
+def _padded(n: int) -> int:
+    return -(-n // 512) * 512
+
+
+def _has_data(fs: Any, path: str, start: int, end: int) -> bool:
+    """Whether bytes ``start``..``end`` of the file hold anything but zeros (a second read,
+    done only where a tar skipped data)."""
+    with fs.open(path, "rb") as f:
+        f.seek(start)
+        left = end - start
+        while left > 0:
+            chunk = f.read(min(left, 4 * 2**20))
+            if not chunk:
+                return False
+            if chunk.count(0) != len(chunk):
+                return True
+            left -= len(chunk)
+    return False
+
+
 @dataclass
 class ShardReadReport:
     """What reading one shard found."""
@@ -154,15 +174,65 @@ class ShardReadReport:
     samples: int = 0
     read_errors: int = 0
     truncated: str | None = None  # the tar error when the shard ended early
+    damaged: str | None = None  # data the reader skipped to resynchronise (first region)
+    damaged_regions: int = 0
+    damaged_bytes: int = 0
     ignored_members: int = 0
     key_collisions: int = 0
 
 
-def _sample_members(tar: tarfile.TarFile, report: ShardReadReport | None,
+class _Walk:
+    """A tar's members in order, read with ``ignore_zeros`` so that an invalid header in the
+    middle of the archive does not end it: tarfile then tries every following 512-byte block
+    until a valid header, as GNU tar does when it skips to the next header. ``expected`` is
+    where the next header should start; a member found further on means skipped data, which
+    is reported as damage unless it is all zeros (concatenated archives, ``cat a.tar b.tar``).
+    Only regions that were skipped are read again, to tell zeros from damage."""
+
+    def __init__(self, tar: tarfile.TarFile, report: ShardReadReport | None, fs: Any,
+                 path: str, compressed: bool) -> None:
+        self.tar, self.report, self.fs, self.path = tar, report, fs, path
+        self.compressed = compressed
+        self.expected = 0
+        self.gap_inside: tuple[int, int] | None = None  # the last skipped region
+
+    def members(self) -> Iterator[tarfile.TarInfo]:
+        for info in self.tar:
+            if info.offset > self.expected:
+                self.skipped(self.expected, info.offset)
+            self.expected = info.offset_data + _padded(info.size) if info.isreg() else \
+                info.offset_data
+            yield info
+
+    def skipped(self, start: int, end: int) -> bool:
+        """Record ``start``..``end`` as damage if it holds data; True when it does."""
+        if not self.compressed and not _has_data(self.fs, self.path, start, end):
+            return False
+        self.gap_inside = (start, end)
+        if self.report is not None:
+            self.report.damaged_regions += 1
+            self.report.damaged_bytes += end - start
+            if self.report.damaged is None:
+                self.report.damaged = (f"corrupt tar data at byte {start}: skipped {end - start} "
+                                       f"bytes to the next valid header")
+        return True
+
+    def finish(self, size: int | None) -> None:
+        """At the end: a missing end-of-archive block means truncation; data after the last
+        member (where only zeros belong) is damage."""
+        if self.compressed or size is None:
+            return
+        _check_end(self.expected, size)
+        if self.skipped(self.expected, size) and self.report is not None:
+            self.report.damaged = (self.report.damaged or "").replace(
+                "to the next valid header", "to the end of the shard", 1)
+
+
+def _sample_members(walk: _Walk, report: ShardReadReport | None,
                     ) -> Iterator[tuple[tarfile.TarInfo, str, str]]:
     """(member, key, extension) of every file member that belongs to a sample; directories,
     names without an extension and webdataset's ``__``-prefixed meta members are skipped."""
-    for info in tar:
+    for info in walk.members():
         if not info.isfile():
             continue
         parts = split_member(info.name)
@@ -283,13 +353,19 @@ class ShardReader:
             f = HashingFile(raw)
             pending: _Pending | None = None
             try:
-                opened = tarfile.open(fileobj=f, mode="r|*")
+                opened = tarfile.open(fileobj=f, mode="r|*", ignore_zeros=True)
             except _TRUNCATION as exc:  # not a tar at all (or empty): fail, never 0 samples
                 raise ShardUnreadable(f"{self.ref.url} is not a tar archive "
                                       f"({type(exc).__name__}: {exc})") from exc
             try:
                 with opened as tar:
-                    for info, key, ext in _sample_members(tar, self.report):
+                    compressed = getattr(tar.fileobj, "comptype", "tar") != "tar"
+                    walk = _Walk(tar, self.report, fs, path, compressed)
+                    for info, key, ext in _sample_members(walk, self.report):
+                        gap, walk.gap_inside = walk.gap_inside, None
+                        if gap is not None and pending is not None and key == pending.key:
+                            pending.broken = (f"tar data inside this sample is damaged (bytes "
+                                              f"{gap[0]} to {gap[1]} were skipped)")
                         if pending is not None and (key != pending.key or ext in pending.members):
                             yield self._finish(pending, number)
                             pending = None
@@ -307,8 +383,7 @@ class ShardReader:
                             raise tarfile.ReadError(f"member {info.name} has {len(blob)} of "
                                                     f"{info.size} bytes")
                         pending.members[ext] = blob
-                    if getattr(tar.fileobj, "comptype", "tar") == "tar":  # not compressed
-                        _check_end(tar.offset, _size(fs, path))
+                    walk.finish(_size(fs, path))
             except _TRUNCATION as exc:
                 self.report.truncated = f"{type(exc).__name__}: {exc}"
                 if pending is not None:
@@ -351,6 +426,9 @@ class ShardReader:
                 if not isinstance(loaded, dict):
                     raise ValueError("not a JSON object")
                 meta = loaded
+            except RecursionError:
+                meta_text = None
+                problems.append("json member is not a valid JSON object (nested too deeply)")
             except (UnicodeDecodeError, ValueError) as exc:
                 problems.append(f"json member is not a valid JSON object ({exc})")
         uid = normalise_uid(meta.get("uid"))
@@ -397,8 +475,9 @@ def read_members(ref: ShardRef, indices: set[int]) -> dict[int, dict[str, bytes]
         return out
     with fs.open(path, "rb") as f:
         try:
-            with tarfile.open(fileobj=f, mode="r|*") as tar:
-                for info, key, ext in _sample_members(tar, None):
+            with tarfile.open(fileobj=f, mode="r|*", ignore_zeros=True) as tar:
+                walk = _Walk(tar, None, fs, path, compressed=True)  # numbering only: no checks
+                for info, key, ext in _sample_members(walk, None):
                     if key != current or ext in seen_exts:
                         tar_position += 1
                         while passed < len(failed) and failed[passed] < key:

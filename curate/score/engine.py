@@ -291,6 +291,7 @@ def _run_here(todo: list[ShardPlan], versions: list[ScorerVersion], reader: str,
             rlog.event("shard_done", shard=sid, samples=result.samples, computed=p.compute,
                        read=p.read_base, seconds=result.seconds, node="local",
                        attempts=attempt, committed_by="driver")
+            _warn_read(sid, result)
             break
 
 
@@ -402,10 +403,7 @@ def _run(todo: list[ShardPlan], versions: list[ScorerVersion], reader: str, stor
                                computed=p.compute, read=p.read_base, seconds=result.seconds,
                                node=result.node, attempts=attempts[sid],
                                committed_by="worker" if result.committed else "driver")
-                    truncated = result.read.get("truncated") if result.read else None
-                    if truncated:
-                        log.warning("shard %s is truncated: kept the %d samples before the "
-                                    "break (%s)", sid, result.samples, truncated)
+                    _warn_read(sid, result)
                     bar.update(samples=result.samples)
                     idle.append(worker)
                     continue
@@ -425,6 +423,30 @@ def _run(todo: list[ShardPlan], versions: list[ScorerVersion], reader: str, stor
             with contextlib.suppress(Exception):
                 ray.kill(w)
     return n_workers
+
+
+def read_status(read: dict[str, Any]) -> tuple[str, str | None]:
+    """A shard's status from its read report: ``truncated`` (it ends early), ``damaged`` (the
+    reader skipped data to resynchronise), else ``done``; and the message."""
+    truncated, damaged = read.get("truncated"), read.get("damaged")
+    if truncated:
+        return "truncated", truncated if not damaged else f"{truncated}; {damaged}"
+    if damaged:
+        regions = int(read.get("damaged_regions") or 1)
+        more = f" ({regions} damaged regions, {read.get('damaged_bytes')} bytes)" \
+            if regions > 1 else ""
+        return "damaged", damaged + more
+    return "done", None
+
+
+def _warn_read(sid: str, result: ShardResult) -> None:
+    status, message = read_status(result.read or {})
+    if status == "truncated":
+        log.warning("shard %s is truncated: kept the %d samples before the break (%s)", sid,
+                    result.samples, message)
+    elif status == "damaged":
+        log.warning("shard %s is damaged: %s; the %d samples around it were read", sid, message,
+                    result.samples)
 
 
 def _task_error(exc: Exception, ref: ShardRef) -> str:
@@ -460,9 +482,7 @@ def _pool_records(plans: list[ShardPlan], records: dict[str, PoolShard],
                                         "skipped": 0, "seconds": 0.0}
             rec.digest, rec.stamp, rec.samples = r.digest, r.stamp, r.samples
             if p.read_base:
-                truncated = r.read.get("truncated")
-                rec.status = "truncated" if truncated else "done"
-                rec.read_error = truncated
+                rec.status, rec.read_error = read_status(r.read)
             elif prev is not None:
                 rec.status, rec.read_error = prev.status, prev.read_error
             rec.attempts, rec.seconds, rec.node = attempts.get(sid, 1), r.seconds, r.node
@@ -493,9 +513,7 @@ def _fill_from_base(rec: PoolShard, store: Store, reader: str, p: ShardPlan) -> 
         md = pq.read_metadata(f)
     rec.samples = md.num_rows
     info = json.loads((md.metadata or {}).get(KEY_INFO, b"{}"))
-    truncated = (info.get("read") or {}).get("truncated")
-    rec.status = "truncated" if truncated else "done"
-    rec.read_error = truncated
+    rec.status, rec.read_error = read_status(info.get("read") or {})
 
 
 def shards_failed(failed: dict[str, tuple[ShardRef, int, str]], total: int,

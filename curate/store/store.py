@@ -120,7 +120,7 @@ class PoolShard:
     stamp: str | None = None
     digest: str | None = None
     samples: int | None = None
-    status: str = "done"  # done | truncated | failed
+    status: str = "done"  # done | truncated | damaged | failed
     read_error: str | None = None
     attempts: int = 0
     seconds: float | None = None  # seconds of its last scoring
