@@ -65,7 +65,7 @@ def score_seconds(pool: Path, score: list[Any], store: Path, **kw: Any) -> tuple
 def bench_add(pool: Path, work: Path, repeat: int, head: Path) -> dict[str, Any]:
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
     try:
         prepared = work / "scored"
         score_seconds(pool, [*BASIC, CLIP], prepared)  # the scored pool (not timed)

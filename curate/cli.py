@@ -473,6 +473,20 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def ray_lost(exc: BaseException) -> CurateError | None:
+    """A CurateError for Ray losing its cluster under the run (the node, its raylet or the
+    object store went away), else None. An error raised by curate's own code inside a Ray task
+    is not one of these: that is a bug, reported as an internal error."""
+    ray_exc = sys.modules.get("ray.exceptions")
+    if ray_exc is None or not isinstance(exc, ray_exc.RayError) or isinstance(
+            exc, ray_exc.RayTaskError):
+        return None
+    return CurateError(f"the Ray cluster went away during the run ({type(exc).__name__}: "
+                       f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'no detail'})",
+                       "finished shards and output files are kept: check the cluster "
+                       "(`ray status`) and run the same command again")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -490,6 +504,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if args.debug:
             raise
+        lost = ray_lost(exc)
+        if lost is not None:
+            print(f"error: {lost.message}", file=sys.stderr)
+            print(f"hint: {lost.hint}", file=sys.stderr)
+            return 1
         print(f"error: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
         print("hint: rerun with `curate --debug ...` for the traceback and report it",
               file=sys.stderr)

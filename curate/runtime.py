@@ -84,11 +84,16 @@ class Progress:
 class RaySession:
     """Ray for one run, started on first use (``ensure``): a run that finds everything already
     computed never starts it. It uses the Ray already initialised in this process, joins
-    ``address``, or starts a private local one, which ``close`` shuts down."""
+    ``address`` (or ``RAY_ADDRESS``, as ``ray job submit`` sets it), or else starts a private
+    local Ray, never joining a cluster that happens to run on the machine; ``close`` shuts a
+    private Ray down, and ``curate.reaper`` makes sure none of its processes outlive the run
+    even when the driver is killed."""
 
     def __init__(self, address: str | None = None) -> None:
-        self.address = address
+        self.address = address or os.environ.get("RAY_ADDRESS") or None
         self._started = False
+        self._reaper: Any = None
+        self.info: dict[str, Any] = {}
 
     def ensure(self) -> None:
         import ray
@@ -101,14 +106,21 @@ class RaySession:
         }
         try:
             if self.address:
-                ray.init(address=self.address, **kwargs)
+                ctx = ray.init(address=self.address, **kwargs)
             else:
                 os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private, local cluster
-                ray.init(**kwargs)
+                ctx = ray.init(address="local", **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise CurateError(f"could not start or join Ray ({self.address or 'local'}): {exc}",
                               "check --address (e.g. ray://head:10001 or auto)") from exc
         self._started = True
+        session_dir = str(getattr(ctx, "address_info", {}).get("session_dir") or "")
+        self.info = {"address": self.address or "local", "private": not self.address,
+                     "session_dir": session_dir}
+        if not self.address and session_dir:
+            from curate.reaper import spawn
+
+            self._reaper = spawn(session_dir)
 
     def close(self) -> None:
         if self._started:
@@ -116,6 +128,9 @@ class RaySession:
 
             ray.shutdown()
             self._started = False
+        if self._reaper is not None:  # it sweeps what the shutdown left, then exits
+            self._reaper.stdin.close()
+            self._reaper = None
 
     def __enter__(self) -> RaySession:
         return self

@@ -23,7 +23,7 @@ def ray_local() -> Iterator[None]:
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING",
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING",
                  runtime_env={"env_vars": {"NO_ALBUMENTATIONS_UPDATE": "1"}})
     yield
     ray.shutdown()
@@ -75,8 +75,10 @@ def trained_rewriter(tmp_path_factory: pytest.TempPathFactory) -> Path:
     well-formed demo captions, so most pass validation."""
     from curate.demo.rewriter import make_demo_rewriter
 
+    # A fixed number of steps and no time cap, so the model is the same however busy the
+    # machine is; the tests that use it get a longer timeout (see EXPENSIVE_FIXTURES).
     return make_demo_rewriter(tmp_path_factory.mktemp("lm") / "trained", seed=0,
-                              train_seconds=600, max_steps=TRAINED_REWRITER_STEPS).out
+                              train_seconds=1e9, max_steps=TRAINED_REWRITER_STEPS).out
 
 
 TRAINED_REWRITER_STEPS = 120
@@ -109,8 +111,21 @@ def _has_cuda() -> bool:
         return False
 
 
+# Session fixtures that train a model for a fixed amount of work. The first test to use one
+# pays for the training inside its own timeout, and on a machine busy with other work that can
+# take several times as long as on a quiet one, so those tests get this timeout (seconds)
+# instead of the suite's 600.
+EXPENSIVE_FIXTURES = {"trained_rewriter": 2400, "demo_filter": 2400}
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Skip ``@pytest.mark.gpu`` tests cleanly on machines without a CUDA GPU."""
+    """Skip ``@pytest.mark.gpu`` tests cleanly on machines without a CUDA GPU; give the tests
+    that may set up an expensive fixture its longer timeout."""
+    for item in items:
+        need = [EXPENSIVE_FIXTURES[f] for f in getattr(item, "fixturenames", ())
+                if f in EXPENSIVE_FIXTURES]
+        if need and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(max(need)))
     gpu_items = [i for i in items if i.get_closest_marker("gpu")]
     if gpu_items and not _has_cuda():
         skip = pytest.mark.skip(reason="needs a CUDA GPU")

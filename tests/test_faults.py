@@ -21,10 +21,11 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import REPO, curate_cli
+from conftest import REPO, curate_cli, demo_pipeline
 from faultstage import pipeline
 
 from curate.errors import CurateError, ShardFailed
+from curate.reaper import session_processes
 from curate.runner import run
 
 SHARDS = [f"{i:05d}.tar" for i in range(8)]
@@ -54,6 +55,16 @@ def assert_same_as_clean(run_dir: Path, clean: Path) -> None:
     for name in names:
         assert (out / "output" / name).read_bytes() == (clean / "output" / name).read_bytes()
     assert not list(run_dir.rglob("*.tmp"))
+
+
+def _commands(pids: list[int]) -> list[str]:
+    out = []
+    for pid in pids:
+        try:
+            out.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except OSError:
+            continue
+    return out
 
 
 def signal_mtimes(run_dir: Path) -> dict[str, int]:
@@ -117,6 +128,13 @@ def test_killed_driver_resumes_without_redoing_finished_shards(
             time.sleep(0.2)
         os.kill(proc.pid, signal.SIGKILL)  # the driver only: as if its machine went away
         proc.wait(timeout=30)
+        # None of its private Ray's processes outlive it for long (curate.reaper).
+        [ray_info] = events(out, "ray")
+        assert ray_info["private"] and ray_info["session_dir"]
+        deadline = time.monotonic() + 60
+        while left := session_processes(ray_info["session_dir"], {os.getpid()}):
+            assert time.monotonic() < deadline, f"left behind: {_commands(left)}"
+            time.sleep(0.5)
     finally:
         time.sleep(1)
         try:  # then whatever local Ray processes it left behind
@@ -277,3 +295,25 @@ def test_second_run_into_the_same_directory_is_refused(tmp_path: Path) -> None:
             pass
     with RunLock(tmp_path):  # released on exit
         pass
+
+
+def test_full_disk_under_duckdb_while_selecting(demo_pool: Path, demo_run: Path,
+                                               small_disk: Path) -> None:
+    from curate.runner import select
+
+    # The store is complete; only the selection's directory (where DuckDB keeps its working
+    # database and write-ahead log) is on the full disk.
+    store = demo_run.parent.parent / "store"
+    sel = demo_pipeline(demo_pool).selection()
+    before = store_files(demo_run.parent.parent)
+    for size in ("64k", "256k", "1m"):
+        _resize(small_disk, size)
+        with pytest.raises(CurateError) as info:
+            select(store, sel, small_disk / "sel", progress=False)
+        assert info.value.message.startswith("no space left on device"), info.value.message
+        assert "run the same command again" in str(info.value)
+        assert store_files(demo_run.parent.parent) == before  # the store is untouched
+    _resize(small_disk, "64m")
+    result = select(store, sel, small_disk / "sel", progress=False)
+    assert pq.read_table(result.dir / "manifest.parquet").equals(
+        pq.read_table(demo_run / "manifest.parquet"))

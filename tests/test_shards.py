@@ -40,6 +40,28 @@ def test_list_shards_brace_glob_and_ids(tmp_path: Path) -> None:
     assert len(list_shards([str(tmp_path / "pool/00000.tar")] * 2)) == 1
 
 
+def test_a_folder_is_the_shards_directly_in_it(tmp_path: Path) -> None:
+    # `--input demo/pool` the way img2dataset and webdataset users pass it: the folder's tars,
+    # not its Parquet or stats files, not its sub-folders, and the same ids as a glob gives.
+    for i in range(3):
+        clean_shard(tmp_path / "pool" / f"{i:05d}.tar", 1)
+    (tmp_path / "pool" / "00000.parquet").write_bytes(b"PAR1")
+    (tmp_path / "pool" / "00000_stats.json").write_text("{}")
+    clean_shard(tmp_path / "pool" / "sub" / "00000.tar", 1)
+    (tmp_path / "pool" / "dir.tar").mkdir()  # a folder named like a shard is not one
+    for given in (tmp_path / "pool", f"{tmp_path / 'pool'}/"):
+        refs = list_shards(str(given))
+        assert [r.shard_id for r in refs] == ["00000.tar", "00001.tar", "00002.tar"]
+        assert refs == list_shards(str(tmp_path / "pool/*.tar"))
+    # A glob that matches folders takes only the files.
+    assert [r.shard_id for r in list_shards(str(tmp_path / "pool/*"))] == [
+        "00000.parquet", "00000.tar", "00000_stats.json", "00001.tar", "00002.tar"]
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    with pytest.raises(CurateError, match="holds no shard") as err:
+        list_shards(str(tmp_path / "empty"))
+    assert "**/*.tar" in (err.value.hint or "")
+
+
 def test_list_shards_errors_are_clear(tmp_path: Path) -> None:
     with pytest.raises(CurateError, match="does not exist"):
         list_shards(str(tmp_path / "nope.tar"))

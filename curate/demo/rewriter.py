@@ -6,8 +6,10 @@ and, when ``train_seconds > 0``, trains it on LaCLIP-format prompts (``curate.re
 whose targets are other honest captions of the same demo image (the scene generator describes a
 scene with several templates). The result is a real Hugging Face model directory (config,
 safetensors, tokenizer with a chat template) that every rewrite backend loads like any other.
-With ``train_seconds=0`` the model is random: its outputs are garbage, which is what the tests
-use to check validation.
+Training stops after ``train_seconds`` or ``max_steps``, whichever comes first; with
+``max_steps`` and a generous time the learning-rate schedule follows the steps, so the model
+does not depend on how fast the machine is. With ``train_seconds=0`` the model is random: its
+outputs are garbage, which is what the tests use to check validation.
 """
 
 from __future__ import annotations
@@ -132,7 +134,10 @@ def _train(model: object, tok: object, rng: random.Random, seconds: float,
         ids = torch.tensor([x + [pad] * (width - len(x)) for x, _ in batch])
         labels = torch.tensor([y + [-100] * (width - len(y)) for _, y in batch])
         mask = (torch.arange(width)[None, :] < torch.tensor([len(x) for x, _ in batch])[:, None])
-        frac = min(1.0, (time.perf_counter() - t0) / seconds)
+        # The schedule follows the steps when their number is fixed (the same model however
+        # busy the machine is), else the clock.
+        frac = (step / total if max_steps else
+                min(1.0, (time.perf_counter() - t0) / seconds))
         for group in opt.param_groups:
             group["lr"] = lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * frac))
         loss = model(input_ids=ids, attention_mask=mask.long(), labels=labels).loss  # type: ignore

@@ -13,13 +13,33 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 
+def current_umask() -> int:
+    """This process's umask, read without changing it where the system allows (Linux's
+    ``/proc/self/status``), since setting it to read it races with other threads' writes."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(dest: str | Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``dest``; on success it is renamed onto ``dest``."""
+    """Yield a temporary path next to ``dest``; on success it is renamed onto ``dest``. The
+    file gets the mode a plain ``open`` would give it (0666 less the umask), not the 0600 of
+    a temporary file, so users and jobs the umask admits can read the output."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    os.close(fd)
+    try:
+        os.fchmod(fd, 0o666 & ~current_umask())
+    finally:
+        os.close(fd)
     try:
         yield Path(tmp)
         os.replace(tmp, dest)

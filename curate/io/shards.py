@@ -70,6 +70,8 @@ def _strip_protocol(url: str) -> tuple[str, str]:
 
 def list_shards(patterns: str | list[str]) -> list[ShardRef]:
     """Expand ``patterns`` (brace patterns, globs, fsspec URLs) into sorted, unique shards.
+    A folder stands for the shards directly in it (``*.tar``, ``*.tar.gz``, ``*.tgz``); a glob
+    takes the files it matches, never a folder.
 
     Raises ``CurateError`` when a pattern matches nothing or a named file does not exist.
     """
@@ -81,23 +83,42 @@ def list_shards(patterns: str | list[str]) -> list[ShardRef]:
             fs, path = fsspec.core.url_to_fs(expanded)
             proto, _ = _strip_protocol(expanded)
             if any(ch in path for ch in "*?["):
-                found = sorted(fs.glob(path))
+                found = sorted(p for p in fs.glob(path) if not fs.isdir(p))  # files only
                 if not found:
                     raise CurateError(f"input pattern {expanded!r} matches no file",
                                       "check the path; patterns are relative to the current "
                                       "directory")
                 urls.extend(_join_proto(proto, fs, p) for p in found)
+            elif not fs.exists(path):
+                raise CurateError(f"input shard {expanded!r} does not exist",
+                                  "check the path, or run `curate demo-data DIR` for a "
+                                  "demo pool")
+            elif fs.isdir(path):
+                urls.extend(_join_proto(proto, fs, p) for p in _folder_shards(fs, path, expanded))
             else:
-                if not fs.exists(path):
-                    raise CurateError(f"input shard {expanded!r} does not exist",
-                                      "check the path, or run `curate demo-data DIR` for a "
-                                      "demo pool")
                 urls.append(_join_proto(proto, fs, path))
     if not urls:
         raise CurateError("the pipeline's input names no shard")
     unique = sorted(set(urls))
     root = _common_root(unique)
     return [ShardRef(url=u, shard_id=_relative(u, root)) for u in unique]
+
+
+# What a file in a folder given as input must be called to be taken as a shard.
+SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+
+
+def _folder_shards(fs: Any, path: str, given: str) -> list[str]:
+    """The shards directly in the folder ``path`` (as img2dataset and webdataset write them:
+    ``00000.tar``, ...); its other files (img2dataset's Parquet and stats) and its sub-folders
+    are not input. A CurateError when it holds none."""
+    found = sorted(p for p in fs.ls(path, detail=False)
+                   if p.endswith(SHARD_SUFFIXES) and not fs.isdir(p))
+    if not found:
+        raise CurateError(f"input folder {given!r} holds no shard (*.tar, *.tar.gz, *.tgz)",
+                          f"give the shards themselves, e.g. '{given.rstrip('/')}/**/*.tar' "
+                          "for shards in sub-folders")
+    return found
 
 
 def _join_proto(proto: str, fs: Any, path: str) -> str:

@@ -307,6 +307,9 @@ def _run(todo: list[ShardPlan], versions: list[ScorerVersion], reader: str, stor
     import ray
     from ray.exceptions import RayActorError, RayTaskError
 
+    if session.info:
+        rlog.event("ray", **session.info)
+
     needed = [v for v in versions if any(v.label in p.compute for p in todo)]
     res = _resources([v.scorer for v in needed])
     cluster = ray.cluster_resources()

@@ -1,0 +1,156 @@
+"""What a run does with the machine it finds: a Ray cluster someone else started, the user's
+umask, paths that are files, a disk that fills under DuckDB, and Ray going away under it."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import REPO, curate_cli
+
+from curate.reaper import session_processes
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {
+        "PYTHONUNBUFFERED": "1"}
+
+
+def _curate(*args: str, umask: int | None = None, timeout: float = 300,
+            ) -> subprocess.CompletedProcess[str]:
+    exe = shutil.which("curate", path=str(Path(sys.executable).parent)) or "curate"
+    return subprocess.run([exe, *args], capture_output=True, text=True, timeout=timeout,
+                          env=_env(), preexec_fn=(lambda: os.umask(umask)) if umask else None)
+
+
+def _ray_events(store: Path) -> list[dict[str, Any]]:
+    lines = (store / "log.jsonl").read_text().splitlines()
+    return [e for e in map(json.loads, lines) if e["event"] == "ray"]
+
+
+@pytest.fixture
+def other_cluster(tmp_path: Path) -> Any:
+    """A Ray head started by someone else on this machine (`ray start --head`), stopped, with
+    every process of its session, at the end (never `ray stop`: that stops every Ray here)."""
+    ray_exe = Path(sys.executable).parent / "ray"
+    port = _free_port()
+    proc = subprocess.Popen([str(ray_exe), "start", "--head", "--block", f"--port={port}",
+                             "--num-cpus=1", "--include-dashboard=false",
+                             "--disable-usage-stats"], env=_env(), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (sessions := list(Path("/tmp/ray").glob(f"session_*_{proc.pid}"))):
+            assert proc.poll() is None and time.monotonic() < deadline, "ray start failed"
+            time.sleep(0.5)
+        with socket.socket() as s:  # its GCS is up
+            while s.connect_ex(("127.0.0.1", port)) != 0:
+                assert time.monotonic() < deadline, "ray start did not listen"
+                time.sleep(0.5)
+        yield f"127.0.0.1:{port}", sessions[0]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+        current = Path("/tmp/ray/ray_current_cluster")  # `ray start`'s pointer to it
+        if current.is_file() and current.read_text().strip().endswith(f":{port}"):
+            current.unlink()
+        for sess in Path("/tmp/ray").glob(f"session_*_{proc.pid}"):
+            for pid in session_processes(str(sess), {os.getpid()}):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_a_plain_run_never_joins_a_running_cluster_and_honours_the_umask(
+        tmp_path: Path, other_cluster: tuple[str, Path]) -> None:
+    _, their_session = other_cluster
+    res = curate_cli("demo-data", str(tmp_path / "pool"), "--shards", "2", "--per-shard", "16")
+    assert res.returncode == 0, res.stderr
+    out = tmp_path / "run"
+    res = _curate("run", str(REPO / "pipelines" / "basic.yaml"), "--out", str(out),
+                  "--input", str(tmp_path / "pool"), "--no-progress", umask=0o022)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "multiple active Ray" not in res.stdout + res.stderr
+    assert "Connecting to" not in res.stdout + res.stderr
+    [ray_info] = _ray_events(out / "store")
+    assert ray_info["private"] and ray_info["address"] == "local"
+    assert Path(ray_info["session_dir"]) != their_session
+    assert Path(ray_info["session_dir"]).name != their_session.name
+
+    sel = out / "selections" / "basic"
+    res = _curate("export", str(sel), "--format", "uids", "--out", str(tmp_path / "uids.txt"),
+                  umask=0o022)
+    assert res.returncode == 0, res.stderr
+    # Everything the run wrote is readable by the others the umask admits (0644, 0755).
+    written = [p for p in (*out.rglob("*"), tmp_path / "uids.txt")]
+    names = {p.name for p in written}
+    for expected in ("pipeline.yaml", "stats.json", "shards.parquet", "manifest.parquet",
+                     "store.json", "pool.parquet", "00000.tar"):
+        assert expected in names, expected
+    modes = {str(p.relative_to(tmp_path)): stat.S_IMODE(p.stat().st_mode) for p in written
+             if not p.is_symlink()}
+    bad = {k: oct(m) for k, m in modes.items()
+           if m != (0o755 if (tmp_path / k).is_dir() else 0o644)}
+    assert bad == {}
+
+
+def test_paths_that_are_files_are_user_errors(tmp_path: Path) -> None:
+    (tmp_path / "taken").write_text("not a directory")
+    pool = tmp_path / "pool"
+    res = curate_cli("demo-data", str(pool), "--shards", "1", "--per-shard", "4")
+    assert res.returncode == 0, res.stderr
+    basic = str(REPO / "pipelines" / "basic.yaml")
+    for args, what in (
+            (("run", basic, "--out", str(tmp_path / "taken"), "--input", str(pool)), "--out"),
+            (("run", basic, "--out", str(tmp_path / "taken" / "run"), "--input", str(pool)),
+             "--out"),
+            (("score", basic, "--store", str(tmp_path / "taken"), "--input", str(pool)),
+             "the store"),
+    ):
+        res = curate_cli(*args)
+        assert res.returncode == 2, (args, res.stderr)
+        lines = res.stderr.strip().splitlines()
+        assert lines[0].startswith(f"error: {what}") and "taken" in lines[0], res.stderr
+        assert lines[1].startswith("hint: ") and "Traceback" not in res.stderr
+
+
+def test_an_empty_folder_as_input_is_a_user_error(tmp_path: Path) -> None:
+    (tmp_path / "pool").mkdir()
+    res = curate_cli("run", str(REPO / "pipelines" / "basic.yaml"), "--out",
+                     str(tmp_path / "run"), "--input", str(tmp_path / "pool"))
+    assert res.returncode == 2
+    assert "holds no shard" in res.stderr and "hint:" in res.stderr
+
+
+def test_ray_losing_its_cluster_is_an_error_line_not_an_internal_error() -> None:
+    from ray.exceptions import LocalRayletDiedError, RayTaskError
+
+    from curate.cli import ray_lost
+
+    lost = ray_lost(LocalRayletDiedError())
+    assert lost is not None and lost.message.startswith("the Ray cluster went away")
+    assert "LocalRayletDiedError" in lost.message and "same command again" in (lost.hint or "")
+    try:
+        raise ValueError("a bug in a scorer")
+    except ValueError as cause:
+        task_error = RayTaskError("score_shard", "Traceback ...", cause)
+    assert ray_lost(task_error) is None  # our own code's error inside a task is a bug
+    assert ray_lost(ValueError("x")) is None
