@@ -17,7 +17,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from curate.stages.base import Params, Scorer
+from curate.stages.base import Params, Resources, Scorer
 
 
 class FaultParams(Params):
@@ -27,12 +27,17 @@ class FaultParams(Params):
     sleep: float = 0.0  # seconds per batch (slows a run down so a test can interrupt it)
     delete_at: str | None = None  # while scoring this shard ...
     delete: str | None = None  # ... delete this file (an input shard vanishing mid-run)
+    cpus: float = 1.0  # what the worker holding it asks Ray for
 
 
 class Fault(Scorer):
     name = "fault"
 
     Params = FaultParams
+
+    def __init__(self, params: FaultParams | None = None) -> None:
+        super().__init__(params)
+        self.resources = Resources(cpus=self.params.cpus)  # type: ignore[attr-defined]
 
     def inputs(self) -> tuple[str, ...]:
         return ("shard", "index")

@@ -163,3 +163,50 @@ def test_worker_asking_for_more_cpus_than_any_node_still_runs(tiny_dir: Path, tm
         "score": [{"clip": {"model": str(tiny_dir), "pretrained": None, "cpus": 4}}]})
     result = run(p, tmp_path / "run", progress=False)  # 4 > the 2 CPUs: capped, not stuck
     assert result.samples == 2 and result.kept == 2
+
+
+def test_weights_that_cannot_load_fail_on_the_driver_before_any_worker(
+        tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+    import shutil
+
+    from conftest import curate_cli
+
+    from curate.lib.clip_model import check_weights
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    # The tag is known but its weights are neither cached here nor downloadable (no network).
+    with pytest.raises(CurateError) as info:
+        check_weights("ViT-B-32", "laion2b_s34b_b79k")
+    assert "not in the local Hugging Face cache" in info.value.message
+    assert "pretrained: /path/to" in (info.value.hint or "")
+    with monkeypatch.context() as offline:
+        offline.setenv("HF_HUB_OFFLINE", "1")
+        with pytest.raises(CurateError, match="HF_HUB_OFFLINE is set"):
+            check_weights("ViT-B-32", "laion2b_s34b_b79k")
+    with pytest.raises(CurateError, match=r"known tags: .*laion2b_s34b_b79k"):
+        check_weights("ViT-B-32", "laion2b_s99z_b0k")  # a tag open_clip does not know
+    with pytest.raises(CurateError, match="does not exist"):
+        check_weights("ViT-B-32", str(tmp_path / "weights" / "nope.bin"))
+    empty = tmp_path / "no_weights"
+    empty.mkdir()
+    shutil.copy(tiny_dir / "open_clip_config.json", empty)
+    with pytest.raises(CurateError, match="has no weights"):
+        check_weights(str(empty), None)
+    check_weights(str(tiny_dir), None)  # local weights: nothing to fetch
+    check_weights("curate-tiny", None)  # random weights (tests): nothing to fetch
+
+    # Through the command line: one error line and a hint, nothing cut, and no worker started.
+    images = big_photos(1)
+    write_tar(tmp_path / "pool" / "00000.tar", sample_members("a", images[0], "a photo"))
+    pipe = tmp_path / "clip.yaml"
+    pipe.write_text(json.dumps({"input": {"shards": str(tmp_path / "pool" / "*.tar")},
+                                "score": [{"clip": {"model": "ViT-B-32"}}]}))
+    res = curate_cli("run", str(pipe), "--out", str(tmp_path / "run"), "--no-progress")
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert lines[-2].startswith("error: the weights of ViT-B-32 (laion2b_s34b_b79k) are not")
+    assert lines[-1].startswith("hint: pass local weights") and lines[-1].endswith(")")
+    events = [json.loads(x)["event"] for x in
+              (tmp_path / "run" / "store" / "log.jsonl").read_text().splitlines()]
+    assert "workers_started" not in events and "ray" not in events

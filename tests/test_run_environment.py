@@ -154,3 +154,25 @@ def test_ray_losing_its_cluster_is_an_error_line_not_an_internal_error() -> None
         task_error = RayTaskError("score_shard", "Traceback ...", cause)
     assert ray_lost(task_error) is None  # our own code's error inside a task is a bug
     assert ray_lost(ValueError("x")) is None
+
+
+def test_more_workers_than_the_cluster_can_place_are_capped(
+        demo_pool: Path, tmp_path: Path, ray_local: None, caplog: pytest.LogCaptureFixture,
+        ) -> None:
+    from faultstage import pipeline
+
+    from curate.runner import run
+
+    # The session's Ray has 2 CPUs; two workers of 2 CPUs each cannot both be placed, and
+    # waiting for the second one's set-up would wait forever.
+    p = pipeline(demo_pool, {"cpus": 2.0}, workers=2)
+    with caplog.at_level("WARNING", logger="curate"):
+        result = run(p, tmp_path / "run", progress=False)
+    assert result.kept > 0
+    assert "the Ray cluster can place only 1 scoring worker of 2 CPU each" in caplog.text
+    events = [json.loads(x) for x in (tmp_path / "run" / "store" / "log.jsonl").read_text()
+              .splitlines()]
+    [capped] = [e for e in events if e["event"] == "workers_capped"]
+    assert capped["asked"] == 2 and capped["placeable"] == 1
+    [started] = [e for e in events if e["event"] == "workers_started"]
+    assert started["workers"] == 1 and started["cpus"] == 2.0

@@ -174,18 +174,34 @@ def _padded(n: int) -> int:
 
 def _has_data(fs: Any, path: str, start: int, end: int) -> bool:
     """Whether bytes ``start``..``end`` of the file hold anything but zeros (a second read,
-    done only where a tar skipped data)."""
-    with fs.open(path, "rb") as f:
-        f.seek(start)
-        left = end - start
-        while left > 0:
-            chunk = f.read(min(left, 4 * 2**20))
-            if not chunk:
-                return False
-            if chunk.count(0) != len(chunk):
-                return True
-            left -= len(chunk)
+    done only where a tar skipped data). Read with ``cat_file``, not a second open file:
+    fsspec's memory filesystem hands every ``open`` the same file object, and moving it would
+    move the stream being read."""
+    while start < end:
+        chunk = fs.cat_file(path, start=start, end=min(end, start + 4 * 2**20))
+        if not chunk:
+            return False
+        if chunk.count(0) != len(chunk):
+            return True
+        start += len(chunk)
     return False
+
+
+def _text(name: str) -> str:
+    """A member name as valid text: bytes that are not UTF-8, which tarfile passes on as
+    surrogates (that neither Arrow nor a uid's hash can encode), are written ``\\xNN``."""
+    try:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _valid_text(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @dataclass
@@ -206,9 +222,11 @@ class _Walk:
     """A tar's members in order, read with ``ignore_zeros`` so that an invalid header in the
     middle of the archive does not end it: tarfile then tries every following 512-byte block
     until a valid header, as GNU tar does when it skips to the next header. ``expected`` is
-    where the next header should start; a member found further on means skipped data, which
+    where the next header should start (where tarfile itself looks: after the data of regular
+    files and of types it does not know); a member found further on means skipped data, which
     is reported as damage unless it is all zeros (concatenated archives, ``cat a.tar b.tar``).
-    Only regions that were skipped are read again, to tell zeros from damage."""
+    Only regions that were skipped are read again, to tell zeros from damage. A header tarfile
+    cannot parse at all (a pax number that is not a number) ends the walk as a truncation."""
 
     def __init__(self, tar: tarfile.TarFile, report: ShardReadReport | None, fs: Any,
                  path: str, compressed: bool) -> None:
@@ -218,11 +236,17 @@ class _Walk:
         self.gap_inside: tuple[int, int] | None = None  # the last skipped region
 
     def members(self) -> Iterator[tarfile.TarInfo]:
-        for info in self.tar:
+        while True:
+            try:
+                info = self.tar.next()
+            except ValueError as exc:  # tarfile's int() of a malformed pax or sparse header
+                raise tarfile.ReadError(f"invalid tar header after byte {self.expected} "
+                                        f"({exc})") from exc
+            if info is None:
+                return
             if info.offset > self.expected:
                 self.skipped(self.expected, info.offset)
-            self.expected = info.offset_data + _padded(info.size) if info.isreg() else \
-                info.offset_data
+            self.expected = self.tar.offset
             yield info
 
     def skipped(self, start: int, end: int) -> bool:
@@ -240,8 +264,12 @@ class _Walk:
 
     def finish(self, size: int | None) -> None:
         """At the end: a missing end-of-archive block means truncation; data after the last
-        member (where only zeros belong) is damage."""
-        if self.compressed or size is None:
+        member (where only zeros belong) is damage. In a compressed shard the end block is
+        looked for in the decompressed stream, which tarfile has read to its end."""
+        if self.compressed:
+            _check_end(self.expected, self.tar.fileobj.tell())  # type: ignore[union-attr]
+            return
+        if size is None:
             return
         _check_end(self.expected, size)
         if self.skipped(self.expected, size) and self.report is not None:
@@ -256,7 +284,7 @@ def _sample_members(walk: _Walk, report: ShardReadReport | None,
     for info in walk.members():
         if not info.isfile():
             continue
-        parts = split_member(info.name)
+        parts = split_member(_text(info.name))
         if parts is None or posixpath.basename(parts[0]).startswith("__"):
             if report is not None:
                 report.ignored_members += 1
@@ -312,6 +340,7 @@ class ShardReader:
         self.report = ShardReadReport()
         self.digest: str | None = None
         self._seen: dict[str, int] = {}
+        self._derived: set[str] = set()  # the derived uids given so far: each is given once
 
     def __iter__(self) -> Iterator[pa.Table]:
         rows: list[dict[str, Any]] = []
@@ -383,15 +412,19 @@ class ShardReader:
                     compressed = getattr(tar.fileobj, "comptype", "tar") != "tar"
                     walk = _Walk(tar, self.report, fs, path, compressed)
                     for info, key, ext in _sample_members(walk, self.report):
+                        # Skipped data held lost members of the sample before it or of the
+                        # one after it (or both): which, a corrupt header does not say.
                         gap, walk.gap_inside = walk.gap_inside, None
-                        if gap is not None and pending is not None and key == pending.key:
-                            pending.broken = (f"tar data inside this sample is damaged (bytes "
-                                              f"{gap[0]} to {gap[1]} were skipped)")
+                        if gap is not None and pending is not None:
+                            pending.broken = pending.broken or _damage(
+                                gap, "inside" if key == pending.key else "right after")
                         if pending is not None and (key != pending.key or ext in pending.members):
                             yield self._finish(pending, number)
                             pending = None
                         if pending is None:
                             pending = _Pending(key)
+                            if gap is not None:
+                                pending.broken = _damage(gap, "right before")
                         if info.size > self.max_member_bytes:  # skipped unread: bounded memory
                             pending.members[ext] = b""
                             pending.oversize.append(
@@ -401,10 +434,12 @@ class ShardReader:
                         data = tar.extractfile(info)
                         blob = data.read() if data is not None else b""
                         if len(blob) != info.size:
-                            raise tarfile.ReadError(f"member {info.name} has {len(blob)} of "
-                                                    f"{info.size} bytes")
+                            raise tarfile.ReadError(f"member {_text(info.name)} has {len(blob)} "
+                                                    f"of {info.size} bytes")
                         pending.members[ext] = blob
                     walk.finish(_size(fs, path))
+                    if walk.gap_inside is not None and pending is not None:
+                        pending.broken = pending.broken or _damage(walk.gap_inside, "right after")
             except _TRUNCATION as exc:
                 self.report.truncated = f"{type(exc).__name__}: {exc}"
                 if pending is not None:
@@ -452,10 +487,11 @@ class ShardReader:
                 problems.append("json member is not a valid JSON object (nested too deeply)")
             except (UnicodeDecodeError, ValueError) as exc:
                 problems.append(f"json member is not a valid JSON object ({exc})")
-        uid = normalise_uid(meta.get("uid"))
-        if uid is None:
-            uid = derive_uid(self.ref.shard_id, p.key if not n else f"{p.key}#{n}")
+        uid = normalise_uid(meta.get("uid")) or self._derived_uid(p.key, n)
         url = meta.get("url")
+        if isinstance(url, str) and not _valid_text(url):
+            problems.append("json url is not valid Unicode (it holds a lone surrogate)")
+            url = None
         image = p.members.get(image_ext) if image_ext else None
         if problems:
             self.report.read_errors += 1
@@ -474,6 +510,23 @@ class ShardReader:
             "image": image,
             "json": meta_text,
         }
+
+
+    def _derived_uid(self, key: str, n: int) -> str:
+        """The derived uid of the ``n``-th sample with ``key`` (from ``key#n`` after the first,
+        see ``curate.uid``), never one the shard gave already: after two samples ``a``, a
+        sample whose key is literally ``a#1`` takes the next free ``a#1#k``."""
+        uid = derive_uid(self.ref.shard_id, key if not n else f"{key}#{n}")
+        while uid in self._derived:
+            n += 1
+            uid = derive_uid(self.ref.shard_id, f"{key}#{n}")
+        self._derived.add(uid)
+        return uid
+
+
+def _damage(gap: tuple[int, int], where: str) -> str:
+    return (f"tar data {where} this sample is damaged (bytes {gap[0]} to {gap[1]} were "
+            "skipped)" + ("" if where == "inside" else ": members of it may be lost"))
 
 
 def read_members(ref: ShardRef, indices: set[int]) -> dict[int, dict[str, bytes]]:

@@ -78,6 +78,95 @@ def model_config(model: str) -> dict[str, Any]:
     return dict(cfg)
 
 
+# Seconds the driver waits for the Hugging Face Hub to answer whether it can serve weights that
+# are not in the local cache (a machine without network fails in well under a second).
+HUB_PROBE_TIMEOUT_S = 10.0
+
+_LOCAL_HINT = ("pass local weights: `model: {model}` with `pretrained: "
+               "/path/to/open_clip_pytorch_model.bin`, or `model: /path/to/dir` holding "
+               "open_clip_config.json and weights (e.g. from `curate train-filter`)")
+
+
+def check_weights(model: str, pretrained: str | None) -> None:
+    """Raise ``CurateError`` in seconds when ``load_clip(model, pretrained)`` could not get
+    its weights on this machine: a missing file or directory, a tag open_clip does not know for
+    the model, or hub weights that are neither in the local Hugging Face cache nor reachable
+    (offline, or ``HF_HUB_OFFLINE=1``). Workers would otherwise each find out after minutes of
+    retries."""
+    hint = _LOCAL_HINT.format(model=model)
+    mid = model_id(model)
+    if mid.startswith("hf-hub:"):
+        _check_hub(mid.removeprefix("hf-hub:"), ["open_clip_config.json"], model, hint)
+    model_config(model)  # an unknown name or a directory without a config fails here
+    if mid.startswith("local-dir:"):
+        folder = Path(mid.removeprefix("local-dir:"))
+        if not any((folder / n).is_file() for n in ("open_clip_model.safetensors",
+                                                    "open_clip_pytorch_model.bin")):
+            raise CurateError(f"model directory {folder} has no weights "
+                              "(open_clip_model.safetensors or open_clip_pytorch_model.bin)",
+                              "point model at a directory written by `curate train-filter`")
+        return
+    if mid.startswith("hf-hub:"):
+        _check_hub(mid.removeprefix("hf-hub:"), ["open_clip_model.safetensors",
+                                                 "open_clip_pytorch_model.bin"], model, hint)
+        return
+    if not pretrained or Path(pretrained).is_file():
+        return
+    if "/" in pretrained or pretrained.startswith("."):
+        raise CurateError(f"checkpoint {pretrained!r} for {model} does not exist",
+                          "pretrained is an open_clip tag or a path to a checkpoint file")
+    from open_clip import pretrained as known
+
+    cfg = known.get_pretrained_cfg(mid, pretrained)
+    if not cfg:
+        tags = known.list_pretrained_tags_by_model(mid)
+        raise CurateError(f"open_clip has no pretrained weights {pretrained!r} for {model}",
+                          f"known tags: {', '.join(tags)}" if tags else
+                          f"{model} has no published weights here; {hint}")
+    if cfg.get("hf_hub"):
+        repo, filename = cfg["hf_hub"].rstrip("/"), None
+        if not cfg["hf_hub"].endswith("/"):
+            repo, filename = repo.rsplit("/", 1)
+        names = [filename] if filename else []
+        names += [n for n in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+                  if n not in names]
+        _check_hub(repo, names, f"{model} ({pretrained})", hint)
+    elif cfg.get("url"):
+        cached = Path("~/.cache/clip").expanduser() / Path(cfg["url"]).name
+        if not cached.is_file():
+            _probe_url(cfg["url"], f"{model} ({pretrained})", hint)
+
+
+def _check_hub(repo: str, names: list[str], what: str, hint: str) -> None:
+    """Pass when one of ``names`` of ``repo`` is in the local cache, or the hub answers."""
+    import os
+
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
+
+    if any(isinstance(try_to_load_from_cache(repo, n), str) for n in names):
+        return
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        raise CurateError(f"the weights of {what} are not in the local Hugging Face cache and "
+                          "HF_HUB_OFFLINE is set", hint)
+    try:
+        get_hf_file_metadata(hf_hub_url(repo, names[-1]), timeout=HUB_PROBE_TIMEOUT_S)
+    except Exception as exc:
+        cause = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        raise CurateError(f"the weights of {what} are not in the local Hugging Face cache and "
+                          f"cannot be downloaded ({cause[:200]})", hint) from exc
+
+
+def _probe_url(url: str, what: str, hint: str) -> None:
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"),
+                               timeout=HUB_PROBE_TIMEOUT_S).close()
+    except Exception as exc:
+        raise CurateError(f"the weights of {what} are not cached and cannot be downloaded "
+                          f"from {url} ({type(exc).__name__}: {str(exc)[:200]})", hint) from exc
+
+
 @dataclass
 class LoadedClip:
     model: Any

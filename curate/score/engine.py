@@ -141,6 +141,29 @@ class ShardWorker:
         return result
 
 
+# Seconds between warnings while scoring workers have not started.
+SETUP_WARN_S = 60.0
+
+
+def _placeable(nodes: list[dict[str, Any]], res: Resources, use_gpu: bool) -> int:
+    """How many workers asking for ``res`` the cluster's live nodes can hold at once (each
+    worker on one node); at least 1."""
+    n = 0
+    for node in nodes:
+        if not node.get("Alive"):
+            continue
+        have = node.get("Resources", {})
+        fit = int(have.get("CPU", 0.0) // res.cpus) if res.cpus > 0 else 10**6
+        if use_gpu:
+            fit = min(fit, int(have.get("GPU", 0.0) // res.gpus))
+        n += fit
+    return max(1, n)
+
+
+def _asks(res: Resources, use_gpu: bool) -> str:
+    return f"{res.cpus:g} CPU" + (f" and {res.gpus:g} GPU" if use_gpu else "")
+
+
 def _resources(scorers: Sequence[Scorer]) -> Resources:
     return Resources(cpus=max((s.resources.cpus for s in scorers), default=1.0),
                      gpus=max((s.resources.gpus for s in scorers), default=0.0))
@@ -224,6 +247,9 @@ def score_pool(scorers: Sequence[Scorer], refs: Sequence[ShardRef], store: Store
     failed: dict[str, tuple[ShardRef, int, str]] = {}
     transfer = [0, 0]
     n_workers = 0
+    for v in versions:  # what no worker could set up fails here, in seconds
+        if any(v.label in p.compute for p in todo):
+            v.scorer.check()
     if todo and local:
         _run_here(todo, versions, reader, store, rlog, batch_size, max_member_bytes,
                   max_retries, results, attempts, failed)
@@ -322,8 +348,13 @@ def _run(todo: list[ShardPlan], versions: list[ScorerVersion], reader: str, stor
     use_gpu = res.gpus > 0 and cluster.get("GPU", 0) > 0
     if res.gpus > 0 and not use_gpu:
         log.warning("no GPU in the Ray cluster: scoring on CPU")
-    capacity = int(cluster.get("GPU", 0) // res.gpus) if use_gpu else int(
-        cluster.get("CPU", 1) // max(res.cpus, 0.01))
+    capacity = _placeable(ray.nodes(), res, use_gpu)
+    if workers and workers > capacity:
+        log.warning("--workers %d: the Ray cluster can place only %d scoring worker%s of %s "
+                    "each; using %d", workers, capacity, "" if capacity == 1 else "s",
+                    _asks(res, use_gpu), capacity)
+        rlog.event("workers_capped", asked=workers, placeable=capacity)
+        workers = capacity
     n_workers = max(1, min(workers or capacity, len(todo)))
     driver = ray.get_runtime_context().get_node_id()
     actor_cls = ray.remote(ShardWorker).options(  # type: ignore[attr-defined]
@@ -338,8 +369,18 @@ def _run(todo: list[ShardPlan], versions: list[ScorerVersion], reader: str, stor
     pool = [new_worker() for _ in range(n_workers)]
     sees: dict[Any, bool] = {}
     try:
-        for w, (_, ok) in zip(pool, ray.get([w.setup.remote() for w in pool]), strict=True):
-            sees[w] = ok
+        setups = {w.setup.remote(): w for w in pool}
+        waited = 0.0
+        while setups:
+            ready, _ = ray.wait(list(setups), num_returns=len(setups), timeout=SETUP_WARN_S)
+            for fut in ready:
+                sees[setups.pop(fut)] = ray.get(fut)[1]
+            if setups:
+                waited += SETUP_WARN_S
+                log.warning("%d of %d scoring workers not started after %.0f s: setting up "
+                            "(loading models) or waiting for the cluster to place them "
+                            "(each asks for %s; `ray status` shows what is free)",
+                            len(setups), len(pool), waited, _asks(res, use_gpu))
     except (RayTaskError, RayActorError) as exc:
         cause = getattr(exc, "cause", None) or exc
         for w in pool:

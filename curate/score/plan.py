@@ -29,7 +29,7 @@ from curate.store.store import KEY_STAMP, PoolShard, Store, Version, shard_key
 
 log = logging.getLogger("curate")
 
-READER_VERSION = 3  # bump when the reader's columns, grouping or recovery change
+READER_VERSION = 4  # bump when the reader's columns, grouping, uids or recovery change
 
 
 def reader_fingerprint(max_member_bytes: int = MAX_MEMBER_BYTES) -> str:

@@ -121,6 +121,12 @@ class Scorer(Stage):
         row i = sample i of the shard, NaN rows for samples without a value)."""
         return ()
 
+    def check(self) -> None:
+        """Fail fast, on the driver, before any worker starts: raise ``CurateError`` for what
+        ``setup`` could not do on any worker (model weights that cannot be had: a missing file,
+        an unknown tag, weights neither cached nor downloadable). Called only when the scorer
+        computes in this pass; keep it to seconds."""
+
     def setup(self) -> None:
         """Load models and other per-worker state. Called once per worker, before scoring."""
 

@@ -129,6 +129,12 @@ class Clip(Scorer):
             return []
         return [f"clip_image_emb{self._suffix}", f"clip_text_emb{self._suffix}"]
 
+    def check(self) -> None:
+        from curate.lib.clip_model import check_weights
+
+        p: ClipParams = self.params  # type: ignore[assignment]
+        check_weights(p.model, p.pretrained)
+
     def setup(self) -> None:
         import torch
 

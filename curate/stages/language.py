@@ -44,15 +44,21 @@ class Language(Scorer):
     def outputs(self) -> Mapping[str, pa.DataType]:
         return {"lang": pa.string(), "lang_score": pa.float32()}
 
-    def setup(self) -> None:
-        import fasttext  # provided by fasttext-predict
-
+    def _path(self) -> Path:
         p: LanguageParams = self.params  # type: ignore[assignment]
         path = Path(p.model_path) if p.model_path else bundled_model_path()
         if not path.is_file():
             raise CurateError(f"language model {path} not found",
                               "set model_path to a fasttext lid model (.bin or .ftz)")
-        self._model: Any = fasttext.load_model(str(path))
+        return path
+
+    def check(self) -> None:
+        self._path()
+
+    def setup(self) -> None:
+        import fasttext  # provided by fasttext-predict
+
+        self._model: Any = fasttext.load_model(str(self._path()))
 
     def score_batch(self, batch: pa.Table) -> Mapping[str, Sequence[Any]]:
         langs: list[str | None] = []
