@@ -487,8 +487,103 @@ def ray_lost(exc: BaseException) -> CurateError | None:
                        "(`ray status`) and run the same command again")
 
 
+def _joined_address(args: argparse.Namespace) -> str | None:
+    """The Ray cluster a command will join: ``--address``, ``RAY_ADDRESS``, or the pipeline's
+    ``run: {address: ...}`` (read leniently here: the command itself validates it)."""
+    import os
+
+    if getattr(args, "address", None):
+        return str(args.address)
+    if os.environ.get("RAY_ADDRESS"):
+        return os.environ["RAY_ADDRESS"]
+    path = getattr(args, "pipeline", None) or getattr(args, "selection", None)
+    import yaml
+
+    try:
+        raw = yaml.safe_load(Path(path).read_text()) if path else None
+        address = raw.get("run", {}).get("address") if isinstance(raw, dict) else None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError):  # reported later
+        return None
+    return str(address) if address else None
+
+
+def _supervised(args: argparse.Namespace, address: str) -> int:
+    """Run the command in a child process and watch it. Ray ends a driver process at once,
+    with no Python exception and no message on the terminal, when the cluster it joined goes
+    away under it (the node's raylet or object store dies); this parent then says so in one
+    error line. The child reports its own exit code through a pipe when it ends normally, and
+    dies with this process (a SIGKILL of the command stops the run, as without a parent)."""
+    import os
+    import signal
+
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: the command itself, which never returns into the caller
+        os.close(read_end)
+        _die_with_parent()
+        code = 1
+        try:
+            code = _run_command(args)
+        except BaseException:  # noqa: BLE001 (--debug: print the traceback, then report)
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            os.write(write_end, f"{code}\n".encode())
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    os.close(write_end)
+
+    def forward(signum: int, _frame: Any) -> None:
+        os.kill(pid, signum)
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the child, which stops
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGHUP, forward)
+    reported = b""
+    while chunk := os.read(read_end, 64):
+        reported += chunk
+    os.close(read_end)
+    _, status = os.waitpid(pid, 0)
+    if reported.strip():
+        return int(reported.strip())
+    code = os.waitstatus_to_exitcode(status)
+    how = (f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}")
+    print(f"error: the run ended abruptly ({how}) while joined to the Ray cluster at "
+          f"{address}: Ray stops its driver like this when the cluster goes away under it",
+          file=sys.stderr)
+    print("hint: finished shards and output files are kept: check the cluster (`ray status`, "
+          "and the Ray logs on its head node) and run the same command again", file=sys.stderr)
+    return 1
+
+
+def _die_with_parent() -> None:
+    """Linux: this process gets SIGKILL when its parent ends (elsewhere: nothing)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+RAY_COMMANDS = ("run", "score", "select")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    address = _joined_address(args) if args.command in RAY_COMMANDS else None
+    if address and address != "local" and hasattr(__import__("os"), "fork"):
+        return _supervised(args, address)
+    return _run_command(args)
+
+
+def _run_command(args: argparse.Namespace) -> int:
     try:
         return int(args.fn(args))
     except CurateError as exc:

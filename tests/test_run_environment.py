@@ -176,3 +176,55 @@ def test_more_workers_than_the_cluster_can_place_are_capped(
     assert capped["asked"] == 2 and capped["placeable"] == 1
     [started] = [e for e in events if e["event"] == "workers_started"]
     assert started["workers"] == 1 and started["cpus"] == 2.0
+
+
+DRIVER = """
+import sys
+sys.path.insert(0, {tests!r})
+import faultstage
+faultstage.install()
+from curate.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_joined_cluster_going_away_ends_with_an_error_line(
+        demo_pool: Path, tmp_path: Path, other_cluster: tuple[str, Path]) -> None:
+    import yaml
+
+    address, their_session = other_cluster
+    raw = yaml.safe_load((REPO / "pipelines" / "basic.yaml").read_text())
+    raw["score"] = [{"fault": {"sleep": 2.0}}, *raw["score"]]  # slow enough to be cut short
+    raw["input"] = {"shards": str(demo_pool / "*.tar")}
+    (tmp_path / "slow.yaml").write_text(yaml.safe_dump(raw))
+    out = tmp_path / "run"
+    code = DRIVER.format(tests=str(REPO / "tests"))
+    proc = subprocess.Popen([sys.executable, "-c", code, "run", str(tmp_path / "slow.yaml"),
+                             "--out", str(out), "--address", address, "--no-progress"],
+                            env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        log = out / "store" / "log.jsonl"
+        deadline = time.monotonic() + 300
+        while not (log.is_file() and '"workers_started"' in log.read_text()):
+            assert proc.poll() is None, proc.stderr.read()[-3000:]  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, "the run did not get going"
+            time.sleep(0.5)
+        import ray
+
+        ray_dir = str(Path(ray.__file__).parent)  # Ray's processes, not the driver
+        for pid in session_processes(str(their_session), {os.getpid(), proc.pid}, ray_dir):
+            with contextlib.suppress(ProcessLookupError):  # the whole cluster goes away
+                os.kill(pid, signal.SIGKILL)
+        _, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 1, err[-3000:]
+    lines = [x for x in err.splitlines() if x.startswith(("error:", "hint:"))]
+    assert lines[-2].startswith("error: ") and "Ray cluster" in lines[-2], err[-3000:]
+    assert address in lines[-2] or "went away" in lines[-2]
+    assert lines[-1].startswith("hint: ") and "run the same command again" in lines[-1]
+    assert "internal error" not in err and "Traceback" not in err
