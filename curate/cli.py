@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -490,8 +491,6 @@ def ray_lost(exc: BaseException) -> CurateError | None:
 def _joined_address(args: argparse.Namespace) -> str | None:
     """The Ray cluster a command will join: ``--address``, ``RAY_ADDRESS``, or the pipeline's
     ``run: {address: ...}`` (read leniently here: the command itself validates it)."""
-    import os
-
     if getattr(args, "address", None):
         return str(args.address)
     if os.environ.get("RAY_ADDRESS"):
@@ -513,7 +512,6 @@ def _supervised(args: argparse.Namespace, address: str) -> int:
     away under it (the node's raylet or object store dies); this parent then says so in one
     error line. The child reports its own exit code through a pipe when it ends normally, and
     dies with this process (a SIGKILL of the command stops the run, as without a parent)."""
-    import os
     import signal
 
     read_end, write_end = os.pipe()
@@ -578,7 +576,7 @@ RAY_COMMANDS = ("run", "score", "select")
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     address = _joined_address(args) if args.command in RAY_COMMANDS else None
-    if address and address != "local" and hasattr(__import__("os"), "fork"):
+    if address and address != "local" and hasattr(os, "fork"):
         return _supervised(args, address)
     return _run_command(args)
 

@@ -237,7 +237,21 @@ class _Refused(yaml.constructor.ConstructorError):
 class StrictLoader(yaml.SafeLoader):
     """PyYAML's safe loader (plain data: no Python objects, nothing executed or imported) that
     also refuses a key given twice in one mapping, which PyYAML would silently resolve to the
-    last value, and names any tag it does not know instead of constructing it."""
+    last value, and names any tag it does not know instead of constructing it, and any value
+    that does not fit its tag (``!!int x``, ``!!timestamp x``: PyYAML's own constructors fail
+    on those with ValueError, KeyError, AttributeError...)."""
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+            raise _Refused(None, None, f"the value is not a valid {_short(node.tag)} "
+                           f"({type(exc).__name__}: {exc})", node.start_mark) from None
+
+
+def _short(tag: str) -> str:
+    return "!!" + tag.removeprefix("tag:yaml.org,2002:") if tag.startswith(
+        "tag:yaml.org,2002:") else tag
 
 
 def _mapping(loader: StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
@@ -254,21 +268,23 @@ def _mapping(loader: StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
 
 
 def _undefined(loader: StrictLoader, node: yaml.Node) -> Any:
-    tag = str(node.tag)
-    short = "!!" + tag.removeprefix("tag:yaml.org,2002:") if tag.startswith(
-        "tag:yaml.org,2002:") else tag
-    raise _Refused(None, None, f"tag {short} is not allowed: a pipeline holds plain data only "
-                   "(strings, numbers, booleans, lists, mappings)", node.start_mark)
+    raise _Refused(None, None, f"tag {_short(str(node.tag))} is not allowed: a pipeline holds "
+                   "plain data only (strings, numbers, booleans, lists, mappings)",
+                   node.start_mark)
 
 
 StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
 StrictLoader.add_constructor(None, _undefined)
+# A set has no order (its iteration order changes with PYTHONHASHSEED): `score: !!set {...}`
+# would run scorers in a different order from run to run.
+StrictLoader.add_constructor("tag:yaml.org,2002:set", _undefined)
 
 
 def load_yaml(path: Path) -> Any:
     """The data of a pipeline or preset file, or ``ConfigError`` naming the line: not UTF-8,
-    not YAML, a duplicate key, a Python (or other unknown) tag, or more than
-    ``MAX_YAML_VALUES`` values once aliases are expanded (a billion-laughs file)."""
+    not YAML, a duplicate key, a Python (or other unknown) tag, nested too deeply for PyYAML's
+    recursive parser, or more than ``MAX_YAML_VALUES`` values once aliases are expanded (a
+    billion-laughs file)."""
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
@@ -283,6 +299,9 @@ def load_yaml(path: Path) -> Any:
         where = f" at {where.removesuffix(': ')}" if where else ""
         raise ConfigError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}"
                           ) from exc
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply (lists or mappings inside each other "
+                          "hundreds of levels deep)") from None
     stack, values = [data], 0
     while stack:
         item = stack.pop()
@@ -482,14 +501,15 @@ def known_presets() -> list[str]:
 def _preset(name: Any, given: dict[str, Any], where: str, source: str) -> list[Step]:
     """Expand a preset file: a list of select steps, or ``{params: {...}, steps: [...]}`` where
     ``${param}`` in a value is replaced by the given (or default) parameter."""
-    path = PRESET_DIR / f"{name}.yaml"
-    if not isinstance(name, str) or not path.is_file():
+    known = known_presets()
+    if name not in known:  # a name, never a path: "../x" would load any YAML file
         raise ConfigError(f"{source}: {where}: unknown preset {name!r}; known presets: "
-                          f"{', '.join(known_presets())}")
+                          f"{', '.join(known)}")
+    path = PRESET_DIR / f"{name}.yaml"
     spec = load_yaml(path)
     defaults = spec.get("params", {}) if isinstance(spec, dict) else {}
     items = spec["steps"] if isinstance(spec, dict) else spec
-    unknown = sorted(set(given) - set(defaults))
+    unknown = [k for k in given if k not in defaults]  # keys of any type: no sorting
     if unknown:
         raise ConfigError(f"{source}: {where}: preset {name} has no parameter {unknown[0]!r}",
                           f"its parameters: {', '.join(sorted(defaults)) or 'none'}")

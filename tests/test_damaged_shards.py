@@ -39,7 +39,12 @@ def test_a_corrupt_header_mid_archive_is_skipped_and_reported(tmp_path: Path) ->
     assert [r["index"] for r in rows] == list(range(6))
     status = {r["key"]: (r["status"], r["error"]) for r in rows}
     assert status["000003"][0] == "error" and "no image member" in status["000003"][1]
-    assert all(s == "ok" for k, (s, _) in status.items() if k != "000003")
+    # The corrupt header could as well have been the last member of the sample before it
+    # (its json, say): nothing says whose it was, so that sample fails too, with the reason.
+    assert status["000002"] == ("error", f"tar data right after this sample is damaged (bytes "
+                                f"{m.offset} to {m.offset_data + 512 * (-(-m.size // 512))} "
+                                "were skipped): members of it may be lost")
+    assert all(s == "ok" for k, (s, _) in status.items() if k not in ("000002", "000003"))
     damage = reader.report.damaged
     assert damage is not None and damage.startswith(f"corrupt tar data at byte {m.offset}")
     assert reader.report.truncated is None
@@ -100,3 +105,22 @@ def test_a_damaged_shard_in_a_run(tmp_path: Path, ray_local: None) -> None:
     manifest = {r["key"]: r for r in pq.read_table(result.dir / "manifest.parquet").to_pylist()}
     assert manifest["000003"]["reason"] == "error:read"
     assert manifest["000004"]["kept"] and manifest["000005"]["kept"]
+
+
+def test_garbage_after_the_archive_end_harms_no_sample(tmp_path: Path) -> None:
+    path = clean_shard(tmp_path / "00000.tar", 6)
+    path.write_bytes(path.read_bytes() + random_bytes(3000, seed=5))
+    rows, reader = read_all(path)
+    assert [r["status"] for r in rows] == ["ok"] * 6  # the archive ended before the garbage
+    damage = reader.report.damaged
+    assert damage is not None and damage.endswith("bytes to the end of the shard")
+
+
+def test_bytes_with_no_valid_tar_header_are_not_a_tar(tmp_path: Path) -> None:
+    from curate.io.shards import ShardUnreadable
+
+    for seed in range(3):
+        path = tmp_path / f"{seed:05d}.tar"
+        path.write_bytes(random_bytes(5000, seed=seed))  # never 0 samples and a `done` shard
+        with pytest.raises(ShardUnreadable, match="is not a tar archive"):
+            read_all(path)

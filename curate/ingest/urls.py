@@ -152,12 +152,15 @@ def read_url_list(cfg: InputConfig) -> UrlList:
     text_cols = [c for c in (cfg.url_col, cfg.caption_col, "uid") if c]
     try:
         raw = _read(path, fmt, text_cols)
+        names = raw.column_names  # decoded here: a CSV header may hold any bytes
     except CurateError:
         raise
+    except RecursionError:
+        raise CurateError(f"URL list {path!r} is nested too deeply to read as {fmt}",
+                          "give each row flat values") from None
     except (pa.ArrowException, ValueError, OSError) as exc:
         raise CurateError(f"cannot read URL list {path!r} as {fmt}: {exc}".splitlines()[0],
                           "check the file, or set input.format") from exc
-    names = raw.column_names
     if len(set(names)) != len(names):
         repeated = sorted({n for n in names if names.count(n) > 1})
         raise CurateError(f"URL list {path!r} repeats column names: {', '.join(repeated)}",
@@ -217,16 +220,19 @@ def _read(path: str, fmt: str, text_cols: list[str]) -> pa.Table:
 
 
 def _json_table(path: str, text: str, text_cols: list[str]) -> pa.Table:
-    """A JSON array of objects, or JSON lines (one object per line)."""
+    """A JSON array of objects, or JSON lines (one object per line, a line ending at ``\\n``:
+    JSON strings may hold U+2028 and the other breaks ``str.splitlines`` splits at)."""
     try:
         records = json.loads(text)
     except json.JSONDecodeError:
         try:
-            records = [json.loads(line) for line in text.splitlines() if line.strip()]
+            records = [json.loads(line) for line in text.split("\n") if line.strip()]
         except json.JSONDecodeError as exc:
             raise CurateError(f"URL list {path!r} is neither a JSON array nor JSON lines "
                               f"({exc})", "write an array of objects, or one object per "
                               "line") from exc
+    if isinstance(records, dict):  # JSON lines of one line
+        records = [records]
     if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
         raise CurateError(f"URL list {path!r} is not a list of JSON objects",
                           "write an array of objects, or one object per line")
@@ -240,6 +246,10 @@ def _json_table(path: str, text: str, text_cols: list[str]) -> pa.Table:
             values = [v if v is None or isinstance(v, str) else json.dumps(v) for v in values]
         try:
             columns[name] = pa.array(values)
+        except UnicodeEncodeError as exc:
+            raise CurateError(f"URL list {path!r}: column {name!r} holds a string that is not "
+                              f"valid Unicode ({exc.reason}: {exc.object[exc.start:exc.end]!r})",
+                              "write the text as UTF-8, without lone surrogate escapes") from exc
         except (pa.ArrowException, ValueError, TypeError, OverflowError) as exc:
             raise CurateError(f"URL list {path!r}: column {name!r} mixes types ({exc})",
                               "give each column values of one type") from exc

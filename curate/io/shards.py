@@ -10,21 +10,27 @@ A member larger than ``max_member_bytes`` is skipped unread (its sample fails, s
 so one sample never costs more memory than that. Problems inside a shard never raise: a sample
 without an image, a caption that is not UTF-8 or a json member that is not JSON become samples
 with ``status = error`` (stage ``read``); a tar that ends early keeps every sample read before
-the break and reports the shard as ``truncated``.
+the break and reports the shard as ``truncated``; data that is not a valid header is skipped to
+the next one and reported as ``damaged``, and the samples on both sides of it fail, since a
+corrupt header does not say whose member it was. A compressed shard (gzip, bzip2, xz) is
+decompressed here, with its checksums (a gzip member's CRC and length) checked.
 Only a shard that cannot be opened at all raises (the runner retries it, then reports it as
 failed): a missing file, or a file that is not a tar archive (``ShardUnreadable``).
 """
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import hashlib
 import json
+import lzma
 import os
 import posixpath
+import sys
 import tarfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -150,41 +156,105 @@ def split_member(name: str) -> tuple[str, str] | None:
     return prefix + stem, ext.lower()
 
 
-def _size(fs: Any, path: str) -> int | None:
-    try:
-        size = fs.size(path)
-    except (OSError, NotImplementedError, ValueError):
-        return None
-    return int(size) if size is not None else None
-
-
-def _check_end(offset: int, size: int | None) -> None:
+def _check_end(offset: int, size: int) -> None:
     """A complete tar has an end-of-archive block (512 zero bytes) after its last member;
-    Python's tarfile stops silently when the file simply ends, so check for it here (for
-    uncompressed shards of known size)."""
-    if size is None:
-        return
+    Python's tarfile stops silently when the stream simply ends, so check for it here."""
     if size - offset < 512:
         raise tarfile.ReadError(f"no end-of-archive block after byte {offset} of {size}")
 
 
-def _padded(n: int) -> int:
-    return -(-n // 512) * 512
+def _decompressor(head: bytes) -> Callable[[], Any] | None:
+    """A new decompressor for a shard that starts with ``head``, told by the magic bytes that
+    tarfile's ``r|*`` looks for; None for a plain tar. zlib checks each gzip member's CRC and
+    length, which tarfile's own stream does not."""
+    if head.startswith(b"\x1f\x8b\x08"):
+        return lambda: zlib.decompressobj(16 + zlib.MAX_WBITS)
+    if head[:3] == b"BZh" and head[4:10] == b"1AY&SY":
+        return bz2.BZ2Decompressor
+    if head.startswith((b"\x5d\x00\x00\x80", b"\xfd7zXZ")):
+        return lzma.LZMADecompressor
+    return None
 
 
-def _has_data(fs: Any, path: str, start: int, end: int) -> bool:
-    """Whether bytes ``start``..``end`` of the file hold anything but zeros (a second read,
-    done only where a tar skipped data). Read with ``cat_file``, not a second open file:
-    fsspec's memory filesystem hands every ``open`` the same file object, and moving it would
-    move the stream being read."""
-    while start < end:
-        chunk = fs.cat_file(path, start=start, end=min(end, start + 4 * 2**20))
-        if not chunk:
-            return False
-        if chunk.count(0) != len(chunk):
-            return True
-        start += len(chunk)
-    return False
+class _TarStream:
+    """A shard's tar stream as tarfile reads it (mode ``r|``), decompressed here when the
+    shard is compressed, and scanned as it goes by for bytes that are not zero: ``has_data``
+    tells a region tarfile skipped from zero padding without reading the shard again.
+    Corrupt compressed data (a bad CRC included) and a compressed stream that ends early raise
+    ``tarfile.ReadError``; errors reading the file itself pass unchanged (the shard is
+    retried)."""
+
+    def __init__(self, f: Any) -> None:
+        self._f = f
+        self._head = f.read(512)
+        self._make = _decompressor(self._head)
+        self._d: Any = self._make() if self._make else None
+        self._out, self._at = b"", 0  # decompressed; read up to _at
+        self.pos = 0  # bytes of the tar stream read so far
+        self._data: list[tuple[int, int]] = []  # [start, end) of reads' non-zero bytes
+
+    def read(self, n: int = -1) -> bytes:
+        chunk = self._raw(n) if self._d is None else self._decompressed(n)
+        body = chunk.lstrip(b"\0")
+        if body:
+            self._data.append((self.pos + len(chunk) - len(body),
+                               self.pos + len(chunk.rstrip(b"\0"))))
+        self.pos += len(chunk)
+        return chunk
+
+    def has_data(self, start: int, end: int) -> bool:
+        """Whether bytes ``start``..``end`` of the stream (read already) hold a non-zero byte
+        (regions before the last ``forget`` are not known)."""
+        return any(a < end and b > start for a, b in self._data)
+
+    def first_data(self, start: int, end: int) -> int | None:
+        """Where the first non-zero byte of ``start``..``end`` is (None: all zeros)."""
+        found = [max(a, start) for a, b in self._data if a < end and b > start]
+        return min(found) if found else None
+
+    def forget(self, before: int) -> None:
+        self._data = [r for r in self._data if r[1] > before]
+
+    def _raw(self, n: int) -> bytes:
+        if self._head:
+            head, self._head = self._head, b""
+            if 0 <= n < len(head):
+                head, self._head = head[:n], head[n:]
+            return head + (self._f.read(n - len(head)) if n > len(head) else
+                           self._f.read() if n < 0 else b"")
+        return self._f.read(n)
+
+    def _decompressed(self, n: int) -> bytes:
+        n = n if n >= 0 else sys.maxsize
+        while len(self._out) - self._at < n:
+            raw = self._raw(1 << 16)
+            if not raw:
+                if not self._d.eof:
+                    raise tarfile.ReadError("the compressed stream ends early")
+                break
+            try:
+                out = self._inflate(raw)
+            except (zlib.error, OSError, EOFError, lzma.LZMAError) as exc:
+                raise tarfile.ReadError(f"invalid compressed data ({exc})") from exc
+            self._out, self._at = self._out[self._at:] + out, 0
+        chunk = self._out[self._at:self._at + n]
+        self._at += len(chunk)
+        return chunk
+
+    def _inflate(self, raw: bytes) -> bytes:
+        """Decompress ``raw``: concatenated members one after the other, zero bytes between
+        or after them skipped (as gzip does)."""
+        assert self._make is not None
+        out = []
+        while raw:
+            if self._d.eof:
+                raw = raw.lstrip(b"\0")
+                if not raw:
+                    break
+                self._d = self._make()
+            out.append(self._d.decompress(raw))
+            raw = self._d.unused_data if self._d.eof else b""
+        return b"".join(out)
 
 
 def _text(name: str) -> str:
@@ -224,16 +294,19 @@ class _Walk:
     until a valid header, as GNU tar does when it skips to the next header. ``expected`` is
     where the next header should start (where tarfile itself looks: after the data of regular
     files and of types it does not know); a member found further on means skipped data, which
-    is reported as damage unless it is all zeros (concatenated archives, ``cat a.tar b.tar``).
-    Only regions that were skipped are read again, to tell zeros from damage. A header tarfile
-    cannot parse at all (a pax number that is not a number) ends the walk as a truncation."""
+    is reported as damage unless it is all zeros (concatenated archives, ``cat a.tar b.tar``):
+    the stream saw every byte tarfile skipped. A header tarfile cannot parse at all (a pax
+    number that is not a number) ends the walk as a truncation."""
 
-    def __init__(self, tar: tarfile.TarFile, report: ShardReadReport | None, fs: Any,
-                 path: str, compressed: bool) -> None:
-        self.tar, self.report, self.fs, self.path = tar, report, fs, path
-        self.compressed = compressed
+    def __init__(self, tar: tarfile.TarFile, stream: _TarStream,
+                 report: ShardReadReport | None) -> None:
+        self.tar, self.stream, self.report = tar, stream, report
         self.expected = 0
         self.gap_inside: tuple[int, int] | None = None  # the last skipped region
+        # Whether it began with an end-of-archive marker (two zero blocks): then the sample
+        # before it was complete, and only what follows can have lost members.
+        self.gap_after_end = False
+        self.count = 0  # members found so far
 
     def members(self) -> Iterator[tarfile.TarInfo]:
         while True:
@@ -247,13 +320,17 @@ class _Walk:
             if info.offset > self.expected:
                 self.skipped(self.expected, info.offset)
             self.expected = self.tar.offset
+            self.stream.forget(self.expected)
+            self.count += 1
             yield info
 
     def skipped(self, start: int, end: int) -> bool:
         """Record ``start``..``end`` as damage if it holds data; True when it does."""
-        if not self.compressed and not _has_data(self.fs, self.path, start, end):
+        first = self.stream.first_data(start, end)
+        if first is None:
             return False
         self.gap_inside = (start, end)
+        self.gap_after_end = first - start >= 2 * 512
         if self.report is not None:
             self.report.damaged_regions += 1
             self.report.damaged_bytes += end - start
@@ -262,17 +339,12 @@ class _Walk:
                                        f"bytes to the next valid header")
         return True
 
-    def finish(self, size: int | None) -> None:
-        """At the end: a missing end-of-archive block means truncation; data after the last
-        member (where only zeros belong) is damage. In a compressed shard the end block is
-        looked for in the decompressed stream, which tarfile has read to its end."""
-        if self.compressed:
-            _check_end(self.expected, self.tar.fileobj.tell())  # type: ignore[union-attr]
-            return
-        if size is None:
-            return
-        _check_end(self.expected, size)
-        if self.skipped(self.expected, size) and self.report is not None:
+    def finish(self) -> None:
+        """At the end (tarfile read the stream to its end): a missing end-of-archive block
+        means truncation; data after the last member (where only zeros belong) is damage.
+        Offsets are the decompressed stream's in a compressed shard."""
+        _check_end(self.expected, self.stream.pos)
+        if self.skipped(self.expected, self.stream.pos) and self.report is not None:
             self.report.damaged = (self.report.damaged or "").replace(
                 "to the next valid header", "to the end of the shard", 1)
 
@@ -320,6 +392,9 @@ class ShardReader:
       lower-casing); any other value is ignored and the uid is derived, so a uid is always safe
       as a file name (the output names its members by uid);
     * a repeated key (``k.jpg k.txt k.jpg``) starts a new sample, with its own derived uid;
+      no derived uid is given twice in a shard, whatever the keys (``a a a#1``);
+    * a member name whose bytes are not UTF-8 is a key with those bytes written ``\\xNN``;
+      a json ``url`` that is not valid Unicode (a lone surrogate escape) is an error;
     * a zero-byte caption member is the empty caption ``""`` (status ok; a missing caption
       member is null); a zero-byte json member is an error (``json member is empty
       (0 bytes)``): JSON has no empty value, and the sample's uid and url would be lost;
@@ -402,20 +477,22 @@ class ShardReader:
         with fs.open(path, "rb") as raw:  # OSError here: the shard is unreadable (retried)
             f = HashingFile(raw)
             pending: _Pending | None = None
+            stream = _TarStream(f)
+            walk: _Walk | None = None
             try:
-                opened = tarfile.open(fileobj=f, mode="r|*", ignore_zeros=True)
+                opened = tarfile.open(fileobj=stream, mode="r|", ignore_zeros=True)
             except _TRUNCATION as exc:  # not a tar at all (or empty): fail, never 0 samples
                 raise ShardUnreadable(f"{self.ref.url} is not a tar archive "
                                       f"({type(exc).__name__}: {exc})") from exc
             try:
                 with opened as tar:
-                    compressed = getattr(tar.fileobj, "comptype", "tar") != "tar"
-                    walk = _Walk(tar, self.report, fs, path, compressed)
+                    walk = _Walk(tar, stream, self.report)
                     for info, key, ext in _sample_members(walk, self.report):
                         # Skipped data held lost members of the sample before it or of the
                         # one after it (or both): which, a corrupt header does not say.
                         gap, walk.gap_inside = walk.gap_inside, None
-                        if gap is not None and pending is not None:
+                        if gap is not None and pending is not None and (
+                                key == pending.key or not walk.gap_after_end):
                             pending.broken = pending.broken or _damage(
                                 gap, "inside" if key == pending.key else "right after")
                         if pending is not None and (key != pending.key or ext in pending.members):
@@ -437,10 +514,17 @@ class ShardReader:
                             raise tarfile.ReadError(f"member {_text(info.name)} has {len(blob)} "
                                                     f"of {info.size} bytes")
                         pending.members[ext] = blob
-                    walk.finish(_size(fs, path))
-                    if walk.gap_inside is not None and pending is not None:
+                    walk.finish()
+                    if walk.count == 0 and self.report.damaged is not None:
+                        raise ShardUnreadable(f"{self.ref.url} is not a tar archive (no valid "
+                                              "tar header in it)")
+                    if walk.gap_inside is not None and pending is not None and \
+                            not walk.gap_after_end:  # garbage after the archive's end harms none
                         pending.broken = pending.broken or _damage(walk.gap_inside, "right after")
             except _TRUNCATION as exc:
+                if walk is None or walk.count == 0:  # no valid header: not a tar at all
+                    raise ShardUnreadable(f"{self.ref.url} is not a tar archive "
+                                          f"({type(exc).__name__}: {exc})") from exc
                 self.report.truncated = f"{type(exc).__name__}: {exc}"
                 if pending is not None:
                     pending.broken = f"the shard ends inside this sample ({self.report.truncated})"
@@ -549,8 +633,9 @@ def read_members(ref: ShardRef, indices: set[int]) -> dict[int, dict[str, bytes]
         return out
     with fs.open(path, "rb") as f:
         try:
-            with tarfile.open(fileobj=f, mode="r|*", ignore_zeros=True) as tar:
-                walk = _Walk(tar, None, fs, path, compressed=True)  # numbering only: no checks
+            stream = _TarStream(f)
+            with tarfile.open(fileobj=stream, mode="r|", ignore_zeros=True) as tar:
+                walk = _Walk(tar, stream, None)  # numbering only, as the reader's
                 for info, key, ext in _sample_members(walk, None):
                     if key != current or ext in seen_exts:
                         tar_position += 1
