@@ -111,11 +111,13 @@ def _has_cuda() -> bool:
         return False
 
 
-# Session fixtures that train a model for a fixed amount of work. The first test to use one
-# pays for the training inside its own timeout, and on a machine busy with other work that can
-# take several times as long as on a quiet one, so those tests get this timeout (seconds)
-# instead of the suite's 600.
-EXPENSIVE_FIXTURES = {"trained_rewriter": 2400, "demo_filter": 2400}
+# Session fixtures that train a model for a fixed amount of work, and the rewriter whose
+# generations (a random model writes until max_tokens) are the costliest fixed work of the
+# suite. The first test to use a fixture pays for it inside its own timeout, and on a machine
+# busy with other work that took up to 5 times as long as on a quiet one (the suite: 20 min
+# quiet, 83 min beside two busy processes), so those tests get this timeout (seconds) instead
+# of the suite's 1200.
+EXPENSIVE_FIXTURES = {"trained_rewriter": 2400, "demo_filter": 2400, "random_rewriter": 2400}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -20,7 +20,7 @@ def test_failed_shard_then_resume_equals_uninterrupted_run(
     shutil.copytree(demo_pool, pool)
     shard = pool / "00003.tar"
     shard.rename(tmp_path / "00003.tar.aside")
-    shard.mkdir()  # listed like a shard, fails every read attempt
+    shard.write_bytes(bytes(range(256)) * 40)  # listed like a shard, fails every read attempt
     out = tmp_path / "run"
     with pytest.raises(ShardFailed, match="1 of 8 shards failed after 2 attempts"):
         run(demo_pipeline(pool, max_retries=1), out, progress=False)
@@ -30,9 +30,10 @@ def test_failed_shard_then_resume_equals_uninterrupted_run(
     assert len(done) == 7 * 5 and not [p for p in done if "/00003." in p]  # base + 4 scorers
     log = [json.loads(x) for x in (out / "store" / "log.jsonl").read_text().splitlines()]
     assert [e["event"] for e in log].count("shard_retry") == 1
-    assert any(e["event"] == "shard_failed" and "IsADirectoryError" in e["error"] for e in log)
+    assert any(e["event"] == "shard_failed" and "is not a tar archive" in e["error"]
+               for e in log)
 
-    shard.rmdir()
+    shard.unlink()
     (tmp_path / "00003.tar.aside").rename(shard)
     result = run(demo_pipeline(pool), out, progress=False)
     assert result.shards_resumed == 7

@@ -203,7 +203,9 @@ def test_a_joined_cluster_going_away_ends_with_an_error_line(
     code = DRIVER.format(tests=str(REPO / "tests"))
     proc = subprocess.Popen([sys.executable, "-c", code, "run", str(tmp_path / "slow.yaml"),
                              "--out", str(out), "--address", address, "--no-progress"],
-                            env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            # Ray's driver gives up on a lost GCS after 60 s by default.
+                            env=_env() | {"RAY_gcs_rpc_server_reconnect_timeout_s": "10"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
     try:
         log = out / "store" / "log.jsonl"
