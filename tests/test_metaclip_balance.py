@@ -15,9 +15,21 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from stagetest import score
+from storemaker import READER
 
+from curate.config import Step
+from curate.errors import CurateError
+from curate.lib.metadata import DEFAULT_METADATA, metadata_digest
+from curate.schema import SAMPLE_COLUMNS
+from curate.select.pool import PoolSource
+from curate.select.selection import select
 from curate.stages.base import SelectContext
 from curate.stages.metaclip_balance import MetaclipBalance, draws, uid64
+from curate.stages.metaclip_match import MetaclipMatch, MetaclipMatchParams
+from curate.store.store import ERROR, STATUS, PoolShard, Store, Version, shard_key
+
+SHIPPED = metadata_digest(DEFAULT_METADATA)
 
 
 def _uid(i: int) -> str:
@@ -39,7 +51,9 @@ def _pool(entries: list[list[int] | None], shards: int = 1, order_seed: int | No
         "index": pa.array([k // shards for k in range(len(idx))], pa.int32()),
         "reason": pa.array(["earlier_rule" if i in dropped else None for i in idx], pa.string()),
         "metaclip_entries": pa.array([entries[i] for i in idx], pa.list_(pa.int32())),
+        "metaclip_metadata": [SHIPPED] * len(idx),
         "metaclip_keep_p": pa.array([None] * len(idx), pa.float64()),
+        "metaclip_texts_kept": pa.array([None] * len(idx), pa.int32()),
     })
     con = duckdb.connect()
     con.register("t", table)
@@ -147,3 +161,149 @@ def test_t_from_target_size(tmp_path: Path) -> None:
 def test_params() -> None:
     with pytest.raises(ValueError, match="not both"):
         MetaclipBalance.Params(t=5, target_size=10)
+
+
+# --------------------------------------------------------------------------------------------
+# Balancing names the entries from the metadata matching used (issue 16, item 6).
+
+def _matched_store(root: Path, rows: list[dict[str, object]], scorer: MetaclipMatch,
+                   shard: str = "00000.tar") -> PoolSource:
+    """A store holding ``scorer``'s real output for ``rows`` (captions or json members), its
+    version recorded with the scorer's name and parameters, as scoring records it."""
+    out, _ = score(scorer, rows)
+    store = Store(root)
+    digest = hashlib.sha256(shard.encode()).hexdigest()
+    columns = dict(scorer.outputs())
+    version = Version(label=scorer.label, version="1" * 16, name=scorer.name,
+                      params=scorer.params.model_dump(mode="json"), reads={}, reader=READER,
+                      schema=pa.schema(columns), sidecars={})
+    base = [{"uid": _uid(k), "shard": shard, "key": str(k), "index": k, "status": "ok",
+             "caption": r.get("caption")} for k, r in enumerate(rows)]
+    store.dir.write_parquet(Store.base_name(READER, shard_key(shard), digest),
+                            pa.Table.from_pylist(base, schema=pa.schema(SAMPLE_COLUMNS)))
+    scored = [{STATUS: "ok", ERROR: None, **r} for r in out]
+    store.dir.write_parquet(
+        Store.score_name(version.label, version.version, shard_key(shard), digest),
+        pa.Table.from_pylist(scored, schema=pa.schema({STATUS: pa.string(), ERROR: pa.string(),
+                                                       **columns})))
+    store.register([version], READER, None)
+    store.write_pool([PoolShard(shard=shard, url=f"/nonexistent/{shard}", stamp="x",
+                                digest=digest, samples=len(rows))])
+    return PoolSource.of(store)
+
+
+def _select(source: PoolSource, out: Path, **params: object) -> pa.Table:
+    step = Step(MetaclipBalance(MetaclipBalance.Params(**params)), "test")
+    select([step], source, out)
+    return pq.read_table(out / "manifest.parquet")
+
+
+OWN = [f"w{i}" for i in range(90_000)]
+OWN[5291], OWN[89_000], OWN[7] = "the", "zebra crossing", "cat"
+OWN_CAPTIONS = ["the cat", "the zebra crossing", "a zebra crossing", "the end", "w12 w13"]
+
+
+def test_names_and_entry_count_come_from_the_matching_metadata(tmp_path: Path) -> None:
+    meta = tmp_path / "own.json"
+    meta.write_text(json.dumps(OWN), encoding="utf-8")
+    scorer = MetaclipMatch(MetaclipMatchParams(metadata=str(meta)))
+    source = _matched_store(tmp_path / "store", [{"caption": c} for c in OWN_CAPTIONS], scorer)
+    # balancing is not told the file: it takes the one matching used
+    _select(source, tmp_path / "sel", t=100)
+    ec = pq.read_table(tmp_path / "sel" / "entry_counts.parquet").to_pydict()
+    names = dict(zip(ec["entry_id"], ec["entry"], strict=True))
+    counts = dict(zip(ec["entry_id"], ec["count_before"], strict=True))
+    assert len(ec["entry_id"]) == 90_000
+    assert names[5291] == "the" and counts[5291] == 3      # the wordnet list has another word
+    assert names[89_000] == "zebra crossing" and counts[89_000] == 2  # past wordnet's end
+    assert names[7] == "cat" and counts[12] == counts[13] == 1
+    report = json.loads((tmp_path / "sel" / "reports" / "metaclip_balance.json").read_text())
+    assert report["entries"] == 90_000 and report["metadata"] == str(meta.resolve())
+    assert report["metadata_digest"] == metadata_digest(meta)
+    assert {e["entry"] for e in report["top_entries"]} == {"the", "zebra crossing", "cat",
+                                                          "w12", "w13"}
+
+
+def test_a_metadata_mismatch_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    meta = tmp_path / "own.json"
+    meta.write_text(json.dumps(OWN), encoding="utf-8")
+    scorer = MetaclipMatch(MetaclipMatchParams(metadata=str(meta)))
+    source = _matched_store(tmp_path / "store", [{"caption": c} for c in OWN_CAPTIONS], scorer)
+    with pytest.raises(CurateError, match="misnamed"):  # told another file
+        _select(source, tmp_path / "a", t=100, metadata=str(DEFAULT_METADATA))
+    assert not (tmp_path / "a" / "entry_counts.parquet").exists()
+    assert not (tmp_path / "a" / "manifest.parquet").exists()
+    meta.write_text(json.dumps(OWN[::-1]), encoding="utf-8")  # the file changed since matching
+    with pytest.raises(CurateError, match="misnamed"):
+        _select(source, tmp_path / "b", t=100)
+    meta.unlink()
+    with pytest.raises(CurateError, match="not a file"):
+        _select(source, tmp_path / "c", t=100)
+    # the same entries in another file are the same metadata: accepted
+    copy = tmp_path / "copy.json"
+    copy.write_text(json.dumps(OWN), encoding="utf-8")
+    _select(source, tmp_path / "d", t=100, metadata=str(copy))
+    assert (tmp_path / "d" / "entry_counts.parquet").exists()
+
+
+def test_two_metadata_digests_in_one_pool_are_refused(tmp_path: Path) -> None:
+    con, _ = _pool([[0], [1], [2]])
+    con.execute("UPDATE pool SET metaclip_metadata = 'ffffffffffffffff' WHERE _row = 1")
+    with pytest.raises(CurateError, match="2 different metadata files"):
+        _apply(con, tmp_path, t=1)
+    con.execute("DROP TABLE pool")
+    con, _ = _pool([[0]])
+    con.execute("ALTER TABLE pool DROP COLUMN metaclip_metadata")
+    with pytest.raises(CurateError, match="no column 'metaclip_metadata'"):
+        _apply(con, tmp_path, t=1)
+    _apply(con, tmp_path, t=1, metadata_column=None)  # hand-made ids: unchecked
+
+
+# --------------------------------------------------------------------------------------------
+# Several texts per image: MetaCLIP counts and keeps texts; a row is kept with any text.
+
+def _nested_pool(rows: list[list[list[int]] | None]) -> duckdb.DuckDBPyConnection:
+    con, _ = _pool([[0]] * len(rows))
+    con.execute("ALTER TABLE pool DROP COLUMN metaclip_entries")
+    con.execute("ALTER TABLE pool ADD COLUMN metaclip_entries INTEGER[][]")
+    con.register("n", pa.table({"_row": pa.array(range(len(rows)), pa.int64()),
+                                "e": pa.array(rows, pa.list_(pa.list_(pa.int32())))}))
+    con.execute("UPDATE pool SET metaclip_entries = n.e FROM n WHERE pool._row = n._row")
+    return con
+
+
+def test_several_texts_count_per_text_and_keep_rows_with_a_kept_text(tmp_path: Path) -> None:
+    # entry 0 is in both texts of every row (4,000 texts), entry 1 in 500 texts, 2 in none
+    n, t = 2_000, 1_000
+    rows: list[list[list[int]] | None] = [[[0], [0, 1] if i < 500 else [0]]
+                                          for i in range(n)] + [[], None, [[]]]
+    con = _nested_pool(rows)
+    kept = _apply(con, tmp_path, t=t, seed=3)
+    ec = pq.read_table(tmp_path / "entry_counts.parquet").to_pydict()
+    assert ec["count_before"][:3] == [2 * n, 500, 0]      # texts, not rows
+    # entry 1 (p = 1) keeps all its texts, hence its 500 rows; entry 0 keeps each text w.p. 1/4
+    got = dict(con.execute("SELECT _row, metaclip_texts_kept FROM pool").fetchall())
+    assert all(got[r] >= 1 for r in range(500))
+    share = sum(1 for r in range(500, n) if got[r]) / (n - 500)
+    assert abs(share - (1 - 0.75**2)) < 5 * math.sqrt(0.44 * 0.56 / (n - 500))
+    assert ec["count_after"][1] == 500
+    assert ec["count_after"][0] == sum(got[r] for r in range(n))  # every text holds entry 0
+    (p0,) = con.execute("SELECT metaclip_keep_p FROM pool WHERE _row = 600").fetchone()
+    (p1,) = con.execute("SELECT metaclip_keep_p FROM pool WHERE _row = 1").fetchone()
+    assert p0 == pytest.approx(1 - 0.75**2) and p1 == 1.0
+    reasons = dict(con.execute("SELECT _row, reason FROM pool").fetchall())
+    assert all(reasons[r] == "metaclip_balance" for r in range(n, n + 3))  # no text matched
+    assert len(kept) == sum(1 for r in range(n) if got[r])
+    report = json.loads((tmp_path / "reports" / "metaclip_balance.json").read_text())
+    assert report["rows_without_match"] == 3 and report["texts_per_row"] == "several"
+
+
+def test_one_text_in_a_list_draws_what_a_plain_row_draws(tmp_path: Path) -> None:
+    rng = random.Random(2)
+    entries = [sorted(rng.sample(range(30), rng.randint(1, 3))) for _ in range(3_000)]
+    plain = _apply(_pool(entries)[0], tmp_path / "a", t=40, seed=9)
+    nested = _apply(_nested_pool([[e] for e in entries]), tmp_path / "b", t=40, seed=9)
+    assert plain == nested and 0 < len(plain) < len(entries)
+    a = pq.read_table(tmp_path / "a" / "entry_counts.parquet")
+    b = pq.read_table(tmp_path / "b" / "entry_counts.parquet")
+    assert a.equals(b)

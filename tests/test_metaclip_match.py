@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import sys
@@ -214,13 +215,50 @@ def test_output_types_and_registration(tmp_path: Path) -> None:
     assert registered("scorer")["metaclip_match"] is MetaclipMatch
     scorer = scorer_for(tmp_path, ["dog"])
     assert scorer.outputs() == {"metaclip_entries": pa.list_(pa.int32()),
-                                "metaclip_matches": pa.int32()}
+                                "metaclip_matches": pa.int32(),
+                                "metaclip_metadata": pa.string()}
     scorer.setup()
     got = scorer.score_batch(pa.table({"caption": pa.chunked_array(
         [["a dog", None], ["dog dog"]], type=pa.large_string())}))
     assert got["metaclip_entries"].type == pa.list_(pa.int32())
     assert got["metaclip_entries"].to_pylist() == [[0], [], [0]]
     assert got["metaclip_matches"].to_pylist() == [1, 0, 1]
+    # every row names the metadata file it was matched against (16 hex digits of its SHA-256)
+    digest = hashlib.sha256((tmp_path / "m.json").read_bytes()).hexdigest()[:16]
+    assert got["metaclip_metadata"].to_pylist() == [digest] * 3
+
+
+def test_several_texts_per_image_are_matched_one_by_one(tmp_path: Path) -> None:
+    """``texts: FIELD``: each text of the json list (strings or MetaCLIP's [key, text] and
+    [key, text, lang] records) is matched on its own, in the list's order."""
+    entries, captions = _random_case(3, 300)
+    path = write_metadata(tmp_path / "m.json", entries)
+    scorer = MetaclipMatch(MetaclipMatchParams(metadata=path, texts="texts"))
+    assert scorer.inputs() == ("json",)
+    assert scorer.outputs()["metaclip_entries"] == pa.list_(pa.list_(pa.int32()))
+    groups = [[c for c in captions[i:i + k] if c is not None]
+              for i, k in zip(range(0, 300, 5), [0, 1, 2, 3, 5] * 12, strict=True)]
+    docs = []
+    for g, texts in enumerate(groups):
+        items: list[object] = list(texts)
+        if g % 3 == 1:
+            items = [["alt", t] for t in texts]
+        elif g % 3 == 2:
+            items = [["title", t, "en"] for t in texts]
+        docs.append({"json": json.dumps({"texts": items, "url": "x"})})
+    docs += [{"json": json.dumps({"caption": "a"})}, {"json": "[1]"}, {"json": "{"},
+             {"json": json.dumps({"texts": [["alt", 3]]})}, {"json": None}]
+    out, errors = score(scorer, docs)
+    expected = [reference(g, entries) for g in groups]
+    assert [r["metaclip_entries"] for r in out[:len(groups)]] == expected
+    assert [r["metaclip_matches"] for r in out[:len(groups)]] == [
+        sum(map(len, e)) for e in expected]
+    assert errors.message[len(groups):] == [
+        "json has no 'texts' list of texts", "json member is not an object",
+        "json member is not valid JSON",
+        "'texts' item [\"alt\", 3] is neither a text nor a [key, text] / [key, text, lang] "
+        "record", "json member is not an object"]
+    assert [r["metaclip_entries"] for r in out[len(groups):]] == [None] * 5
 
 
 def test_captions_that_are_not_text_fail_as_samples(tmp_path: Path) -> None:

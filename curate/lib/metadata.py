@@ -47,6 +47,7 @@ not normalised. An entry holding one of those characters (or a tab or newline) c
 
 from __future__ import annotations
 
+import hashlib
 import json
 import string
 from collections.abc import Iterable, Iterator
@@ -206,6 +207,22 @@ def load_metadata(path: str | Path = DEFAULT_METADATA) -> list[str]:
                               "position)", hint)
         seen[entry] = i
     return data
+
+
+def metadata_digest(path: str | Path) -> str:
+    """The identity of a metadata file: the first 16 hex digits of the SHA-256 of its bytes.
+
+    ``metaclip_match`` writes it beside every row's entry ids (column ``metaclip_metadata``),
+    so that balancing can check that it names the entries from the very file they were
+    matched against."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise CurateError(f"metadata file {path} not found") from None
+    except IsADirectoryError:
+        raise CurateError(f"metadata file {path} is a directory") from None
+    return hashlib.sha256(data).hexdigest()[:16]
 
 
 def _keep(entry: str) -> bool:

@@ -142,7 +142,7 @@ def _select(con: duckdb.DuckDBPyConnection, steps: Sequence[Step], source: PoolS
         _load(con, steps, source)
     order: list[str] = []
     stage_of: dict[str, str] = {"duplicate_uid": "uid"}
-    ctx = SelectContext(out_dir, source.sidecars())
+    ctx = SelectContext(out_dir, source.sidecars(), source.versions)
 
     def drop(reason_sql: str, where: str) -> None:
         con.execute(f"UPDATE {TABLE} SET reason = {reason_sql} WHERE reason IS NULL AND ({where})")

@@ -171,6 +171,9 @@ class SelectContext:
 
     out_dir: Path
     sidecars: Any = None  # curate.store.embeddings.SidecarReader of the pool being selected
+    # The store versions (curate.store.store.Version: label, name, params, schema) of the
+    # scorers whose columns the pool holds, e.g. for a selector to find a scorer's parameters.
+    versions: Sequence[Any] = ()
 
     def kept(self, con: Any, table: str, columns: Sequence[str]) -> pa.Table:
         """``_row``, ``uid``, ``shard``, ``index`` and ``columns`` of the rows still kept."""

@@ -15,10 +15,27 @@ numpy inside a streaming DuckDB function: the subset depends on the seed only, n
 workers or order. ``t`` is a parameter (MetaCLIP: 20k for a 400M pool, 170k for 2.5B), or is
 derived from ``target_size``: the smallest t whose expected number of kept rows reaches it.
 
+**Several texts per image.** When the entries column is ``list<list<int32>>`` (one id list per
+text: ``metaclip_match`` with ``texts:``), MetaCLIP's unit is the text: ``count[e]`` counts texts,
+each text is kept as above with draws ``u(seed, uid, text index, e)`` (text 0 draws what a
+one-text row draws), and a row is kept when at least one of its texts is. MetaCLIP 1 keeps the
+surviving (image, text) pairs (``metaclip1/indexing/balance_sampling.py``; its demo
+``balancing.py`` appends the record once per surviving text); a row here is one image, and
+``metaclip_texts_kept`` says how many of its texts survived.
+
+**Which metadata names the entries.** The ids are positions in the metadata file matching
+used. Balancing takes that file: its own ``metadata`` when given, else the ``metadata`` of the
+``metaclip_match`` version that stored ``column`` (from the selection's scorer versions), else
+the shipped default. The file's digest must equal the ``metaclip_metadata`` column that
+matching wrote on every row, or balancing stops with an error before it changes or writes
+anything: names, ids past the list's end and the entry count can only come from the file the
+ids index.
+
 Writes ``SEL/entry_counts.parquet`` (entry_id, entry, count_before, count_after, p), the report
-``SEL/reports/metaclip_balance.json`` (head/tail summary) and ``metaclip_balance.png`` (the
-sorted entry-count curve before and after balancing, as in MetaCLIP's figure). Adds the column
-``metaclip_keep_p`` (each row's keep probability).
+``SEL/reports/metaclip_balance.json`` (head/tail summary, the metadata file and digest) and
+``metaclip_balance.png`` (the sorted entry-count curve before and after balancing, as in
+MetaCLIP's figure). Adds the columns ``metaclip_keep_p`` (each row's keep probability) and
+``metaclip_texts_kept``.
 """
 
 from __future__ import annotations
@@ -32,6 +49,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field, model_validator
 
+from curate.errors import CurateError
 from curate.io.atomic import atomic_path, write_parquet
 from curate.sql import ident, literal
 from curate.stages.base import Params, SelectContext, Selector, register
@@ -53,7 +71,10 @@ class MetaclipBalanceParams(Params):
     target_size: int | None = Field(default=None, gt=0)  # derive t: expected kept ≈ this
     seed: int = 0
     column: str = "metaclip_entries"
-    metadata: str | None = None  # names entries in the report (default: the shipped file)
+    # the file the ids index; default: the one matching used (see the module docs)
+    metadata: str | None = None
+    # the column holding the matching metadata's digest (null: do not check, for hand-made ids)
+    metadata_column: str | None = "metaclip_metadata"
 
     @model_validator(mode="after")
     def _one_of(self) -> MetaclipBalanceParams:
@@ -80,10 +101,15 @@ def uid64(uids: pa.Array) -> np.ndarray:
     return np.bitwise_or.reduce(nibbles << shifts, axis=1)
 
 
-def draws(seed: int, uids: np.ndarray, entries: np.ndarray) -> np.ndarray:
-    """u(seed, uid, entry) in [0, 1), elementwise over equal-length uid64/entry arrays."""
+def draws(seed: int, uids: np.ndarray, entries: np.ndarray,
+          texts: np.ndarray | None = None) -> np.ndarray:
+    """u(seed, uid, entry) in [0, 1), elementwise over equal-length uid64/entry arrays; with
+    ``texts`` (each draw's text index), u(seed, uid, text, entry), equal to u(seed, uid, entry)
+    for text 0 (the finaliser maps 0 to 0)."""
     with np.errstate(over="ignore"):
         salt = _mix(np.uint64(seed & (2**64 - 1)) * _GOLDEN + entries.astype(np.uint64))
+        if texts is not None:
+            salt = salt ^ _mix(texts.astype(np.uint64) * _GOLDEN)
         key = _mix(uids ^ salt)
     return (key >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
@@ -103,13 +129,45 @@ def keep_probability(entries: pa.Array, p: np.ndarray) -> np.ndarray:
     return 1.0 - np.exp(total)
 
 
-def keep(seed: int, uids: pa.Array, entries: pa.Array, p: np.ndarray) -> np.ndarray:
+def keep(seed: int, uids: pa.Array, entries: pa.Array, p: np.ndarray,
+         texts: np.ndarray | None = None) -> np.ndarray:
+    """Per row of ``entries`` (one id list per text), whether that text is kept: any of its
+    entries draws below p. ``uids`` are the texts' uids, ``texts`` their index in the row."""
     values, parents = _flat(entries)
     if len(values) == 0:
         return np.zeros(len(entries), dtype=bool)
-    u = draws(seed, uid64(uids)[parents], values)
+    u = draws(seed, uid64(uids)[parents], values, None if texts is None else texts[parents])
     hits = parents[u < p[values]]
     return np.bincount(hits, minlength=len(entries)) > 0
+
+
+def per_text(entries: pa.Array) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+    """(one id list per text, the row of each text, its index within the row) of a
+    ``list<list<int32>>`` array; a ``list<int32>`` array is one text per row."""
+    if not pa.types.is_list(entries.type.value_type):
+        n = len(entries)
+        return entries, np.arange(n), np.zeros(n, dtype=np.int64)
+    rows = pc.list_parent_indices(entries).to_numpy(zero_copy_only=False).astype(np.int64)
+    starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]]) if len(rows) else rows
+    first = np.zeros(len(entries), dtype=np.int64)
+    first[rows[starts]] = starts
+    return pc.list_flatten(entries), rows, np.arange(len(rows)) - first[rows]
+
+
+def texts_kept(seed: int, uids: pa.Array, entries: pa.Array, p: np.ndarray) -> np.ndarray:
+    """How many texts of each row are kept (see the module docs)."""
+    texts, rows, index = per_text(entries)
+    kept = keep(seed, uids.take(pa.array(rows)), texts, p, index)
+    return np.bincount(rows[kept], minlength=len(entries)).astype(np.int32)
+
+
+def row_keep_probability(entries: pa.Array, p: np.ndarray) -> np.ndarray:
+    """P(at least one text of the row is kept) = 1 - prod over its (text, entry) of (1 - p)."""
+    texts, rows, _ = per_text(entries)
+    q = keep_probability(texts, p)
+    with np.errstate(divide="ignore"):
+        logs = np.bincount(rows, weights=np.log1p(-q), minlength=len(entries))
+    return 1.0 - np.exp(logs)
 
 
 def derive_t(entries: pa.Array, counts: np.ndarray, target: float) -> int:
@@ -141,65 +199,147 @@ class MetaclipBalance(Selector):
     name = "metaclip_balance"
     Params = MetaclipBalanceParams
 
-    def columns(self) -> Sequence[str]:
-        return [self.params.column]  # type: ignore[attr-defined]
-
     def reasons(self) -> Sequence[str]:
         return [REASON]
 
+    def columns(self) -> Sequence[str]:
+        prm: MetaclipBalanceParams = self.params  # type: ignore[assignment]
+        return [prm.column] + ([prm.metadata_column] if prm.metadata_column else [])
+
     def extra_columns(self) -> Mapping[str, pa.DataType]:
-        return {"metaclip_keep_p": pa.float64()}
+        return {"metaclip_keep_p": pa.float64(), "metaclip_texts_kept": pa.int32()}
 
     def apply(self, con: Any, table: str, ctx: SelectContext) -> None:
         prm: MetaclipBalanceParams = self.params  # type: ignore[assignment]
         t_ = ident(table)
         col = ident(prm.column)
+        kind = con.sql(f"SELECT {col} FROM {t_} LIMIT 0").arrow().schema.field(0).type
+        nested = pa.types.is_list(kind) and pa.types.is_list(kind.value_type)
+        ids_sql = f"flatten({col})" if nested else col  # every text's ids: counts per text
+        names, metadata_path, digest = resolve_metadata(con, table, prm, ctx)
         rows_in, unmatched = con.execute(
-            f"SELECT count(*), count(*) FILTER (WHERE coalesce(len({col}), 0) = 0) FROM {t_} "
-            "WHERE reason IS NULL").fetchall()[0]
+            f"SELECT count(*), count(*) FILTER (WHERE coalesce(len({ids_sql}), 0) = 0) "
+            f"FROM {t_} WHERE reason IS NULL").fetchall()[0]
         pairs = con.execute(f"""
-            SELECT e, count(*) FROM (SELECT unnest({col}) AS e FROM {t_} WHERE reason IS NULL)
+            SELECT e, count(*) FROM (SELECT unnest({ids_sql}) AS e FROM {t_}
+                                     WHERE reason IS NULL)
             WHERE e IS NOT NULL GROUP BY e ORDER BY e""").fetchnumpy()
         ids = np.asarray(pairs["e"], dtype=np.int64)
         n_ids = int(ids.max()) + 1 if len(ids) else 0
-        names = _entry_names(prm.metadata)
         size = max(n_ids, len(names))
         before = np.zeros(size, dtype=np.int64)
         before[ids] = np.asarray(pairs["count_star()"], dtype=np.int64)
 
         t = prm.t or 20_000
         if prm.target_size is not None:
+            if nested:
+                raise CurateError("target_size needs one text per row; give t",
+                                  "set t: on metaclip_balance")
             t = derive_t(_sample_rows(con, t_, col, rows_in), before,
                          prm.target_size * min(1.0, SAMPLE_ROWS / max(rows_in, 1)))
         p = t / np.maximum(before, t).astype(np.float64)
         seed = prm.seed
 
         def keep_p_udf(entries: pa.ChunkedArray) -> pa.Array:
-            return pa.array(keep_probability(entries.combine_chunks(), p))
+            return pa.array(row_keep_probability(entries.combine_chunks(), p))
 
-        def keep_udf(uids: pa.ChunkedArray, entries: pa.ChunkedArray) -> pa.Array:
-            return pa.array(keep(seed, uids.combine_chunks(), entries.combine_chunks(), p))
+        def kept_udf(uids: pa.ChunkedArray, entries: pa.ChunkedArray) -> pa.Array:
+            return pa.array(texts_kept(seed, uids.combine_chunks(), entries.combine_chunks(), p))
 
-        con.create_function("_metaclip_keep_p", keep_p_udf, ["INTEGER[]"], "DOUBLE",
+        sql_type = "INTEGER[][]" if nested else "INTEGER[]"
+        con.create_function("_metaclip_keep_p", keep_p_udf, [sql_type], "DOUBLE",
                             type="arrow", null_handling="special")
-        con.create_function("_metaclip_keep", keep_udf, ["VARCHAR", "INTEGER[]"], "BOOLEAN",
+        con.create_function("_metaclip_kept", kept_udf, ["VARCHAR", sql_type], "INTEGER",
                             type="arrow", null_handling="special")
         try:
-            con.execute(f"UPDATE {t_} SET metaclip_keep_p = _metaclip_keep_p({col}) "
-                        "WHERE reason IS NULL")
+            con.execute(f"UPDATE {t_} SET metaclip_keep_p = _metaclip_keep_p({col}), "
+                        f"metaclip_texts_kept = _metaclip_kept(uid, {col}) WHERE reason IS NULL")
             con.execute(f"UPDATE {t_} SET reason = {literal(REASON)} WHERE reason IS NULL AND "
-                        f"NOT _metaclip_keep(uid, {col})")
+                        "metaclip_texts_kept = 0")
         finally:
             con.remove_function("_metaclip_keep_p")
-            con.remove_function("_metaclip_keep")
+            con.remove_function("_metaclip_kept")
+        # after: the texts kept (a row's dropped texts no longer count)
         after_pairs = con.execute(f"""
-            SELECT e, count(*) FROM (SELECT unnest({col}) AS e FROM {t_} WHERE reason IS NULL)
-            WHERE e IS NOT NULL GROUP BY e""").fetchnumpy()
+            SELECT e, count(*) FROM (SELECT unnest({ids_sql}) AS e FROM {t_}
+                                     WHERE reason IS NULL)
+            WHERE e IS NOT NULL GROUP BY e""").fetchnumpy() if not nested else _after_nested(
+            con, t_, col, seed, p)
         after = np.zeros(size, dtype=np.int64)
         after[np.asarray(after_pairs["e"], dtype=np.int64)] = np.asarray(
             after_pairs["count_star()"], dtype=np.int64)
         rows_kept = con.execute(f"SELECT count(*) FROM {t_} WHERE reason IS NULL").fetchall()[0][0]
-        _write_outputs(ctx, names, before, after, t, prm, rows_in, rows_kept, unmatched)
+        _write_outputs(ctx, names, before, after, t, prm, rows_in, rows_kept, unmatched,
+                       {"metadata": str(metadata_path), "metadata_digest": digest,
+                        "texts_per_row": "several" if nested else "one"})
+
+
+def _after_nested(con: Any, table: str, col: str, seed: int,
+                  p: np.ndarray) -> dict[str, np.ndarray]:
+    """Entry counts over the kept texts of the kept rows (several texts per row)."""
+    rows = con.sql(f"SELECT uid, {col} FROM {table} WHERE reason IS NULL").arrow()
+    if not isinstance(rows, pa.Table):  # a RecordBatchReader in newer DuckDB
+        rows = rows.read_all()
+    counts: dict[int, int] = {}
+    for batch in rows.to_batches(max_chunksize=65_536):
+        texts, rix, index = per_text(batch.column(1))
+        kept = keep(seed, batch.column(0).take(pa.array(rix)), texts, p, index)
+        values, _ = _flat(texts.filter(pa.array(kept)))
+        for e, c in zip(*np.unique(values, return_counts=True), strict=True):
+            counts[int(e)] = counts.get(int(e), 0) + int(c)
+    keys = np.array(sorted(counts), dtype=np.int64)
+    return {"e": keys, "count_star()": np.array([counts[k] for k in keys], dtype=np.int64)}
+
+
+def _producer(versions: Sequence[Any], column: str) -> Any:
+    """The stored scorer version whose columns include ``column`` (None if none does)."""
+    for v in versions:
+        if column in getattr(v, "columns", ()):
+            return v
+    return None
+
+
+def resolve_metadata(con: Any, table: str, prm: MetaclipBalanceParams,
+                     ctx: SelectContext) -> tuple[list[str], Path, str | None]:
+    """(entries, path, digest) of the metadata the ids index, checked against the digest the
+    matching wrote (see the module docs); a mismatch is a ``CurateError``."""
+    from curate.lib.metadata import DEFAULT_METADATA, load_metadata, metadata_digest
+
+    digests: list[str] = []
+    if prm.metadata_column:
+        have = con.sql(f"SELECT * FROM {ident(table)} LIMIT 0").columns
+        if prm.metadata_column not in have:
+            raise CurateError(f"metaclip_balance: the pool has no column "
+                              f"{prm.metadata_column!r} (the digest of the metadata matching "
+                              "used)", "score the pool with metaclip_match, or set "
+                              "metadata_column: null to skip the check")
+        digests = sorted(d for (d,) in con.execute(
+            f"SELECT DISTINCT {ident(prm.metadata_column)} FROM {ident(table)} WHERE reason IS "
+            f"NULL AND {ident(prm.metadata_column)} IS NOT NULL").fetchall())
+        if len(digests) > 1:
+            raise CurateError(f"metaclip_balance: the rows of {prm.column!r} were matched "
+                              f"against {len(digests)} different metadata files (digests "
+                              f"{', '.join(digests[:4])})", "match the whole pool with one "
+                              "metadata file")
+    producer = _producer(ctx.versions, prm.column)
+    matched = (producer.params.get("metadata") if producer is not None
+               and producer.name == "metaclip_match" else None)
+    if prm.metadata:
+        path, told = Path(prm.metadata), "metaclip_balance's metadata"
+    elif matched:
+        path, told = Path(matched), f"the metadata of {producer.label} (as stored)"
+    else:
+        path, told = DEFAULT_METADATA, "the default metadata"
+    hint = (f"set metadata: on metaclip_balance to the file {prm.column} was matched with"
+            + (f" ({matched})" if matched else "") + ", or match again with this one")
+    if not path.is_file():
+        raise CurateError(f"metaclip_balance: {told} {path} is not a file", hint)
+    digest = metadata_digest(path)
+    if digests and digest != digests[0]:
+        raise CurateError(f"metaclip_balance: {prm.column!r} holds ids into the metadata with "
+                          f"digest {digests[0]}, but {told} {path} has digest {digest}: its "
+                          "entries would be misnamed", hint)
+    return load_metadata(path), path.resolve(), digests[0] if digests else None
 
 
 def _sample_rows(con: Any, table: str, col: str, rows: int) -> pa.Array:
@@ -212,16 +352,9 @@ def _sample_rows(con: Any, table: str, col: str, rows: int) -> pa.Array:
         0).combine_chunks()
 
 
-def _entry_names(metadata: str | None) -> list[str]:
-    from curate.lib.metadata import DEFAULT_METADATA, load_metadata
-
-    path = Path(metadata) if metadata else DEFAULT_METADATA
-    return load_metadata(path) if path.is_file() else []
-
-
 def _write_outputs(ctx: SelectContext, names: list[str], before: np.ndarray,
                    after: np.ndarray, t: int, prm: MetaclipBalanceParams, rows_in: int,
-                   rows_kept: int, unmatched: int) -> None:
+                   rows_kept: int, unmatched: int, extra: dict[str, Any]) -> None:
     n = len(before)
     p = t / np.maximum(before, t).astype(np.float64)
     table = pa.table({
@@ -247,7 +380,7 @@ def _write_outputs(ctx: SelectContext, names: list[str], before: np.ndarray,
         "top_entries": [{"entry_id": int(i), "entry": names[i] if i < len(names) else None,
                          "count_before": int(before[i]), "count_after": int(after[i])}
                         for i in order[:20] if before[i] > 0],
-        "plot": "metaclip_balance.png",
+        "plot": "metaclip_balance.png", **extra,
     }
     ctx.report("metaclip_balance", summary)
     plot_entry_counts(before, after, t, ctx.out_dir / "reports" / "metaclip_balance.png")

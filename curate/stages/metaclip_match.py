@@ -14,7 +14,18 @@ The semantics are MetaCLIP's, exactly:
   entries, ``metaclip_matches`` how many there are. A missing caption matches nothing.
 
 The metadata is a JSON list of strings (``curate.lib.metadata.load_metadata``); the default is the
-shipped ``metadata/wordnet.json``. The ``metaclip_balance`` selector uses these columns.
+shipped ``metadata/wordnet.json``. ``metaclip_metadata`` holds, on every row, the metadata
+file's identity (``curate.lib.metadata.metadata_digest``: 16 hex digits of its SHA-256); the
+``metaclip_balance`` selector uses these columns and refuses to name entries from another file.
+
+**Several texts per image.** MetaCLIP counts per text: its records carry a list of texts per
+image (``texts`` of its parsed json, ``[key, text]`` pairs in MetaCLIP 1, ``[key, text, lang]``
+in MetaCLIP 2) and each text is matched and counted on its own. With ``texts: FIELD`` the
+scorer reads that field of the sample's json member instead of the caption: a list whose items
+are strings or such records (the text is item 1). ``metaclip_entries`` is then
+``list<list<int32>>``, one sorted id list per text in the field's order, and
+``metaclip_matches`` the sum of the per-text counts. A json that is not an object, or whose
+field is missing or not such a list, fails the sample (``error:metaclip_match``).
 
 **How it is computed.** In the spaced caption, an occurrence of ``" " + e + " "`` starts and
 ends at a space and has a space exactly where ``e`` has one, so it covers whole words: ``e``
@@ -37,6 +48,7 @@ memory by 1.4 MiB on a 2-CPU machine).
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
@@ -415,12 +427,64 @@ class MetaclipMatchParams(Params):
     metadata: str | None = None  # a JSON list of strings; default: metadata/wordnet.json
     # trie: curate's word trie (numba), the fast default; aho_corasick: pyahocorasick, exact too
     engine: Literal["trie", "aho_corasick"] = "trie"
+    texts: str | None = None  # a json field with the sample's texts (see the module docs)
+
+
+def json_texts(docs: Sequence[str | None], field: str,
+               with_lang: bool = False) -> tuple[list[list[str]], list[list[str | None]],
+                                                 list[str | None]]:
+    """Per sample, the texts listed in ``field`` of its json member (and, with ``with_lang``,
+    each record's language: item 2 of a ``[key, text, lang]`` record, else None), plus one
+    error message (or None) per sample. Items are strings or MetaCLIP records, text at 1."""
+    texts: list[list[str]] = []
+    langs: list[list[str | None]] = []
+    errors: list[str | None] = []
+    for doc in docs:
+        got: list[str] = []
+        got_langs: list[str | None] = []
+        error = None
+        try:
+            value = json.loads(doc) if doc is not None else None
+        except (ValueError, RecursionError):
+            value, error = None, "json member is not valid JSON"
+        if error is None:
+            items = value.get(field) if isinstance(value, dict) else None
+            if not isinstance(items, list):
+                error = (f"json has no {field!r} list of texts" if isinstance(value, dict)
+                         else "json member is not an object")
+            else:
+                for item in items:
+                    if isinstance(item, str):
+                        got.append(item)
+                        got_langs.append(None)
+                    elif (isinstance(item, list) and len(item) in (2, 3)
+                          and isinstance(item[1], str)):
+                        got.append(item[1])
+                        lang = item[2] if len(item) == 3 else None
+                        got_langs.append(lang if isinstance(lang, str) else None)
+                    else:
+                        error = (f"{field!r} item {json.dumps(item)[:60]} is neither a text "
+                                 "nor a [key, text] / [key, text, lang] record")
+                        break
+        if error is not None:
+            got, got_langs = [], []
+        texts.append(got)
+        langs.append(got_langs if with_lang else [])
+        errors.append(error)
+    return texts, langs, errors
+
+
+def nest(per_row: Sequence[int], inner: pa.Array) -> pa.ListArray:
+    """A ``list<inner type>`` array grouping ``inner`` into rows of ``per_row`` items."""
+    offsets = np.concatenate(([0], np.cumsum(np.asarray(per_row, dtype=np.int64))))
+    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), inner)
 
 
 @register
 class MetaclipMatch(Scorer):
     name = "metaclip_match"
     Params = MetaclipMatchParams
+    version = 2  # adds metaclip_metadata; several texts per image
 
     def __init__(self, params: MetaclipMatchParams | None = None) -> None:
         super().__init__(params)
@@ -431,6 +495,7 @@ class MetaclipMatch(Scorer):
         self.metadata_path = Path(p.metadata).resolve() if p.metadata else DEFAULT_METADATA
         self._matcher: SubstringMatcher | AhoCorasickMatcher | None = None
         self._fingerprint: str | None = None
+        self._digest: str | None = None
 
     def fingerprint(self) -> str:
         """Also changes when the metadata file's content does (entry ids would)."""
@@ -444,15 +509,23 @@ class MetaclipMatch(Scorer):
         return self._fingerprint
 
     def inputs(self) -> tuple[str, ...]:
-        return ("caption",)
+        return ("json",) if self.params.texts else ("caption",)  # type: ignore[attr-defined]
 
     def outputs(self) -> Mapping[str, pa.DataType]:
-        return {"metaclip_entries": pa.list_(pa.int32()), "metaclip_matches": pa.int32()}
+        ids = pa.list_(pa.int32())
+        return {"metaclip_entries": pa.list_(ids) if self.params.texts else ids,  # type: ignore[attr-defined]
+                "metaclip_matches": pa.int32(), "metaclip_metadata": pa.string()}
 
-    def setup(self) -> None:
+    def check(self) -> None:
         from curate.lib.metadata import load_metadata
 
+        load_metadata(self.metadata_path)
+
+    def setup(self) -> None:
+        from curate.lib.metadata import load_metadata, metadata_digest
+
         entries = load_metadata(self.metadata_path)
+        self._digest = metadata_digest(self.metadata_path)
         engine = self.params.engine  # type: ignore[attr-defined]
         self._matcher = SubstringMatcher(entries) if engine == "trie" else AhoCorasickMatcher(
             entries)
@@ -461,11 +534,25 @@ class MetaclipMatch(Scorer):
         if self._matcher is None:
             self.setup()
         assert self._matcher is not None
+        field: str | None = self.params.texts  # type: ignore[attr-defined]
+        digest = pa.array([self._digest] * batch.num_rows, type=pa.string())
+        if field:
+            texts, _, errors = json_texts(batch.column("json").to_pylist(), field)
+            flat = pa.array([t for row in texts for t in row], type=pa.string())
+            offsets, ids = self._matcher.match_arrays(flat)
+            per_text = pa.ListArray.from_arrays(pa.array(offsets), pa.array(ids))
+            sizes = [len(row) for row in texts]
+            rows = np.repeat(np.arange(len(sizes)), sizes)
+            totals = np.bincount(rows, weights=np.diff(offsets), minlength=len(sizes))
+            return {"metaclip_entries": nest(sizes, per_text),
+                    "metaclip_matches": pa.array(totals.astype(np.int32)),
+                    "metaclip_metadata": digest, SAMPLE_ERRORS: errors}
         captions, errors = as_captions(batch.column("caption"))
         offsets, ids = self._matcher.match_arrays(captions)
         out: dict[str, Sequence[str | None] | pa.Array] = {
             "metaclip_entries": pa.ListArray.from_arrays(pa.array(offsets), pa.array(ids)),
             "metaclip_matches": pa.array(np.diff(offsets)),
+            "metaclip_metadata": digest,
         }
         if errors is not None:
             out[SAMPLE_ERRORS] = errors
