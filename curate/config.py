@@ -42,6 +42,7 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 from curate.errors import ConfigError, CurateError
 from curate.rewrite.config import RewriteConfig
 from curate.schema import BATCH_ONLY_COLUMNS, MANIFEST_COLUMNS, SAMPLE_COLUMNS
+from curate.select.metadata import MetadataConfig
 from curate.stages.base import Params, Rule, Scorer, Selector, Stage, StageKind, registered
 
 PRESET_DIR = Path(__file__).parent / "presets"
@@ -136,6 +137,7 @@ class _PipelineFile(Params):
     output: OutputConfig = OutputConfig()
     run: RunConfig = RunConfig()
     rewrite: RewriteConfig | None = None  # LLM caption rewrites of the kept samples
+    metadata: MetadataConfig | None = None  # the pool's own columns, joined at selection
 
 
 class _SelectionFile(Params):
@@ -151,6 +153,7 @@ class _SelectionFile(Params):
     output: OutputConfig = OutputConfig()
     run: RunConfig = RunConfig()
     rewrite: RewriteConfig | None = None
+    metadata: MetadataConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -176,6 +179,10 @@ class Selection:
     raw: dict[str, Any]
     rewrite: RewriteConfig | None = None
     scorers: list[Step] | None = None
+    metadata: MetadataConfig | None = None
+
+    def metadata_columns(self) -> dict[str, pa.DataType]:
+        return {} if self.metadata is None else self.metadata.arrow_columns()
 
     def scorer_stages(self) -> list[Scorer] | None:
         return None if self.scorers is None else [s.stage for s in self.scorers]  # type: ignore[misc]
@@ -201,6 +208,7 @@ class Pipeline:
     raw: dict[str, Any]
     rewrite: RewriteConfig | None = None
     store: str | None = None
+    metadata: MetadataConfig | None = None
 
     def scorer_stages(self) -> list[Scorer]:
         return [s.stage for s in self.scorers]  # type: ignore[misc]
@@ -212,6 +220,12 @@ class Pipeline:
         for s in self.scorer_stages():
             side = set(s.sidecars())
             cols.update({c: t for c, t in s.outputs().items() if c not in side})
+        if self.metadata is not None:
+            for c, t in self.metadata.arrow_columns().items():
+                if c in cols:
+                    raise ConfigError(f"{self.source}: metadata column {c!r} is also made by a "
+                                      "scorer of the pipeline", "leave one of them out")
+                cols[c] = t
         return cols
 
     def selector_columns(self) -> dict[str, pa.DataType]:
@@ -221,7 +235,7 @@ class Pipeline:
         """The pipeline's selection: its steps, selecting on its own scorers."""
         return Selection(name=self.name, description=self.description, select=self.select,
                          output=self.output, run=self.run, source=self.source, raw=self.raw,
-                         rewrite=self.rewrite, scorers=self.scorers)
+                         rewrite=self.rewrite, scorers=self.scorers, metadata=self.metadata)
 
 
 # --------------------------------------------------------------------------------------------
@@ -353,7 +367,8 @@ def pipeline_from_dict(data: dict[str, Any], source: str = "<dict>") -> Pipeline
         select.extend(_select_steps(item, f"select[{i}]", source))
     pipeline = Pipeline(name=spec.name, description=spec.description, input=spec.input,
                         scorers=scorers, select=select, output=spec.output, run=spec.run,
-                        source=source, raw=data, rewrite=spec.rewrite, store=spec.store)
+                        source=source, raw=data, rewrite=spec.rewrite, store=spec.store,
+                        metadata=spec.metadata)
     check_scorers(pipeline.scorers, source)
     check_selection(pipeline.selection(), pipeline.signal_columns(), _sidecars(pipeline.scorers))
     if spec.rewrite is not None:
@@ -395,7 +410,7 @@ def selection_from_dict(data: dict[str, Any], source: str = "<dict>") -> Selecti
         _check_rewrite(spec.rewrite, source)
     return Selection(name=spec.name, description=spec.description, select=select,
                      output=spec.output, run=spec.run, source=source, raw=data,
-                     rewrite=spec.rewrite, scorers=scorers)
+                     rewrite=spec.rewrite, scorers=scorers, metadata=spec.metadata)
 
 
 def _main_error(exc: ValidationError) -> Any:

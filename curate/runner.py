@@ -44,7 +44,7 @@ import yaml
 from curate import __version__
 from curate.audit.catalog import write_catalog
 from curate.config import Pipeline, Selection, check_selection, load_pipeline
-from curate.errors import CurateError
+from curate.errors import ConfigError, CurateError
 from curate.io.atomic import write_parquet, write_text
 from curate.io.fsdir import resolve
 from curate.io.rundir import RunLock, as_directory, disk_error, remove_leftovers
@@ -53,6 +53,7 @@ from curate.runtime import Progress, RaySession, RunLog
 from curate.schema import SAMPLE_COLUMNS, SHARD_SCHEMA
 from curate.score.engine import ScoreResult, score_pool, stage_totals
 from curate.score.plan import scorer_versions
+from curate.select.metadata import SelectMetadata, file_stamps, metadata_files
 from curate.select.pool import PoolSource
 from curate.select.selection import Selection as Selected
 from curate.select.selection import select as select_pool
@@ -187,7 +188,16 @@ def select(store: str | Path | Store, selection: Selection | Pipeline, out: str 
     if versions is None and sel.scorers is not None:
         versions = _stored_versions(st, sel)
     source = PoolSource.of(st, versions, pool)
-    check_selection(sel, source.columns(), set(source.sidecar_columns()), st.location)
+    meta = None
+    columns = source.columns()
+    if sel.metadata is not None:
+        meta = SelectMetadata(sel.metadata, metadata_files(sel.metadata))
+        clash = sorted(set(sel.metadata.columns) & set(columns))
+        if clash:
+            raise ConfigError(f"{sel.source}: metadata column {clash[0]!r} is also a column of "
+                              f"the store {st.location}", "leave it out of metadata.columns")
+        columns = {**columns, **sel.metadata_columns()}
+    check_selection(sel, columns, set(source.sidecar_columns()), st.location)
     if check_inputs:
         _check_inputs(source, sel.output.write_shards)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -196,7 +206,7 @@ def select(store: str | Path | Store, selection: Selection | Pipeline, out: str 
     try:
         _preflight(sel, session)
         with RunLock(out_dir):
-            return _select_locked(st, sel, source, out_dir, progress, session)
+            return _select_locked(st, sel, source, out_dir, progress, session, meta)
     finally:
         if own:
             session.close()
@@ -260,7 +270,8 @@ def _check_inputs(source: PoolSource, need: bool) -> None:
 
 
 def _select_locked(store: Store, sel: Selection, source: PoolSource, out_dir: Path,
-                   progress: bool | None, session: RaySession) -> SelectResult:
+                   progress: bool | None, session: RaySession,
+                   meta: SelectMetadata | None = None) -> SelectResult:
     t0 = time.perf_counter()
     leftovers = remove_leftovers(out_dir)
     rlog = RunLog(out_dir / "log.jsonl")
@@ -270,11 +281,13 @@ def _select_locked(store: Store, sel: Selection, source: PoolSource, out_dir: Pa
     doing = f"the selection directory {out_dir}"
     try:
         write_text(yaml.safe_dump(sel.raw, sort_keys=False), out_dir / "pipeline.yaml")
-        write_text(json.dumps(_selection_record(store, source, out_dir), indent=1),
-                   out_dir / "selection.json")
+        record = _selection_record(store, source, out_dir)
+        if meta is not None:
+            record["metadata_files"] = file_stamps(meta.files)
+        write_text(json.dumps(record, indent=1), out_dir / "selection.json")
         doing = f"the manifest in {out_dir}"
         t_sel = time.perf_counter()
-        selected = select_pool(sel.select, source, out_dir)
+        selected = select_pool(sel.select, source, out_dir, meta)
         write_parquet(_funnel_table(selected), out_dir / "funnel.parquet")
         write_parquet(_shards_table(source.shards, selected), out_dir / "shards.parquet")
         stages = stage_totals(store, source.shards, source.versions, source.reader)
@@ -293,7 +306,7 @@ def _select_locked(store: Store, sel: Selection, source: PoolSource, out_dir: Pa
                                else out_dir / "output")
         doing = f"the output shards in {out_location}"
         columns = [c for c in source.columns() if c not in SAMPLE_COLUMNS]
-        columns += list(sel.selector_columns())
+        columns += list(sel.metadata_columns()) + list(sel.selector_columns())
         refs = [ShardRef(s.url, s.shard, s.failures) for s in source.shards]
         n_out = write_output(sel, columns, refs, out_dir, rlog, progress, session,
                              sel.run.max_retries) if sel.output.write_shards else 0

@@ -72,8 +72,7 @@ def test_thresholds_come_from_the_expanded_presets(demo_run: Path) -> None:
     assert {c: [(b.op, b.value, b.reason) for b in bs] for c, bs in bounds.items()} == {
         "caption_chars": [(">", 5.0, "caption_too_short")],
         "caption_words": [(">", 2.0, "caption_too_few_words")],
-        "aspect_ratio": [("≤", 3.0, "aspect_ratio_too_extreme")],
-    }
+    }  # the size rules are SQL over original or stored sizes: no single column to draw
     assert threshold_bounds(demo_run / "missing.yaml") == {}
 
 

@@ -42,6 +42,7 @@ import pyarrow as pa
 from curate.config import Step
 from curate.errors import CurateError
 from curate.io.atomic import atomic_path
+from curate.select.metadata import SelectMetadata, check_metadata, join_metadata
 from curate.select.pool import PoolSource
 from curate.sql import ident, literal
 from curate.stages.base import Rule, SelectContext, Selector
@@ -116,12 +117,14 @@ def _timed(seconds: dict[str, float], name: str) -> Iterator[None]:
     seconds[key] = round(time.perf_counter() - t0, 3)
 
 
-def select(steps: Sequence[Step], source: PoolSource, out_dir: Path) -> Selection:
-    """Apply ``steps`` (rules and selectors, in order) to the pool of ``source`` and write
-    ``manifest.parquet`` into ``out_dir`` atomically."""
+def select(steps: Sequence[Step], source: PoolSource, out_dir: Path,
+           metadata: SelectMetadata | None = None) -> Selection:
+    """Apply ``steps`` (rules and selectors, in order) to the pool of ``source`` (with the
+    columns of ``metadata`` joined on) and write ``manifest.parquet`` into ``out_dir``
+    atomically."""
     con = _connect(out_dir)
     try:
-        return _select(con, steps, source, out_dir)
+        return _select(con, steps, source, out_dir, metadata)
     finally:
         con.close()
         _remove_database(out_dir / DATABASE)
@@ -136,10 +139,14 @@ def selector_columns(steps: Sequence[Step]) -> dict[str, pa.DataType]:
 
 
 def _select(con: duckdb.DuckDBPyConnection, steps: Sequence[Step], source: PoolSource,
-            out_dir: Path) -> Selection:
+            out_dir: Path, metadata: SelectMetadata | None = None) -> Selection:
     seconds: dict[str, float] = {}
     with _timed(seconds, "load"):
         _load(con, steps, source)
+    if metadata is not None:
+        with _timed(seconds, "metadata"):
+            check_metadata(con, metadata.config, metadata.files, set(source.columns()))
+            join_metadata(con, TABLE, metadata.config, metadata.files)
     order: list[str] = []
     stage_of: dict[str, str] = {"duplicate_uid": "uid"}
     ctx = SelectContext(out_dir, source.sidecars(), source.versions)

@@ -28,7 +28,9 @@ from curate.errors import CurateError
 from curate.io.atomic import atomic_path, write_parquet, write_text
 from curate.sql import literal
 
-DATACOMP_DTYPE = np.dtype([("u0", "<u8"), ("u1", "<u8")])
+# Exactly DataComp's dtype, ``np.dtype("u8,u8")`` (fields f0, f1): its resharder asserts
+# ``subset.dtype == np.dtype("u8,u8")``, and numpy's dtype equality compares field names.
+DATACOMP_DTYPE = np.dtype("u8,u8")
 
 
 def _manifest(run_dir: str | Path) -> Path:
@@ -59,7 +61,7 @@ def uids_to_pairs(uids: Iterable[str]) -> np.ndarray:
                          dtype=DATACOMP_DTYPE)
     except ValueError as exc:
         raise CurateError(f"a uid is not hexadecimal: {exc}") from exc
-    return np.sort(pairs, order=["u0", "u1"])
+    return np.sort(pairs, order=["f0", "f1"])
 
 
 def pairs_to_uids(pairs: np.ndarray) -> list[str]:
