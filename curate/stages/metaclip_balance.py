@@ -291,7 +291,7 @@ def _after_nested(con: Any, table: str, col: str, seed: int,
     return {"e": keys, "count_star()": np.array([counts[k] for k in keys], dtype=np.int64)}
 
 
-def _producer(versions: Sequence[Any], column: str) -> Any:
+def producer_of(versions: Sequence[Any], column: str) -> Any:
     """The stored scorer version whose columns include ``column`` (None if none does)."""
     for v in versions:
         if column in getattr(v, "columns", ()):
@@ -321,7 +321,7 @@ def resolve_metadata(con: Any, table: str, prm: MetaclipBalanceParams,
                               f"against {len(digests)} different metadata files (digests "
                               f"{', '.join(digests[:4])})", "match the whole pool with one "
                               "metadata file")
-    producer = _producer(ctx.versions, prm.column)
+    producer = producer_of(ctx.versions, prm.column)
     matched = (producer.params.get("metadata") if producer is not None
                and producer.name == "metaclip_match" else None)
     if prm.metadata:
