@@ -101,3 +101,41 @@ def test_same_subset_for_two_workers_and_one_shard(metaclip_run: Path, demo_pool
     single = _one_shard(demo_pool, tmp_path / "one" / "00000.tar")
     one = run(_pipeline(str(single)), tmp_path / "one_shard", progress=False).dir
     assert _kept(one) == _kept(metaclip_run)
+
+
+def test_metaclip2_pipeline_on_the_demo_pool(demo_pool: Path, ray_local: None,
+                                            tmp_path: Path) -> None:
+    """pipelines/metaclip2.yaml end to end (Ray scoring, the store, selection), with an
+    English-only metadata directory: en.json is the shipped WordNet list (MetaCLIP 2's en.json
+    is MetaCLIP 1's list); balancing finds that directory through the stored scorer version."""
+    import shutil
+
+    import yaml
+
+    from curate.config import pipeline_from_dict
+
+    mdir = tmp_path / "metadata"
+    mdir.mkdir()
+    shutil.copy(REPO / "metadata" / "wordnet.json", mdir / "en.json")
+    raw = yaml.safe_load((REPO / "pipelines" / "metaclip2.yaml").read_text())
+    raw["input"]["shards"] = str(demo_pool / "*.tar")
+    for item in raw["score"]:
+        if isinstance(item, dict) and "metaclip2_match" in item:
+            item["metaclip2_match"]["metadata_dir"] = str(mdir)
+    sel = run(pipeline_from_dict(raw), tmp_path / "run", progress=False).dir
+    con = duckdb.connect()
+    m = f"read_parquet('{sel / 'manifest.parquet'}')"
+    kept, dropped, english = con.execute(
+        f"SELECT count(*) FILTER (WHERE kept), count(*) FILTER (WHERE reason = "
+        f"'metaclip2_balance'), count(*) FILTER (WHERE kept AND metaclip2_lang = 'en') "
+        f"FROM {m}").fetchone()
+    assert kept > 0 and dropped > 0 and english == kept
+    # a caption whose language has no list (no other.json) matches nothing and is dropped
+    assert con.execute(f"SELECT count(*) FROM {m} WHERE kept AND lang <> 'en'").fetchone()[0] == 0
+    report = json.loads((sel / "reports" / "metaclip2_balance.json").read_text())
+    assert report["languages"]["en"]["t"] == 8 and report["rows_kept"] == kept
+    assert report["metadata_dir"] == str(mdir.resolve())
+    top = con.execute(f"SELECT entry, count_before FROM read_parquet("
+                      f"'{sel / 'entry_counts.parquet'}') ORDER BY count_before DESC LIMIT 1"
+                      ).fetchone()
+    assert isinstance(top[0], str) and top[1] > 8
