@@ -211,7 +211,8 @@ def _cmd_reshard(args: argparse.Namespace) -> int:
                           "--pool (read the shards once)")
     uids = read_uids(args.uids)
     r = reshard(uids, args.out, run_dir=args.run, pool=args.pool,
-                samples_per_shard=args.samples_per_shard)
+                samples_per_shard=args.samples_per_shard, blur_faces=args.blur_faces,
+                blur_quality=args.blur_quality)
     print(f"wrote {r.written} of {r.wanted} samples in {r.shards} shards to {r.out}")
     if r.missing:
         print(f"{len(r.missing)} uids are not in the pool: {r.out / 'missing_uids.txt'}")
@@ -438,6 +439,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", help="a run over the pool: its manifest locates the samples")
     p.add_argument("--pool", help="or the pool's shards (pattern), read once")
     p.add_argument("--samples-per-shard", type=int, default=1000)
+    p.add_argument("--blur-faces", metavar="COLUMN",
+                   help="blur the face boxes in this manifest column (e.g. face_bboxes), as "
+                   "DataComp's resharder --apply-blur; blurred images become WebP (needs --run)")
+    p.add_argument("--blur-quality", type=int, default=100, choices=range(1, 101),
+                   metavar="1-100", help="WebP quality of blurred images (default 100)")
     p.set_defaults(fn=_cmd_reshard)
 
     p = sub.add_parser("stats", help="the funnel of a run: samples in, drops per rule, kept")

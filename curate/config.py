@@ -89,6 +89,10 @@ class OutputConfig(Params):
     # fsspec URL (s3://bucket/x, gs://..., file:///shared/x = a mount at the same path on every
     # node, memory://x).
     dir: str | None = None
+    # Blur faces as DataComp's resharder does (--apply-blur): the column holding each sample's
+    # boxes (e.g. face_bboxes from the pool's metadata); blurred images become WebP at quality.
+    blur_faces: str | None = None
+    blur_quality: int = Field(default=100, ge=1, le=100)
 
     @model_validator(mode="after")
     def _known_filesystem(self) -> OutputConfig:
@@ -629,6 +633,11 @@ def check_selection(sel: Selection, columns: dict[str, pa.DataType], sidecars: s
                                   "give the rule its own `reason`")
             reasons[r] = step.where
     con.close()
+    if p.output.blur_faces is not None and p.output.blur_faces not in cols:
+        raise ConfigError(f"{p.source}: output.blur_faces: no column {p.output.blur_faces!r}",
+                          hint(p.output.blur_faces) or "declare the pool's face boxes as "
+                          "metadata, e.g. metadata: {parquet: ..., columns: {face_bboxes: "
+                          "list<list<float64>>}}")
     if p.output.split_by is not None and p.output.split_by not in cols:
         raise ConfigError(f"{p.source}: output.split_by: no column {p.output.split_by!r}",
                           hint(p.output.split_by) or "e.g. cluster_coarse from the "

@@ -152,3 +152,75 @@ def test_metadata_mistakes_fail_before_writing(pool: DataCompPool, scored: Path,
     with pytest.raises(CurateError, match="rows for uid"):
         attempt({"parquet": str(dup), "columns": {"text": "string"}})
     assert not (tmp_path / "sel" / "manifest.parquet").exists()
+
+
+def _members(paths: list[Path]) -> dict[str, dict[str, bytes]]:
+    import tarfile
+
+    out: dict[str, dict[str, bytes]] = {}
+    for p in paths:
+        with tarfile.open(p) as t:
+            for m in t.getmembers():
+                key, ext = m.name.split(".", 1)
+                out.setdefault(key, {})[ext] = t.extractfile(m).read()  # type: ignore[union-attr]
+    return out
+
+
+def test_faces_are_blurred_only_where_boxes_are(pool: DataCompPool, scored: Path,
+                                                tmp_path: Path) -> None:
+    """output.blur_faces (DataComp's resharder --apply-blur): images with face boxes become
+    WebP with the boxes blurred and the json says so; the others keep their bytes."""
+    import io
+    import json
+
+    from PIL import Image
+
+    sel = selection_from_dict({
+        "name": "blur", "metadata": {"parquet": str(pool.metadata), **META},
+        "select": [{"preset": "datacomp_basic"}], "output": {"blur_faces": "face_bboxes"}})
+    select(scored / "store", sel, tmp_path / "sel", progress=False)
+    got = _members(sorted((tmp_path / "sel" / "output").glob("*.tar")))
+    src = _members(sorted(pool.shards.glob("*.tar")))
+    by_uid = {json.loads(m["json"])["uid"]: m for m in src.values()}
+    boxes = dict(zip(released(pool).uid, released(pool).face_bboxes, strict=True))
+    blurred = 0
+    for uid, m in got.items():
+        meta = json.loads(m["json"])
+        original = by_uid[uid]["jpg"]
+        if len(boxes[uid]) == 0:
+            assert m["jpg"] == original and "face_blur" not in meta and "webp" not in m
+            continue
+        blurred += 1
+        assert "jpg" not in m
+        fb = meta["face_blur"]
+        assert fb["boxes"] == [list(b) for b in boxes[uid]] and fb["replaced"] == "jpg"
+        assert fb["format"] == "webp" and fb["quality"] == 100
+        import hashlib
+        assert fb["replaced_sha256"] == hashlib.sha256(original).hexdigest()
+        a = np.asarray(Image.open(io.BytesIO(original)).convert("RGB")).astype(float)
+        b = np.asarray(Image.open(io.BytesIO(m["webp"])).convert("RGB")).astype(float)
+        assert a.shape == b.shape
+        h, w = a.shape[:2]
+        x0, y0, x1, y1 = boxes[uid][0]
+        inner = (slice(int(y0 * h) + 2, int(y1 * h) - 2), slice(int(x0 * w) + 2, int(x1 * w) - 2))
+        # random-noise images: inside the box the blur removes most of the pixel variance
+        assert b[inner].std() < 0.5 * a[inner].std()
+        # far from every box (bottom-right corner) the pixels are untouched, up to WebP's loss
+        corner = (slice(h - 4, h), slice(w - 4, w))
+        assert np.abs(b[corner] - a[corner]).mean() < 8
+    assert blurred > 0
+    # resharding by the same run's uids blurs the same way (and refuses without a run)
+    from curate.write.export import kept_uids as kept
+    from curate.write.export import reshard
+    r = reshard(kept(tmp_path / "sel"), tmp_path / "re", run_dir=tmp_path / "sel",
+                blur_faces="face_bboxes")
+    again = _members(sorted((tmp_path / "re").glob("*.tar")))
+    assert r.written == len(got)
+    assert {u: m.get("webp") for u, m in again.items()} == {u: m.get("webp")
+                                                              for u, m in got.items()}
+    with pytest.raises(CurateError, match="needs the run"):
+        reshard(kept(tmp_path / "sel"), tmp_path / "re2", pool=str(pool.shards),
+                blur_faces="face_bboxes")
+    with pytest.raises(ConfigError, match="blur_faces: no column 'faces'"):
+        select(scored / "store", selection_from_dict({"name": "b", "output": {
+            "blur_faces": "faces"}}), tmp_path / "sel2", progress=False)

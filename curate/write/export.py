@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from curate.errors import CurateError
 from curate.io.atomic import atomic_path, write_parquet, write_text
-from curate.sql import literal
+from curate.sql import ident, literal
 
 # Exactly DataComp's dtype, ``np.dtype("u8,u8")`` (fields f0, f1): its resharder asserts
 # ``subset.dtype == np.dtype("u8,u8")``, and numpy's dtype equality compares field names.
@@ -124,20 +124,35 @@ class ReshardResult:
 
 
 def reshard(uids: list[str], out: str | Path, *, run_dir: str | Path | None = None,
-            pool: str | list[str] | None = None, samples_per_shard: int = 1000) -> ReshardResult:
+            pool: str | list[str] | None = None, samples_per_shard: int = 1000,
+            blur_faces: str | None = None, blur_quality: int = 100) -> ReshardResult:
     """Write the samples named by ``uids`` into webdataset shards under ``out``, in pool order,
-    from the run's manifest (``run_dir``) or by reading ``pool`` once."""
+    from the run's manifest (``run_dir``) or by reading ``pool`` once. ``blur_faces`` names a
+    manifest column of face boxes to blur, as DataComp's resharder does (needs ``run_dir``)."""
     from curate.io.shards import ShardRef, list_shards
     from curate.write import output
 
     wanted = set(uids)
+    if blur_faces is not None and run_dir is None:
+        raise CurateError("blurring faces needs the run whose manifest holds the boxes",
+                          "give --run SEL (a selection with the face box column)")
     if run_dir is not None:
         con = duckdb.connect()
         con.register("wanted", pa.table({"uid": sorted(wanted)}))
         manifest = _manifest(run_dir)
         shards_table = manifest.parent / "shards.parquet"
+        blur_sql = ""
+        if blur_faces is not None:
+            names = {r[0] for r in con.execute(
+                f"DESCRIBE SELECT * FROM read_parquet({literal(str(manifest))})").fetchall()}
+            if blur_faces not in names:
+                raise CurateError(f"{run_dir} has no column {blur_faces!r} to blur faces from",
+                                  "declare the pool's face boxes as metadata columns of the "
+                                  "selection")
+            blur_sql = f", m.{ident(blur_faces)}"
         locations = con.execute(f"""
             SELECT m.uid, m.shard, m."index", m.image_member, m.key, m.image_sha256, m.caption
+                   {blur_sql}
             FROM read_parquet({literal(str(manifest))}) m SEMI JOIN wanted USING (uid)
             WHERE m.status = 'ok' QUALIFY row_number() OVER (PARTITION BY m.uid
                                                         ORDER BY m.shard, m."index") = 1
@@ -153,7 +168,9 @@ def reshard(uids: list[str], out: str | Path, *, run_dir: str | Path | None = No
     found = {u for u, *_ in locations}
     missing = sorted(wanted - found)
     items = [{"uid": u, "shard": s, "index": i, "image_member": m, "scores": {},
-              **({"key": rest[0], "image_sha256": rest[1], "caption": rest[2]} if rest else {})}
+              **({"key": rest[0], "image_sha256": rest[1], "caption": rest[2]} if rest else {}),
+              **({"blur": {"boxes": rest[3], "quality": blur_quality}}
+                 if blur_faces is not None and rest[3] else {})}
              for u, s, i, m, *rest in locations]
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)

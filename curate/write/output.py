@@ -79,9 +79,11 @@ class OutputShard:
 
 
 def plan(manifest: Path, score_columns: list[str], samples_per_shard: int,
-         split_by: str | None = None) -> list[OutputShard]:
+         split_by: str | None = None, blur_faces: str | None = None,
+         blur_quality: int = 100) -> list[OutputShard]:
     """Cut the kept rows of ``manifest`` into output shards, in pool order; with ``split_by``,
-    each value of that column gets its own directory ``<column>=<value>/`` of shards."""
+    each value of that column gets its own directory ``<column>=<value>/`` of shards. With
+    ``blur_faces``, the boxes in that column are blurred (``curate.write.blur``)."""
     con = duckdb.connect()
     src = f"read_parquet({literal(str(manifest))})"
     names = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()}
@@ -89,11 +91,12 @@ def plan(manifest: Path, score_columns: list[str], samples_per_shard: int,
     check = ", ".join(c if c in names else f"NULL AS {c}"
                       for c in ("key", "image_sha256", "caption"))
     scores = "".join(f", {ident(c)}" for c in score_columns)
+    blur = f", {ident(blur_faces)}" if blur_faces else ", NULL"
     group = f"CAST({ident(split_by)} AS VARCHAR)" if split_by else "NULL"
     rows = con.execute(f"""
         SELECT {group} AS grp, uid, shard, "index", image_member,
                {"rewrites" if has_rw else "NULL"} AS rewrites, {check}
-               {scores}
+               {blur} {scores}
         FROM {src} WHERE kept
         ORDER BY {ident(split_by) + " NULLS LAST, " if split_by else ""}shard, "index"
     """).fetchall()
@@ -108,8 +111,11 @@ def plan(manifest: Path, score_columns: list[str], samples_per_shard: int,
             chunk = members[n * samples_per_shard:(n + 1) * samples_per_shard]
             items = [{"uid": r[0], "shard": r[1], "index": r[2], "image_member": r[3],
                       "key": r[5], "image_sha256": r[6], "scores": {c: _json_value(v)
-                      for c, v in zip(score_columns, r[8:], strict=True)}}
+                      for c, v in zip(score_columns, r[9:], strict=True)}}
                      for r in chunk]
+            for item, r in zip(items, chunk, strict=True):
+                if blur_faces and r[8]:
+                    item["blur"] = {"boxes": r[8], "quality": blur_quality}
             if "caption" in names:  # checked against the caption member when copied
                 for item, r in zip(items, chunk, strict=True):
                     item["caption"] = r[7]
@@ -203,15 +209,20 @@ def write_shard(shard: OutputShard, refs: dict[str, ShardRef], out_dir: str | Pa
             for item in shard.items:
                 m = members[item["shard"]][item["index"]]
                 m.pop("__key__", None)
-                sample: dict[str, Any] = {"__key__": item["uid"],
-                                          item["image_member"]: m[item["image_member"]]}
+                sample: dict[str, Any] = {"__key__": item["uid"]}
+                blurred: dict[str, Any] | None = None
+                if item.get("blur"):
+                    image, blurred = _blurred(item, m[item["image_member"]])
+                    sample[blurred["format"]] = image
+                else:
+                    sample[item["image_member"]] = m[item["image_member"]]
                 caption = next((m[e] for e in ("txt", "text", "caption") if e in m), None)
                 if caption is not None:
                     sample["txt"] = caption
                 for rw in item.get("rewrites", ()):
                     if rw["status"] == "ok":
                         sample[f"txt_rw{rw['rewrite']}"] = rw["text"].encode("utf-8")
-                sample["json"] = _json_member(m.get("json"), item)
+                sample["json"] = _json_member(m.get("json"), item, blurred)
                 writer.write(sample)
         finally:
             writer.close()  # also on error: the temporary file is then discarded
@@ -249,7 +260,23 @@ def verify(shard: OutputShard, item: dict[str, Any], members: dict[str, bytes] |
         raise CurateError(f"{where}: its caption is not the one that was scored", hint)
 
 
-def _json_member(original: bytes | None, item: dict[str, Any]) -> bytes:
+def _blurred(item: dict[str, Any], image: bytes) -> tuple[bytes, dict[str, Any]]:
+    """The image of a sample whose faces are blurred, and what its json says of it."""
+    from curate.write.blur import FORMAT, blur_faces, valid_boxes
+
+    try:
+        boxes = valid_boxes(item["blur"]["boxes"])
+        data = blur_faces(image, boxes, item["blur"]["quality"])
+    except CurateError as exc:
+        raise CurateError(f"sample {item['uid']} ({item['shard']}, position {item['index']}): "
+                          f"{exc.message}") from exc
+    return data, {"boxes": boxes, "replaced": item["image_member"],
+                  "replaced_sha256": hashlib.sha256(image).hexdigest(), "format": FORMAT,
+                  "quality": item["blur"]["quality"]}
+
+
+def _json_member(original: bytes | None, item: dict[str, Any],
+                 face_blur: dict[str, Any] | None = None) -> bytes:
     meta: dict[str, Any] = {}
     if original:
         try:
@@ -264,6 +291,8 @@ def _json_member(original: bytes | None, item: dict[str, Any]) -> bytes:
     meta["scores"] = item["scores"]
     if "rewrites" in item:
         meta["rewrites"] = item["rewrites"]
+    if face_blur is not None:
+        meta["face_blur"] = face_blur
     return json.dumps(meta, sort_keys=True, ensure_ascii=False).encode()
 
 
@@ -309,7 +338,7 @@ def write_output(sel: Selection, columns: list[str], refs: list[ShardRef], sel_d
     p = sel
     out = resolve_dir(p.output.dir if p.output.dir is not None else sel_dir / "output")
     shards = plan(sel_dir / "manifest.parquet", columns, p.output.samples_per_shard,
-                  p.output.split_by)
+                  p.output.split_by, p.output.blur_faces, p.output.blur_quality)
     todo = stale(out, shards)
     if not todo:
         rlog.event("writing_start", shards=len(shards), todo=0, dir=out)
