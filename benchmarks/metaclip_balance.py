@@ -62,13 +62,15 @@ def run_one(pool_dir: Path, db: Path, memory_limit: str) -> dict[str, Any]:
     con.execute(f"SET temp_directory = '{db.parent / 'tmp'}'")
     t0 = time.perf_counter()
     con.execute(f"""CREATE TABLE pool AS SELECT row_number() OVER () AS _row, *,
-                    CAST(NULL AS VARCHAR) AS reason, CAST(NULL AS DOUBLE) AS metaclip_keep_p
+                    CAST(NULL AS VARCHAR) AS reason, CAST(NULL AS DOUBLE) AS metaclip_keep_p,
+                    CAST(NULL AS INTEGER) AS metaclip_texts_kept
                     FROM read_parquet('{pool_dir}/*.parquet')""")
     load = time.perf_counter() - t0
     rss_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     t0 = time.perf_counter()
-    MetaclipBalance(MetaclipBalance.Params(t=20_000)).apply(con, "pool",
-                                                             SelectContext(db.parent))
+    # synthetic ids over --entries positions: no metadata file to check them against
+    MetaclipBalance(MetaclipBalance.Params(t=20_000, metadata_column=None)).apply(
+        con, "pool", SelectContext(db.parent))
     seconds = time.perf_counter() - t0
     kept = con.execute("SELECT count(*) FROM pool WHERE reason IS NULL").fetchone()[0]
     rows = con.execute("SELECT count(*) FROM pool").fetchone()[0]

@@ -156,6 +156,8 @@ def per_text(entries: pa.Array) -> tuple[pa.Array, np.ndarray, np.ndarray]:
 
 def texts_kept(seed: int, uids: pa.Array, entries: pa.Array, p: np.ndarray) -> np.ndarray:
     """How many texts of each row are kept (see the module docs)."""
+    if not pa.types.is_list(entries.type.value_type):  # one text per row
+        return keep(seed, uids, entries, p).astype(np.int32)
     texts, rows, index = per_text(entries)
     kept = keep(seed, uids.take(pa.array(rows)), texts, p, index)
     return np.bincount(rows[kept], minlength=len(entries)).astype(np.int32)
@@ -163,6 +165,8 @@ def texts_kept(seed: int, uids: pa.Array, entries: pa.Array, p: np.ndarray) -> n
 
 def row_keep_probability(entries: pa.Array, p: np.ndarray) -> np.ndarray:
     """P(at least one text of the row is kept) = 1 - prod over its (text, entry) of (1 - p)."""
+    if not pa.types.is_list(entries.type.value_type):
+        return keep_probability(entries, p)
     texts, rows, _ = per_text(entries)
     q = keep_probability(texts, p)
     with np.errstate(divide="ignore"):
