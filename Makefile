@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo
-SYSTEM_PACKAGES := fonts-dejavu-core wordnet-base chromium
+SYSTEM_PACKAGES := fonts-dejavu-core wordnet-base chromium protobuf-compiler libprotobuf-dev
 
 .PHONY: install system-deps demo demo-laclip test lint clean
 

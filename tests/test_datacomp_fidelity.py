@@ -36,7 +36,7 @@ def scored(pool: DataCompPool, ray_local: None) -> Path:
     """The basic baseline run on the pool; returns the run directory (store in RUN/store)."""
     p = pipeline_from_dict({
         "name": "basic", "input": {"shards": str(pool.shards)},
-        "score": ["image_info", "caption_stats", "language"],
+        "score": ["image_info", "caption_stats", "language", "gcld3_language"],
         "metadata": {"parquet": str(pool.metadata), **META},
         "select": [{"preset": "datacomp_basic"}], "output": {"write_shards": False}})
     out = pool.root / "run"
@@ -224,3 +224,21 @@ def test_faces_are_blurred_only_where_boxes_are(pool: DataCompPool, scored: Path
     with pytest.raises(ConfigError, match="blur_faces: no column 'faces'"):
         select(scored / "store", selection_from_dict({"name": "b", "output": {
             "blur_faces": "faces"}}), tmp_path / "sel2", progress=False)
+
+
+def test_laion2b_equals_datacomps(pool: DataCompPool, scored: Path, tmp_path: Path) -> None:
+    """DataComp's laion2b baseline: CLD3 English and B/32 >= 0.28, over the released scores."""
+    import gcld3
+
+    df = released(pool)
+    cld3 = gcld3.NNetLanguageIdentifier(min_num_bytes=0, max_num_bytes=1000)
+    english = df.text.apply(lambda t: cld3.FindLanguage(text=t.replace("\n", " ")).language)
+    kept = df[english == "en"]
+    expected = set(kept.uid[kept.clip_b32_similarity_score >= 0.28])
+    sel = selection_from_dict({
+        "name": "laion2b", "metadata": {"parquet": str(pool.metadata), **META},
+        "select": [{"preset": "laion2b", "column": "clip_b32_similarity_score"}],
+        "output": {"write_shards": False}})
+    select(scored / "store", sel, tmp_path / "sel", progress=False)
+    assert kept_uids(tmp_path / "sel") == expected
+    assert 0 < len(expected) < len(df)

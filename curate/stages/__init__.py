@@ -9,6 +9,7 @@ from curate.stages import (  # noqa: F401
     embedding_head,
     exact_dedup,
     exact_hash,
+    gcld3_language,
     image_complexity,
     image_info,
     in_set,

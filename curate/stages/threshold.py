@@ -2,6 +2,11 @@
 
 Bounds: ``min`` (≥), ``max`` (≤), ``gt`` (>), ``lt`` (<); at least one. A null value drops the
 row. Example: ``{rule: threshold, column: caption_words, gt: 2, reason: caption_too_few_words}``.
+
+A bound is compared in the column's type: a float32 score (CLIP scores are float32) is compared
+with the bound rounded to float32, as DataComp's ``df[key] >= threshold`` does on float32
+columns with its pinned numpy 1.23. So float32(0.01), which is 0.0099999998, passes
+``min: 0.01``.
 """
 
 from __future__ import annotations
