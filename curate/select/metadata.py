@@ -28,7 +28,6 @@ Types: ``bool``, ``int32``, ``int64``, ``float32``, ``float64``, ``string``, and
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -38,29 +37,11 @@ import pyarrow as pa
 from pydantic import Field, field_validator
 
 from curate.errors import ConfigError, CurateError
+from curate.lib.coltypes import NAME, parse_type
 from curate.sql import ident, literal
 from curate.stages.base import Params
 
-_SCALARS: dict[str, tuple[pa.DataType, str]] = {
-    "bool": (pa.bool_(), "BOOLEAN"), "int32": (pa.int32(), "INTEGER"),
-    "int64": (pa.int64(), "BIGINT"), "float32": (pa.float32(), "FLOAT"),
-    "float64": (pa.float64(), "DOUBLE"), "string": (pa.string(), "VARCHAR"),
-}
-_LIST = re.compile(r"^list<(.+)>$")
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 KEY_COLUMNS = ("uid", "key", "url")
-
-
-def parse_type(name: str) -> tuple[pa.DataType, str]:
-    """A declared type name → (Arrow type, DuckDB type)."""
-    text = name.strip().replace(" ", "")
-    if text in _SCALARS:
-        return _SCALARS[text]
-    m = _LIST.match(text)
-    if m:
-        inner, duck = parse_type(m.group(1))
-        return pa.list_(inner), f"{duck}[]"
-    raise ValueError(f"unknown type {name!r} (one of {', '.join(_SCALARS)} or list<T>)")
 
 
 class MetadataConfig(Params):
@@ -72,7 +53,7 @@ class MetadataConfig(Params):
     @classmethod
     def _typed(cls, value: dict[str, str]) -> dict[str, str]:
         for col, type_name in value.items():
-            if not _NAME.match(col):
+            if not NAME.match(col):
                 raise ValueError(f"column name {col!r} is not a plain identifier")
             if col in KEY_COLUMNS or col.startswith("_"):
                 raise ValueError(f"column {col!r} is reserved")

@@ -12,6 +12,7 @@ from curate.stages import (  # noqa: F401
     gcld3_language,
     image_complexity,
     image_info,
+    json_fields,
     in_set,
     language,
     metaclip2_balance,
