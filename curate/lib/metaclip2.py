@@ -38,6 +38,7 @@ is ``t / max(count, t)``; the authors store it as float32 and so does ``count_to
 from __future__ import annotations
 
 import hashlib
+import re
 import string
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -68,12 +69,14 @@ _SPACED = (",", ".", ";", ":", "?", "!", "`")
 _BLANKED = ("\t", "\n", "\r")
 
 
+_UNPADDED = re.compile("[" + "".join(f"{re.escape(chr(lo))}-{re.escape(chr(hi))}"
+                                      for lo, hi in UNPADDED_RANGES) + "]")
+
+
 def unpadded(char: str) -> bool:
     """Whether an entry starting (ending) with ``char`` gets no space before (after) it."""
-    if char in _ASCII_PUNCTUATION or char in CJK_PUNCTUATION:
-        return True
-    code = ord(char)
-    return any(lo <= code <= hi for lo, hi in UNPADDED_RANGES)
+    return (char in _ASCII_PUNCTUATION or char in CJK_PUNCTUATION
+            or _UNPADDED.fullmatch(char) is not None)
 
 
 def padded_entry(entry: str) -> str:
@@ -170,8 +173,7 @@ class MetadataDir:
 
 class LanguageMatcher:
     """MetaCLIP 2 matching against one language's entries: a pyahocorasick automaton of the
-    padded entries, run over a batch of spaced texts joined by a character no entry holds (so
-    no match spans two texts); returns sorted, distinct entry ids per text."""
+    padded entries, run over each spaced text; sorted, distinct entry ids per text."""
 
     def __init__(self, entries: Sequence[str]) -> None:
         try:
@@ -179,24 +181,12 @@ class LanguageMatcher:
         except ImportError as exc:
             raise CurateError("MetaCLIP 2 matching needs pyahocorasick",
                               "pip install pyahocorasick==2.3.1") from exc
-        used = set("".join(entries))
-        self.sep = next(chr(c) for c in range(1, 0x110000) if chr(c) not in used)
         self.automaton = ahocorasick.Automaton()
         for i, entry in enumerate(entries):
             self.automaton.add_word(padded_entry(entry), i)
         self.automaton.make_automaton()
 
-    def match(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(offsets, ids), int32: text ``k`` (raw, spaced here) matched
-        ``ids[offsets[k]:offsets[k + 1]]``."""
-        spaced = [spaced_text(t) for t in texts]
-        lengths = np.fromiter((len(s) for s in spaced), np.int64, len(spaced))
-        starts = np.concatenate([[0], np.cumsum(lengths + 1)])[:-1]
-        found = list(self.automaton.iter(self.sep.join(spaced))) if spaced else []
-        ends = np.fromiter((f[0] for f in found), np.int64, len(found))
-        ids = np.fromiter((f[1] for f in found), np.int64, len(found))
-        rows = np.searchsorted(starts, ends, side="right") - 1
-        key = np.unique(rows * (1 << 32) + ids)
-        rows, ids = key >> 32, key & 0xFFFFFFFF
-        offsets = np.searchsorted(rows, np.arange(len(spaced) + 1)).astype(np.int32)
-        return offsets, ids.astype(np.int32)
+    def match(self, texts: Sequence[str]) -> list[list[int]]:
+        """The ids of the entries each (raw) text matches, sorted."""
+        scan = self.automaton.iter
+        return [sorted({i for _, i in scan(spaced_text(t))}) for t in texts]

@@ -127,9 +127,9 @@ class Metaclip2Match(Scorer):
             if code is not None:
                 by_code.setdefault(code, []).append(k)
         for code, ks in by_code.items():
-            offsets, ids = self._matcher(code).match([flat[k] for k in ks])
-            for j, k in enumerate(ks):
-                per_text[k] = ids[offsets[j]:offsets[j + 1]].tolist()
+            for k, ids in zip(ks, self._matcher(code).match([flat[k] for k in ks]),
+                              strict=True):
+                per_text[k] = ids
         sizes = [len(t) for t in texts]
         inner = pa.array(per_text, type=pa.list_(pa.int32()))
         rows = np.repeat(np.arange(n), sizes)
