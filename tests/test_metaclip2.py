@@ -384,6 +384,13 @@ def test_no_english_is_an_error(tmp_path: Path) -> None:
                 MetadataDir(root).digest())
     with pytest.raises(CurateError, match="no English text matched"):
         _balance(con, tmp_path / "s", metadata_dir=str(root))
+    # nothing matched at all: every row is dropped, outputs are written
+    con = _pool([{"metaclip2_entries": [[]], "metaclip2_langs": ["zh"]}] * 3,
+                MetadataDir(root).digest())
+    got = _balance(con, tmp_path / "none", metadata_dir=str(root))
+    assert [r[1] for r in got] == ["metaclip2_balance"] * 3
+    report = json.loads((tmp_path / "none" / "reports" / "metaclip2_balance.json").read_text())
+    assert report["rows_kept"] == 0 and report["tail_share"] is None
 
 
 # --------------------------------------------------------------------------------------------

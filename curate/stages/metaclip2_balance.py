@@ -159,7 +159,8 @@ class Metaclip2Balance(Selector):
         for lang, e, c in found:
             counts[lang][e] = c
         en = counts.get("en", np.zeros(0, dtype=np.int64))
-        tail_share = t_to_p(en, prm.t_en)
+        # nothing matched at all: every row is dropped, no t is needed
+        tail_share = t_to_p(en, prm.t_en) if counts else None
         ts = {lang: prm.t_en if lang == "en" else p_to_t(c, tail_share)
               for lang, c in counts.items()}
         probs = {lang: count_to_prob(c, ts[lang]) for lang, c in counts.items()}
@@ -243,7 +244,7 @@ class Metaclip2Balance(Selector):
 
     def _write(self, ctx: SelectContext, mdir: Any, counts: dict[str, np.ndarray],
                after: dict[str, np.ndarray], probs: dict[str, np.ndarray], ts: dict[str, int],
-               tail_share: float, summary: dict[str, Any]) -> None:
+               tail_share: float | None, summary: dict[str, Any]) -> None:
         langs = sorted(counts)
         table = pa.table({
             "lang": pa.array([lang for lang in langs for _ in counts[lang]], pa.string()),
