@@ -45,6 +45,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from curate.lib.metadata import DEFAULT_METADATA, metadata_digest
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 SHARD_ROWS = 1_000_000
@@ -133,6 +135,7 @@ def make_shard(store_dir: Path, shard: int, n: int, entries: int = ENTRIES, seed
     if len(dup):
         image_sha = pc.replace_with_mask(image_sha, pa.array(np.isin(index, dup)),
                                          image_sha.take(pa.array(rng.integers(0, n, len(dup)))))
+    no_original = rng.random(n) < 0.5  # the json of about half the rows has no size
     clip = rng.normal(0.30, 0.06, n).astype(np.float32)
     metaclip = _entries(rng, n, entries)
     table = pa.table({
@@ -154,14 +157,21 @@ def make_shard(store_dir: Path, shard: int, n: int, entries: int = ENTRIES, seed
         "image_format": pc.if_else(ok, pa.array(np.where(rng.random(n) < 0.8, "JPEG", "PNG")),
                                    null_s),
         "image_bytes": scored(width.astype(np.int64) * height // 7, pa.int64()),
+        # img2dataset's json sizes before resizing: present for about half the rows
+        "original_width": pa.array(width * 2, pa.int32(), mask=failed | no_original),
+        "original_height": pa.array(height * 2, pa.int32(), mask=failed | no_original),
         "caption_chars": pc.if_else(ok, pc.utf8_length(caption), pa.scalar(None, pa.int32())),
         "caption_words": pc.if_else(ok, n_words.cast(pa.int32()), pa.scalar(None, pa.int32())),
+        # single spaces, no newline: fasttext's tokens are the words
+        "caption_fasttext_tokens": pc.if_else(ok, n_words.cast(pa.int32()),
+                                              pa.scalar(None, pa.int32())),
         "lang": pc.if_else(ok, lang, null_s),
         "lang_score": scored(rng.uniform(0.3, 1.0, n).astype(np.float32), pa.float32()),
         "image_sha256": pc.if_else(ok, image_sha, null_s),
         "url_caption_sha256": pc.if_else(ok, _hex(rng, n, 32), null_s),
         "clip_score": scored(clip, pa.float32()),
         "metaclip_entries": pc.if_else(ok, metaclip, pa.scalar(None, metaclip.type)),
+        "metaclip_metadata": pc.if_else(ok, metadata_digest(DEFAULT_METADATA), null_s),
         "metaclip_matches": scored(np.diff(metaclip.offsets.to_numpy()).astype(np.int32),
                                    pa.int32()),
     })
