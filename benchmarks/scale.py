@@ -6,8 +6,9 @@ The pool is written as a store (``curate.store.store``) of shards of --shard-row
 what a real scoring pass stores: a base file with the sample columns (uid, shard, key, index,
 image_member, url, caption, image_sha256, status, error_stage, error) and one file per scorer
 with what image_info, caption_stats, language, exact_hash, clip and metaclip_match write
-(width, height, aspect_ratio, image_format, image_bytes, caption_chars, caption_words, lang,
-lang_score, url_caption_sha256, clip_score, metaclip_entries, metaclip_matches). About 1.5% of
+(width, height, aspect_ratio, image_format, image_bytes, original_width, original_height,
+caption_chars, caption_words, caption_fasttext_tokens, lang, lang_score, url_caption_sha256,
+clip_score, metaclip_entries, metaclip_metadata, metaclip_matches). About 1.5% of
 the rows are failed samples (null scores): half failed to download, half in image_info.
 ``metaclip_entries`` holds 0 to 6 sorted, distinct ids per row (mostly 0 to 3), drawn Zipf-like
 over --entries ids (default 500k).
