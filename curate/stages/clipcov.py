@@ -27,7 +27,7 @@ measures each).
 F is not the cross-covariance error. Its redundancy weighs 1/|V_c|, i.e. k_c/|V_c| of what
 would make it a distribution-matching (herding) objective, and s is a first-moment similarity,
 whereas ‖C_S − C_V‖² expands into the product kernel ⟨x_i,x_j⟩⟨y_i,y_j⟩. So F prefers central,
-well-separated pairs: on synthetic data it raises F over a random subset (1.06–1.8×) and lowers
+well-separated pairs: on synthetic data it raises F over a random subset (1.06–2.3×) and lowers
 the similarity to other classes' centres, while random keeps both the global and the per-class
 cross-covariance error lower (measured in docs/clipcov.md; the notebook's algorithm does the
 same).
