@@ -119,3 +119,8 @@ def test_reads_the_stores_fixed_size_float16_lists(tmp_path: Path) -> None:
     scorer.setup()
     got = scorer.score_batch(pa.table({"e": col.slice(5)}))  # an offset slice, as batches are
     assert got["centroid"].to_pylist() == datacomp_ids(emb[5:], centroids).tolist()
+    masked = pa.FixedSizeListArray.from_arrays(pa.array(emb[:3].ravel(), pa.float16()), 8,
+                                               mask=pa.array([False, True, False]))
+    got = scorer.score_batch(pa.table({"e": masked}))  # a stored null row fails alone
+    assert got["__errors__"][1] and not got["__errors__"][0] and not got["__errors__"][2]
+    assert got["centroid"].to_pylist()[::2] == datacomp_ids(emb[:3:2], centroids).tolist()

@@ -64,7 +64,11 @@ def _matrix(col: pa.Array) -> np.ndarray:
             raise ValueError("embeddings of different lengths in one batch")
     if values.null_count:
         values = pc.fill_null(values.cast(pa.float32()), float("nan"))
-    return values.to_numpy(zero_copy_only=False).reshape(n, d)
+    x = values.to_numpy(zero_copy_only=False).reshape(n, d)
+    if col.null_count:  # a null embedding: NaN, so the sample fails
+        x = x.astype(np.float32)
+        x[col.is_null().to_numpy(zero_copy_only=False)] = np.nan
+    return x
 
 
 @register
