@@ -87,7 +87,8 @@ def test_target_files_in_other_formats_are_refused(tmp_path: Path) -> None:
                                               targets=[str(tmp_path / "wide.npy")]))
     with pytest.raises(CurateError, match="width 3"):
         sel.target_ids()
-    sel = CentroidTarget(CentroidTargetParams(centroids=str(tmp_path / "none.pt"),
-                                              targets=[str(tmp_path / "wide.npy")]))
-    with pytest.raises(CurateError, match="no file"):
-        sel.target_ids()
+    with pytest.raises(ValueError, match="no file"):  # at the pipeline's load
+        CentroidTargetParams(centroids=str(tmp_path / "none.pt"),
+                             targets=[str(tmp_path / "wide.npy")])
+    with pytest.raises(ValueError, match="no file"):
+        CentroidTargetParams(centroids=str(tmp_path / "c.npy"), targets=[str(tmp_path)])

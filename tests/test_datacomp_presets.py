@@ -5,6 +5,7 @@ rules (baselines/apply_filter.py) written here in numpy on the same inputs."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from storemaker import write_store
 from test_wordnet_entity import write_wordnet
 
 from curate.config import pipeline_from_dict
+from curate.errors import ConfigError
 from curate.lib.wordnet import WordNetIndex, load_wordnet_ids
 from curate.select.selection import select
 from curate.stages.caption_stats import CaptionStats, fasttext_token_count
@@ -161,11 +163,18 @@ def test_presets_name_their_parameters(pool: dict[str, Any]) -> None:
     top, target = p.select[0].stage.params, p.select[-1].stage.params
     assert (top.column, top.fraction, top.over) == ("caption_chars", 0.1, "pool")  # type: ignore[attr-defined]
     assert target.targets == pool["assets"]["targets"]  # type: ignore[attr-defined]
-    # defaults are where DataComp's download() caches its assets
-    d = pipeline_from_dict({"input": {"shards": "x"}, "score": ["caption_stats", "language"],
+    # the defaults are where DataComp's download() caches its assets; missing ones fail the
+    # pipeline's load, before any scoring
+    cache = Path("~/.cache/datacomp").expanduser()
+    if not (cache / "small_centroids.pt").is_file():
+        with pytest.raises(ConfigError, match=re.escape(str(cache / "small_centroids.pt"))):
+            pipeline_from_dict({"input": {"shards": "x"}, "score": ["caption_stats", "language"],
+                                "select": [{"preset": "datacomp_image_based",
+                                            "centroid_column": "caption_words"}]})
+    with pytest.raises(ConfigError, match=r"in1k_clip_vit_l14_1\.pt"):
+        pipeline_from_dict({"input": {"shards": "x"}, "score": ["caption_stats", "language"],
                             "select": [{"preset": "datacomp_image_based",
-                                        "centroid_column": "caption_words"}]})
-    params = d.select[-1].stage.params
-    assert params.centroids == str(Path("~/.cache/datacomp/small_centroids.pt").expanduser())  # type: ignore[attr-defined]
-    assert [Path(t).name for t in params.targets] == [  # type: ignore[attr-defined]
-        f"in1k_clip_vit_l14_{i}.pt" for i in range(5)]
+                                        "centroid_column": "caption_words",
+                                        "centroids": pool["assets"]["centroids"],
+                                        "targets": [pool["assets"]["targets"][0], str(
+                                            pool["root"] / "in1k_clip_vit_l14_1.pt.missing")]}]})

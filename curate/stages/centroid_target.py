@@ -12,7 +12,8 @@ argmax (``curate.lib.centroids``); the distinct centroids they hit are the targe
 target, or is null, are dropped with ``reason``. Computed once per selection, on a GPU when
 ``device`` is ``auto`` and one is visible, else on the CPU. The report
 (``reports/centroid_target.json``) gives the number of centroids, of target embeddings, of
-target centroids, and the SHA-256 of the centroids file.
+target centroids, and the SHA-256 of the centroids file. A selector runs after scoring, so
+missing ``centroids`` or ``targets`` files fail the pipeline's load instead, before any work.
 """
 
 from __future__ import annotations
@@ -41,15 +42,24 @@ class CentroidTargetParams(Params):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     reason: str = "not_near_target_centroid"
 
+    # A selector has no check() before scoring starts: missing files fail the pipeline's load.
     @field_validator("centroids")
     @classmethod
     def _absolute(cls, v: str) -> str:
-        return str(Path(v).expanduser().resolve())
+        return _existing(v)
 
     @field_validator("targets")
     @classmethod
     def _all_absolute(cls, v: list[str]) -> list[str]:
-        return [str(Path(t).expanduser().resolve()) for t in v]
+        return [_existing(t) for t in v]
+
+
+def _existing(path: str) -> str:
+    p = Path(path).expanduser().resolve()
+    if not p.is_file():
+        raise ValueError(f"no file {p} (DataComp's download() caches its assets in "
+                         "~/.cache/datacomp; or give a .npy)")
+    return str(p)
 
 
 @register
