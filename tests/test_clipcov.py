@@ -197,3 +197,16 @@ def test_easiness_adds_each_pairs_own_similarity_to_the_objective() -> None:
     assert selected.tolist() == sorted(expected)
     plain, _ = select_clipcov(img, txt, 9, 3, 0.5, "clipped", assign=assign)
     assert own[selected].mean() > own[plain].mean()
+
+
+def test_rows_without_embeddings_take_no_place_in_the_budget(tmp_path: Path) -> None:
+    """A kept row whose embedding is missing (NaN) is dropped with its own reason, so the
+    subset is exactly the budget of the rows that have embeddings."""
+    img, txt, score = planted_pool(n=200)
+    img[[3, 50, 120]] = np.nan
+    files = write_pool(tmp_path, img, txt, shards=2, scores=score)
+    sel, rows, _ = run_select(tmp_path, files, [
+        {"selector": "clipcov", "fraction": 0.25, "classes": 4}])
+    missing = [r for r in rows if r["reason"] == "clipcov_no_embedding"]
+    assert sorted(int(r["uid"], 16) for r in missing) == [3, 50, 120]
+    assert sel.kept == int(197 * 0.25)

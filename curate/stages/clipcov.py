@@ -257,7 +257,7 @@ class ClipCov(Selector):
     Params = ClipCovParams
 
     def reasons(self) -> Sequence[str]:
-        return ("clipcov_not_selected",)
+        return ("clipcov_no_embedding", "clipcov_not_selected")
 
     def columns(self) -> Sequence[str]:
         p: ClipCovParams = self.params  # type: ignore[assignment]
@@ -278,6 +278,12 @@ class ClipCov(Selector):
         img = ctx.embeddings(p.image_column, rows)
         txt = ctx.embeddings(p.text_column, rows)
         ok = ~(np.isnan(img).any(1) | np.isnan(txt).any(1))
+        if not ok.all():  # no embedding, no place in the budget: never kept by default
+            missing = rows.filter(pa.array(~ok))
+            ctx.mark(con, table, pa.table({
+                "_row": missing.column("_row"),
+                "reason": pa.array(["clipcov_no_embedding"] * missing.num_rows, pa.string()),
+                "clipcov_class": pa.nulls(missing.num_rows, pa.int32())}))
         rows, img, txt = rows.filter(pa.array(ok)), img[ok], txt[ok]
         n = len(img)
         k = p.size if p.size is not None else math.floor(n * (p.fraction or 0))
