@@ -1,30 +1,47 @@
 """curate: score once, select later: turn raw image-text pools into CLIP training sets.
 
-The Python API, for notebooks and scripts (the CLI calls the same functions):
+The Python API, for notebooks and scripts (``curate.api``; the CLI calls the same functions):
 
-* ``curate.runner.score(pipeline, store)``: score a pipeline's input into a store, computing
-  only what the store lacks;
-* ``curate.runner.select(store, selection, out)``: apply a selection to a store's scores, into
-  its own directory, computing no score;
-* ``curate.runner.run(pipeline, out)``: both, into ``OUT/store`` and ``OUT/selections/<name>``;
-* ``curate.open_run(path)``: a selection's DuckDB views as relations and polars frames.
-
-``pipeline`` is a ``curate.config.Pipeline`` (``curate.config.load_pipeline(path)``) or a path to
-a pipeline YAML; ``selection`` a ``curate.config.Selection`` (``load_selection``) or a Pipeline.
+* ``curate.Pipeline(input=..., score=[...], select=[...])``: a pipeline built from stage objects
+  (``curate.scorer``, ``curate.rule``, ``curate.selector``, ``curate.preset``, or instances of
+  stage classes), validated as its YAML would be; ``curate.Pipeline.load(path)`` reads a YAML
+  file. Its ``plan(store)`` is ``curate validate``; ``score(store)``, ``select(store, out)`` and
+  ``run(out)`` are ``curate score``, ``select`` and ``run``, and return a ``curate.Result``:
+  counts, ``.sql(query)`` (a DuckDB relation), ``.pl(view)`` and ``.manifest()`` (polars).
+* ``curate.load_plugins(path_or_module)``: stages from outside the package (``curate.plugins``).
+* ``curate.open_run(path)``: a finished selection's views as relations and polars frames.
+* Lower level: ``curate.runner.score(pipeline, store)``, ``select(store, selection, out)``,
+  ``run(pipeline, out)`` with ``curate.config.Pipeline`` objects (``load_pipeline(path)``).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     import duckdb
 
+    from curate.api import Pipeline, Preset, Result, load_plugins, preset, rule, scorer, selector
     from curate.audit.catalog import Run
 
 __version__ = "0.1.0"
+
+__all__ = ["Pipeline", "Preset", "Result", "load_plugins", "open_run", "open_runs", "preset",
+           "rule", "scorer", "selector"]
+
+_API = {"Pipeline", "Preset", "Result", "load_plugins", "preset", "rule", "scorer", "selector"}
+
+
+def __getattr__(name: str) -> Any:
+    """The names of ``curate.api``, imported on first use (``import curate`` stays cheap for
+    the CLI)."""
+    if name in _API:
+        import curate.api
+
+        return getattr(curate.api, name)
+    raise AttributeError(f"module 'curate' has no attribute {name!r}")
 
 
 def open_run(run_dir: str | Path) -> Run:

@@ -74,6 +74,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.store:
         pipeline.store = args.store
     out = args.out or str(Path("runs") / pipeline.name)
+    if args.dry_run:
+        return _print_plan(pipeline, out, args.name)
     result = run(pipeline, out, address=args.address, progress=not args.no_progress,
                  name=args.name)
     assert result.scoring is not None
@@ -298,15 +300,32 @@ def _table(names: list[str], rows: list[tuple[Any, ...]]) -> str:
 
 
 def _cmd_stages(args: argparse.Namespace) -> int:
-    from curate.config import known_presets
-    from curate.stages.base import registered
+    from curate.plugins import load
+    from curate.stage_info import describe, listing
 
-    for kind in ("scorer", "rule", "selector"):
-        print(f"{kind}s:")
-        for name, cls in sorted(registered(kind).items()):
-            doc = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
-            print(f"  {name:<16}{doc.split(': ', 1)[-1]}")
-    print("presets: " + ", ".join(known_presets()))
+    for spec in args.imports or ():
+        load(spec)
+    print(describe(args.name) if args.name else listing())
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from curate.config import load_pipeline
+
+    pipeline = load_pipeline(args.pipeline, _overrides(args))
+    if args.store:
+        pipeline.store = args.store
+    return _print_plan(pipeline, args.out or str(Path("runs") / pipeline.name), args.name)
+
+
+def _print_plan(pipeline: Any, out: str, name: str | None) -> int:
+    """``curate validate`` and ``curate run --dry-run``: the plan, without Ray or writes."""
+    from curate.runner import default_store, selection_dir
+    from curate.validate import dry_run
+
+    plan = dry_run(pipeline, default_store(pipeline, out),
+                   selection_dir(out, name or pipeline.name))
+    print(plan.format())
     return 0
 
 
@@ -383,7 +402,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="join this Ray cluster (e.g. auto, ray://head:10001)")
     p.add_argument("--workers", type=int, help="scoring workers (default: one per CPU/GPU)")
     p.add_argument("--no-progress", action="store_true", help="no progress output")
+    p.add_argument("--dry-run", action="store_true", help="check everything and print the "
+                   "plan (as `curate validate`); start nothing, write nothing")
     p.set_defaults(fn=_cmd_run)
+
+    p = sub.add_parser("validate", help="check a pipeline and print its plan: shards, the "
+                       "scorers that would compute or be reused, steps, outputs; no Ray")
+    p.add_argument("pipeline", help="pipeline YAML")
+    p.add_argument("--out", help="the run directory it would use (default: runs/<name>)")
+    p.add_argument("--store", help="the store to plan against (default: the pipeline's "
+                   "`store:`, else OUT/store)")
+    p.add_argument("--name", help="selection name (default: the pipeline's name)")
+    p.add_argument("--input", help="override the input: shard pattern or URL list file")
+    p.set_defaults(fn=_cmd_validate)
 
     p = sub.add_parser("score", help="score a pipeline's input into a store (only what the "
                        "store lacks); no selection")
@@ -451,7 +482,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=_cmd_stats)
 
-    p = sub.add_parser("stages", help="list the scorers, rules, selectors and presets")
+    p = sub.add_parser("stages", help="list the scorers, rules, selectors and presets (with "
+                       "plugins); NAME: one in full, with its parameters and columns")
+    p.add_argument("name", nargs="?", help="a stage or preset to show in full")
+    p.add_argument("--import", dest="imports", action="append", metavar="MODULE_OR_FILE",
+                   help="import a plugin first (repeatable)")
     p.set_defaults(fn=_cmd_stages)
 
     p = sub.add_parser("metadata", help="MetaCLIP balancing metadata (entry lists)")
@@ -581,7 +616,8 @@ RAY_COMMANDS = ("run", "score", "select")
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    address = _joined_address(args) if args.command in RAY_COMMANDS else None
+    address = _joined_address(args) if args.command in RAY_COMMANDS and not getattr(
+        args, "dry_run", False) else None
     if address and address != "local" and hasattr(os, "fork"):
         return _supervised(args, address)
     return _run_command(args)

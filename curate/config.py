@@ -133,6 +133,9 @@ class RunConfig(Params):
 class _PipelineFile(Params):
     name: str = Field(default="pipeline", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str | None = None
+    # Plugins imported before the stages are looked up (curate.plugins): module names, or
+    # paths of .py files or package directories relative to the pipeline file.
+    imports: list[str] = []
     input: InputConfig
     # The scored pool store (a path or an fsspec URL); default: OUT/store of `curate run`.
     store: str | None = None
@@ -150,6 +153,7 @@ class _SelectionFile(Params):
 
     name: str = Field(default="selection", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str | None = None
+    imports: list[str] = []
     input: Any = None
     store: Any = None
     score: list[Any] | None = None
@@ -365,6 +369,10 @@ def pipeline_from_dict(data: dict[str, Any], source: str = "<dict>") -> Pipeline
     except ValidationError as exc:
         raise ConfigError(f"{source}: {_first_error(exc)}", _hint_for(exc, _PipelineFile)
                           ) from exc
+    if spec.imports:  # saved with the run as absolute paths
+        from curate.plugins import load_imports
+
+        data = {**data, "imports": load_imports(spec.imports, source)}
     scorers = [_scorer_step(item, f"score[{i}]", source) for i, item in enumerate(spec.score)]
     select: list[Step] = []
     for i, item in enumerate(spec.select):
@@ -402,6 +410,10 @@ def selection_from_dict(data: dict[str, Any], source: str = "<dict>") -> Selecti
     except ValidationError as exc:
         raise ConfigError(f"{source}: {_first_error(exc)}", _hint_for(exc, _SelectionFile)
                           ) from exc
+    if spec.imports:
+        from curate.plugins import load_imports
+
+        data = {**data, "imports": load_imports(spec.imports, source)}
     scorers = None
     if spec.score is not None:
         scorers = [_scorer_step(item, f"score[{i}]", source) for i, item in

@@ -98,6 +98,9 @@ class RaySession:
     def ensure(self) -> None:
         import ray
 
+        from curate.plugins import ship_to_ray
+
+        ship_to_ray()  # plugin stages travel to the workers by value
         if ray.is_initialized():
             return
         kwargs: dict[str, Any] = {

@@ -260,16 +260,21 @@ def register(cls: type[Stage]) -> type[Stage]:
     if not cls.name:
         raise TypeError(f"{cls.__qualname__} has no name")
     table = _REGISTRY[cls.kind]
-    if cls.name in table and table[cls.name] is not cls:
+    old = table.get(cls.name)
+    if old is not None and old is not cls and (old.__module__, old.__qualname__) != (
+            cls.__module__, cls.__qualname__):  # the same class defined again replaces it
         raise TypeError(f"two {cls.kind}s are named {cls.name!r}")
     table[cls.name] = cls
     return cls
 
 
 def registered(kind: StageKind) -> dict[str, type[Stage]]:
-    """Name → class of every registered stage of ``kind`` (built-ins are loaded first)."""
+    """Name → class of every registered stage of ``kind`` (built-ins are loaded first, then
+    the plugins of the ``curate.stages`` entry points: ``curate.plugins``)."""
     import curate.stages  # noqa: F401  (registers the built-in stages)
+    from curate.plugins import load_entry_points
 
+    load_entry_points()
     return dict(_REGISTRY[kind])
 
 
