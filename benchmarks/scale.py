@@ -270,7 +270,8 @@ def pipeline(rows: int) -> Any:
         "score": ["image_info", "caption_stats", "language", "exact_hash", "clip",
                   "metaclip_match"],
         "select": [{"preset": "datacomp_basic"},
-                   {"rule": "top_fraction", "column": "clip_score", "fraction": TOP_FRACTION},
+                   {"rule": "top_fraction", "column": "clip_score", "fraction": TOP_FRACTION,
+                    "reason": "clip_score_not_top"},
                    {"selector": "metaclip_balance", "t": t}]})
 
 

@@ -229,12 +229,19 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(stats, indent=1))
         return 0
-    print(f"selection {sel} (of the store {stats['store']}), {stats['shards']} shards, "
-          f"{stats['seconds']:.1f}s")
+    print(f"selection {sel} (of the store {stats['store']}), {stats['shards']} shards")
+    runs = _invocations(sel)
+    last = f"the last invocation (of {runs} in its log.jsonl)" if runs > 1 else \
+        "its one invocation"
+    line = f"  {last}: selection {stats['seconds']:.1f}s"
     scoring = stats.get("scoring")
     if scoring:
         done = ", ".join(f"{k} {v}" for k, v in scoring["computed"].items() if v)
-        print(f"last scoring: {scoring['seconds']:.1f}s; shards computed: {done or 'none'}")
+        line += f", scoring {scoring['seconds']:.1f}s (shards computed: {done or 'none'})"
+    print(line)
+    work = sum(float(c["seconds"]) for c in stats["stages"].values())
+    print(f"  stored scores: {work:.1f}s of scorer compute for these shards (without start-up), "
+          "summed over every invocation that computed them (per stage below)")
     _print_funnel(stats["samples"], [(f["reason"], f["dropped"]) for f in stats["funnel"]],
                   stats["kept"])
     if "rewrite" in stats:
@@ -245,25 +252,37 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _invocations(sel: Path) -> int:
+    """How many times the selection in ``sel`` was started (its log's ``select_start``)."""
+    try:
+        with open(sel / "log.jsonl", encoding="utf-8") as f:
+            return sum('"event": "select_start"' in line for line in f)
+    except (OSError, UnicodeDecodeError):
+        return 1
+
+
 def _cmd_query(args: argparse.Namespace) -> int:
     import duckdb
 
     from curate.audit.catalog import open_catalog
+    from curate.config import duckdb_message
 
     con = open_catalog(args.run_dir)
     try:
         cur = con.execute(args.sql)
     except duckdb.Error as exc:
-        raise CurateError(f"query failed: {str(exc).splitlines()[0]}",
+        raise CurateError(f"query failed: {duckdb_message(exc)}",
                           "views: manifest, kept, drops, signals, shards, funnel, stages, "
                           "rewrites, entry_counts "
                           "(try: curate query SEL \"describe manifest\")") from exc
     if cur.description is None:
         return 0
     names = [d[0] for d in cur.description]
-    rows = cur.fetchmany(args.max_rows + 1) if args.max_rows else cur.fetchall()
-    more = bool(args.max_rows) and len(rows) > args.max_rows
-    rows = rows[: args.max_rows] if args.max_rows else rows
+    limit = args.max_rows if args.max_rows is not None else (
+        QUERY_TABLE_ROWS if args.format == "table" else 0)
+    rows = cur.fetchmany(limit + 1) if limit else cur.fetchall()
+    more = bool(limit) and len(rows) > limit
+    rows = rows[:limit] if limit else rows
     if args.format == "csv":
         w = csv.writer(sys.stdout)
         w.writerow(names)
@@ -274,8 +293,14 @@ def _cmd_query(args: argparse.Namespace) -> int:
     else:
         print(_table(names, rows))
         if more:
-            print(f"(first {args.max_rows} rows; --max-rows 0 for all)")
+            print(f"(first {limit} rows; --max-rows 0 for all)")
+    if more and args.format != "table":
+        print(f"curate query: printed the first {limit} rows (--max-rows {limit}); "
+              "--max-rows 0 for all", file=sys.stderr)
     return 0
+
+
+QUERY_TABLE_ROWS = 100  # rows `curate query` prints as a table unless --max-rows says otherwise
 
 
 def _table(names: list[str], rows: list[tuple[Any, ...]]) -> str:
@@ -445,7 +470,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("sql")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
-    p.add_argument("--max-rows", type=int, default=100, help="0 for all (default 100)")
+    p.add_argument("--max-rows", type=int, help="print at most this many rows, 0 for all "
+                   f"(default: {QUERY_TABLE_ROWS} for table, every row for csv and json)")
     p.set_defaults(fn=_cmd_query)
 
     p = sub.add_parser("diff", help="compare two runs: samples kept in one and not the "
@@ -615,7 +641,16 @@ RAY_COMMANDS = ("run", "score", "select")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit:  # --help and --version print, then exit: flush what they printed
+            sys.stdout.flush()
+            raise
+    except BrokenPipeError:
+        if not _stdout_broken():
+            raise
+        return _stdout_closed()
     address = _joined_address(args) if args.command in RAY_COMMANDS and not getattr(
         args, "dry_run", False) else None
     if address and address != "local" and hasattr(os, "fork"):
@@ -623,9 +658,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _run_command(args)
 
 
+STDOUT_CLOSED = 141  # what a shell reports for a command ended by SIGPIPE (128 + 13)
+
+
+def _stdout_closed() -> int:
+    """The reader of stdout went away (``curate stats --json | head``): stop quietly, as a
+    command ended by SIGPIPE does. stdout is pointed at /dev/null first, so that flushing it
+    at exit cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no file descriptor behind sys.stdout
+        pass
+    return STDOUT_CLOSED
+
+
+def _stdout_broken() -> bool:
+    """Whether stdout is a pipe whose reader has gone (poll reports an error on it)."""
+    import select
+
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poll.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _run_command(args: argparse.Namespace) -> int:
     try:
-        return int(args.fn(args))
+        code = int(args.fn(args))
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return code
     except CurateError as exc:
         if args.debug:
             raise
@@ -637,6 +701,8 @@ def _run_command(args: argparse.Namespace) -> int:
         print("interrupted: rerun the same command to resume", file=sys.stderr)
         return 130
     except Exception as exc:
+        if isinstance(exc, BrokenPipeError) and _stdout_broken():
+            return _stdout_closed()
         if args.debug:
             raise
         lost = ray_lost(exc)

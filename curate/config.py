@@ -93,6 +93,8 @@ class OutputConfig(Params):
     # boxes (e.g. face_bboxes from the pool's metadata); blurred images become WebP at quality.
     blur_faces: str | None = None
     blur_quality: int = Field(default=100, ge=1, le=100)
+    # Keep img2dataset's `exif` string in each sample's json (left out by default).
+    keep_exif: bool = False
 
     @model_validator(mode="after")
     def _known_filesystem(self) -> OutputConfig:
@@ -253,7 +255,10 @@ MAX_YAML_VALUES = 100_000  # values a pipeline or preset file may expand to (ali
 
 
 class _Refused(yaml.constructor.ConstructorError):
-    """Valid YAML that a pipeline may not hold (a duplicate key, a language-specific tag)."""
+    """Valid YAML that a pipeline may not hold (a duplicate key, a language-specific tag, list
+    items run together by their indentation); ``hint`` says what to write instead."""
+
+    hint: str | None = None
 
 
 class StrictLoader(yaml.SafeLoader):
@@ -264,11 +269,93 @@ class StrictLoader(yaml.SafeLoader):
     on those with ValueError, KeyError, AttributeError...)."""
 
     def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        if isinstance(node, yaml.SequenceNode):
+            for item in node.value:
+                _refuse_glued_items(item)
         try:
             return super().construct_object(node, deep)
         except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
             raise _Refused(None, None, f"the value is not a valid {_short(node.tag)} "
                            f"({type(exc).__name__}: {exc})", node.start_mark) from None
+
+
+def _refuse_glued_items(node: yaml.Node) -> None:
+    """Refuse a list item that YAML reads as one text although it holds further list items: a
+    line ``- b`` indented deeper than the ``- a`` above it continues a's plain text, so YAML
+    reads ``'a - b'`` (and the pipeline would name an unknown stage ``a - b``)."""
+    if not isinstance(node, yaml.ScalarNode) or node.style is not None:
+        return
+    start, end = node.start_mark, node.end_mark
+    if start.line == end.line or not isinstance(start.buffer, str):
+        return
+    lines = start.buffer[start.index:end.index].split("\n")
+    for offset, line in enumerate(lines[1:], 1):
+        item = line.lstrip()
+        if item == "-" or item.startswith("- "):
+            mark = yaml.Mark(start.name, 0, start.line + offset, len(line) - len(item), None, None)
+            err = _Refused(None, None, f"the list item '{item.strip()}' is indented deeper than "
+                           f"the item '- {lines[0].strip()}' above it, so YAML reads the two as "
+                           f"one text, {node.value!r}", mark)
+            err.hint = "give every `- ` of one list the same indentation"
+            raise err
+
+
+# PyYAML's syntax errors in plain words: (start of PyYAML's problem, what to say, whether the
+# place to name is where the unclosed thing began, PyYAML's context mark).
+_YAML_PROBLEMS: tuple[tuple[str, str, bool], ...] = (
+    ("expected ',' or ']'", "this '[' list is never closed: a ']' (or a ',' between its "
+     "items) is missing", True),
+    ("expected ',' or '}'", "this '{' mapping is never closed: a '}' (or a ',' between its "
+     "entries) is missing", True),
+    ("found unexpected end of stream", "this quote is never closed", True),
+    ("could not find expected ':'", "this line is not `key: value`: its ':' is missing", True),
+    ("mapping values are not allowed", "a ':' where no key can begin: quote a value that holds "
+     "': ', or indent this line like the keys above it", False),
+    ("found character '\\t'", "a tab character: YAML indents with spaces only", False),
+    ("expected <block end>, but found '<block sequence start>'", "this list item is indented "
+     "less than the items above it", False),
+    ("expected <block end>, but found '?'", "this key is indented like the list items above "
+     "it: make it an item (`- key: ...`) or indent it under one", False),
+    ("expected <block end>", "this line is indented differently from the lines it belongs "
+     "with", False),
+    ("did not find expected key", "this line is indented differently from the keys above it",
+     False),
+    ("did not find expected '-' indicator", "this line is indented differently from the list "
+     "items above it", False),
+    ("found undefined alias", "an alias (*name) with no anchor (&name) before it", False),
+    ("found unknown escape character", "an escape that YAML does not know inside double "
+     "quotes: use single quotes, or write \\\\ for a backslash", False),
+    ("expected the node content", "a value YAML cannot read: quote it (a value may not begin "
+     "with ] } , or another YAML symbol)", False),
+    ("but found another document", "a second YAML document (after `---`): a pipeline is one "
+     "document", False),
+)
+
+
+def _yaml_error(path: Path, text: str, exc: yaml.YAMLError) -> ConfigError:
+    """A YAML syntax error in plain words, at the line and column where the problem is (for an
+    unclosed bracket or quote, where it opened), with that line quoted in the hint."""
+    if isinstance(exc, yaml.reader.ReaderError):  # a character YAML does not allow
+        at = int(exc.position)
+        mark = yaml.Mark(str(path), at, text.count("\n", 0, at),
+                         at - text.rfind("\n", 0, at) - 1, None, None)
+        what = (f"#x{exc.character:04x}" if isinstance(exc.character, int)
+                else repr(exc.character))
+        plain, at_context = f"character {what}: {exc.reason}", False
+    else:
+        problem = str(getattr(exc, "problem", None) or exc)
+        plain, at_context = next(((say, ctx) for start, say, ctx in _YAML_PROBLEMS
+                                  if problem.startswith(start)), (problem, False))
+        mark = getattr(exc, "context_mark", None) if at_context else None
+        mark = mark or getattr(exc, "problem_mark", None)
+    if mark is None:
+        return ConfigError(f"{path}: not valid YAML: {plain}")
+    lines = text.splitlines()
+    line = lines[mark.line].strip() if mark.line < len(lines) else ""
+    line = line if line.isprintable() else ascii(line)
+    return ConfigError(f"{path}: not valid YAML at line {mark.line + 1}, column "
+                       f"{mark.column + 1}: {plain}",
+                       f"line {mark.line + 1} is: {line}" if line else None)
 
 
 def _short(tag: str) -> str:
@@ -314,13 +401,11 @@ def load_yaml(path: Path) -> Any:
     try:
         data = yaml.load(text, Loader=StrictLoader)  # safe: StrictLoader is a SafeLoader
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         if isinstance(exc, _Refused):
-            raise ConfigError(f"{path}: {where}{exc.problem}") from None
-        where = f" at {where.removesuffix(': ')}" if where else ""
-        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}"
-                          ) from exc
+            mark = exc.problem_mark
+            where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+            raise ConfigError(f"{path}: {where}{exc.problem}", exc.hint) from None
+        raise _yaml_error(path, text, exc) from exc
     except RecursionError:
         raise ConfigError(f"{path}: nested too deeply (lists or mappings inside each other "
                           "hundreds of levels deep)") from None
@@ -435,15 +520,25 @@ def _main_error(exc: ValidationError) -> Any:
     return next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
 
 
+MAX_ERRORS = 6  # validation errors listed in one message
+
+
 def _first_error(exc: ValidationError) -> str:
-    err = _main_error(exc)
-    loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
-    msg = err["msg"]
-    if err["type"] == "extra_forbidden":
-        msg = "unknown key"
-    elif err["type"] == "missing":
-        msg = "required key is missing"
-    return f"{loc}: {msg}"
+    """Every error of ``exc`` as ``where: what``, joined by '; ' (unknown keys first, at most
+    ``MAX_ERRORS``), so that all of a step's bad parameters are reported at once."""
+    errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+    parts: list[str] = []
+    for err in errors:
+        loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        if f"{loc}: {msg}" not in parts:
+            parts.append(f"{loc}: {msg}")
+    more = f" (and {len(parts) - MAX_ERRORS} more)" if len(parts) > MAX_ERRORS else ""
+    return "; ".join(parts[:MAX_ERRORS]) + more
 
 
 def _hint_for(exc: ValidationError, model: type[BaseModel]) -> str | None:
@@ -522,7 +617,12 @@ def _select_steps(item: Any, where: str, source: str) -> list[Step]:
     if key == "preset":
         return _preset(item[key], params, where, source)
     kind: StageKind = "rule" if key == "rule" else "selector"
-    return [Step(_build(kind, item[key], params, where, source), where)]
+    stage = _build(kind, item[key], params, where, source)
+    if kind == "rule" and not params.get("reason"):
+        raise ConfigError(f"{source}: {where} (rule {item[key]}): no `reason:`; every rule names "
+                          "the reason its drops get in the manifest and the funnel",
+                          f"e.g. `reason: {stage.label}`")
+    return [Step(stage, where)]
 
 
 def known_presets() -> list[str]:
@@ -534,16 +634,19 @@ def _preset(name: Any, given: dict[str, Any], where: str, source: str) -> list[S
     ``${param}`` in a value is replaced by the given (or default) parameter."""
     known = known_presets()
     if name not in known:  # a name, never a path: "../x" would load any YAML file
+        close = difflib.get_close_matches(str(name), known, n=1)
         raise ConfigError(f"{source}: {where}: unknown preset {name!r}; known presets: "
-                          f"{', '.join(known)}")
+                          f"{', '.join(known)}", f"did you mean {close[0]!r}?" if close else None)
     path = PRESET_DIR / f"{name}.yaml"
     spec = load_yaml(path)
     defaults = spec.get("params", {}) if isinstance(spec, dict) else {}
     items = spec["steps"] if isinstance(spec, dict) else spec
     unknown = [k for k in given if k not in defaults]  # keys of any type: no sorting
     if unknown:
+        close = difflib.get_close_matches(str(unknown[0]), [str(k) for k in defaults], n=1)
+        listed = f"its parameters: {', '.join(sorted(defaults)) or 'none'}"
         raise ConfigError(f"{source}: {where}: preset {name} has no parameter {unknown[0]!r}",
-                          f"its parameters: {', '.join(sorted(defaults)) or 'none'}")
+                          f"did you mean {close[0]!r}? ({listed})" if close else listed)
     values = {**defaults, **given}
 
     def fill(v: Any) -> Any:
@@ -614,11 +717,12 @@ def check_selection(sel: Selection, columns: dict[str, pa.DataType], sidecars: s
     for step in p.select:
         st = step.stage
         if isinstance(st, Rule):
+            _check_numeric(st, cols, f"{p.source}: {step.where}")
             try:
                 con.execute(f"SELECT ({st.keep_sql('signals_probe')})::BOOLEAN FROM signals_probe"
                             ).fetchall()
             except duckdb.Error as exc:
-                msg = str(exc).splitlines()[0]
+                msg = duckdb_message(exc)
                 m = re.search(r'column "?([A-Za-z0-9_]+)"? not found', msg, re.IGNORECASE)
                 raise ConfigError(f"{p.source}: {step.where} (rule {st.name}, reason "
                                   f"{st.reason}): {msg}", hint(m.group(1)) if m else None
@@ -654,6 +758,40 @@ def check_selection(sel: Selection, columns: dict[str, pa.DataType], sidecars: s
         raise ConfigError(f"{p.source}: output.split_by: no column {p.output.split_by!r}",
                           hint(p.output.split_by) or "e.g. cluster_coarse from the "
                           "mode_clusters selector")
+
+
+def duckdb_message(exc: BaseException) -> str:
+    """DuckDB's error on one line: its first line, and the ``Candidate bindings`` line that
+    names the columns closest to a misspelled one (the SQL excerpt after them is left out)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    candidates = next((line for line in lines[1:] if line.startswith("Candidate bindings")), None)
+    return f"{lines[0]} {candidates}" if candidates else lines[0]
+
+
+def _is_number(dtype: pa.DataType) -> bool:
+    return bool(pa.types.is_integer(dtype) or pa.types.is_floating(dtype)
+                or pa.types.is_decimal(dtype))
+
+
+def _check_numeric(rule: Rule, cols: dict[str, pa.DataType], where: str) -> None:
+    """A rule that compares a column with numbers (its ``numeric_columns`` parameters, e.g.
+    ``threshold`` and ``top_fraction``) is refused in plain words on a column of text or of
+    another type that is not a number, instead of DuckDB's type error (or, for
+    ``top_fraction``, a silent ranking of texts)."""
+    for param in getattr(rule, "numeric_columns", ()):
+        col = getattr(rule.params, param, None)
+        dtype = cols.get(col) if isinstance(col, str) else None
+        if dtype is None or _is_number(dtype):
+            continue
+        text = pa.types.is_string(dtype) or pa.types.is_large_string(dtype)
+        what = "text (a string column)" if text else f"of type {dtype}, not a number"
+        use = (f"`rule: in_set` (column: {col}, values: [...]) or `rule: sql` (keep: "
+               f"\"{col} = '...'\")" if text else f"`rule: sql` with a `keep:` expression on {col}")
+        raise ConfigError(f"{where} (rule {rule.name}, reason {rule.reason}): column {col!r} is "
+                          f"{what}, and {rule.name} compares it with numbers",
+                          f"to keep rows by its value, use {use}")
 
 
 def _check_rewrite(cfg: RewriteConfig, source: str) -> None:

@@ -49,7 +49,7 @@ from curate.io.atomic import write_parquet, write_text
 from curate.io.fsdir import resolve
 from curate.io.rundir import RunLock, as_directory, disk_error, remove_leftovers
 from curate.io.shards import ShardRef, list_shards
-from curate.runtime import Progress, RaySession, RunLog
+from curate.runtime import Notes, Progress, RaySession, RunLog
 from curate.schema import SAMPLE_COLUMNS, SHARD_SCHEMA
 from curate.score.engine import ScoreResult, score_pool, stage_totals
 from curate.score.plan import scorer_versions
@@ -128,7 +128,7 @@ def score(pipeline: Pipeline | str | Path, store: str | Path | Store, *,
         as_directory(st.local_root, "the store")
     listed = list_refs(p)  # a wrong input path costs nothing
     own = session is None
-    session = session or RaySession(address or p.run.address)
+    session = session or RaySession(address or p.run.address, progress)
     try:
         with st.lock():
             root = st.local_root
@@ -202,7 +202,7 @@ def select(store: str | Path | Store, selection: Selection | Pipeline, out: str 
         _check_inputs(source, sel.output.write_shards)
     out_dir.mkdir(parents=True, exist_ok=True)
     own = session is None
-    session = session or RaySession(address or sel.run.address)
+    session = session or RaySession(address or sel.run.address, progress)
     try:
         _preflight(sel, session)
         with RunLock(out_dir):
@@ -287,7 +287,7 @@ def _select_locked(store: Store, sel: Selection, source: PoolSource, out_dir: Pa
         write_text(json.dumps(record, indent=1), out_dir / "selection.json")
         doing = f"the manifest in {out_dir}"
         t_sel = time.perf_counter()
-        selected = select_pool(sel.select, source, out_dir, meta)
+        selected = select_pool(sel.select, source, out_dir, meta, Notes(progress))
         write_parquet(_funnel_table(selected), out_dir / "funnel.parquet")
         write_parquet(_shards_table(source.shards, selected), out_dir / "shards.parquet")
         stages = stage_totals(store, source.shards, source.versions, source.reader)
@@ -416,7 +416,7 @@ def run(pipeline: Pipeline | str | Path, out: str | Path, *, address: str | None
         sel.name = name
     dest = selection_dir(out, sel.name)
     t0 = time.perf_counter()
-    with RaySession(address or p.run.address) as session:
+    with RaySession(address or p.run.address, progress) as session:
         _preflight(sel, session)  # a rewrite that cannot run fails before any scoring
         scored = score(p, store, progress=progress, session=session,
                        measure_transfer=measure_transfer)

@@ -1,13 +1,21 @@
 """What every phase of a run shares: a Ray session started only when work needs it, progress
-on screen, and a machine-readable event log."""
+on screen, and a machine-readable event log.
+
+Logging: while a ``RunLog`` is open, every record of curate's logger (``curate``, from DEBUG
+up) and every warning of another library that logs through Python's root logger goes into the
+run log as a ``log`` event. On screen, curate's own warnings print as before; the libraries'
+(open_clip's "No pretrained weights loaded", ...) do not: where one matters, curate says so in
+one line of its own (``library_logs`` collects them around such a call)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -17,14 +25,83 @@ from curate.errors import CurateError
 log = logging.getLogger("curate")
 
 
+class _ToRunLog(logging.Handler):
+    """Writes log records into a ``RunLog`` as ``log`` events. A warning of curate's own that
+    no other handler takes is also printed on stderr, as Python does without any handler; other
+    libraries' records are only recorded."""
+
+    def __init__(self, rlog: RunLog) -> None:
+        super().__init__(logging.DEBUG)
+        self.rlog = rlog
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, "_curate_run_log", None) is self:  # seen on curate's logger already
+            return
+        record._curate_run_log = self  # the handler is on curate's logger and on the root
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):  # a library's bad format arguments
+            message = str(record.msg)
+        self.rlog.event("log", level=record.levelname, logger=record.name, message=message)
+        if record.levelno >= logging.WARNING and record.name.split(".")[0] == "curate" \
+                and not _other_handlers(record.name) and logging.lastResort is not None:
+            logging.lastResort.handle(record)
+
+
+def _other_handlers(name: str) -> bool:
+    """Whether a record of logger ``name`` reaches a handler that is not a run log's."""
+    logger: logging.Logger | None = logging.getLogger(name)
+    while logger is not None:
+        if any(not isinstance(h, _ToRunLog) for h in logger.handlers):
+            return True
+        logger = logger.parent if logger.propagate else None
+    return False
+
+
+@contextlib.contextmanager
+def library_logs() -> Iterator[list[logging.LogRecord]]:
+    """Collect what other libraries log through the root logger during the block (open_clip
+    logs "No pretrained weights loaded" with ``logging.warning``) instead of printing it; yields
+    the list of records. Each is passed on to curate's logger at DEBUG level (the run log keeps
+    it), so the caller says in its own words only what matters."""
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    records: list[logging.LogRecord] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if not record.name.startswith("curate"):
+                records.append(record)
+
+    collect = Collect(logging.DEBUG)
+    root.handlers = [h for h in saved if isinstance(h, _ToRunLog)] + [collect]
+    try:
+        yield records
+    finally:
+        root.handlers = saved
+        for r in records:
+            try:
+                message = r.getMessage()
+            except (TypeError, ValueError):
+                message = str(r.msg)
+            log.debug("%s: %s", r.name, message)
+
+
 class RunLog:
-    """Appends one JSON object per event to ``run_log.jsonl`` (timestamps in seconds)."""
+    """Appends one JSON object per event to ``run_log.jsonl`` (timestamps in seconds); while
+    open, it also records log messages (see the module docs)."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._f = open(path, "a", encoding="utf-8")
         self._t0 = time.time()
         self._broken = False
+        self._handler = _ToRunLog(self)
+        self._level = log.level
+        log.addHandler(self._handler)
+        log.setLevel(logging.DEBUG)
+        root = logging.getLogger()
+        root.addHandler(self._handler)  # other libraries' warnings (root's level: WARNING)
 
     def event(self, event: str, **fields: Any) -> None:
         record = {"ts": round(time.time(), 3), "event": event, **fields}
@@ -37,10 +114,27 @@ class RunLog:
             self._broken = True
 
     def close(self) -> None:
+        log.removeHandler(self._handler)
+        logging.getLogger().removeHandler(self._handler)
+        if not any(isinstance(h, _ToRunLog) for h in log.handlers):
+            log.setLevel(self._level)
         try:
             self._f.close()
         except OSError:  # the last flush hit a full disk
             pass
+
+
+class Notes:
+    """One-line progress notes on stderr for the phases without a bar ("starting Ray ...",
+    "selecting: step 3/9 not_english ..."), when enabled (``None``: when stderr is a
+    terminal)."""
+
+    def __init__(self, enabled: bool | None) -> None:
+        self.enabled = sys.stderr.isatty() if enabled is None else bool(enabled)
+
+    def __call__(self, message: str) -> None:
+        if self.enabled:
+            print(message, file=sys.stderr, flush=True)
 
 
 class Progress:
@@ -89,11 +183,12 @@ class RaySession:
     private Ray down, and ``curate.reaper`` makes sure none of its processes outlive the run
     even when the driver is killed."""
 
-    def __init__(self, address: str | None = None) -> None:
+    def __init__(self, address: str | None = None, progress: bool | None = None) -> None:
         self.address = address or os.environ.get("RAY_ADDRESS") or None
         self._started = False
         self._reaper: Any = None
         self.info: dict[str, Any] = {}
+        self.note = Notes(progress)
 
     def ensure(self) -> None:
         import ray
@@ -107,6 +202,9 @@ class RaySession:
             "include_dashboard": False, "logging_level": logging.WARNING,
             "runtime_env": {"env_vars": {"NO_ALBUMENTATIONS_UPDATE": "1"}},
         }
+        self.note(f"starting Ray: joining {self.address} ..." if self.address else
+                  "starting Ray: a private local cluster on this machine ...")
+        t0 = time.perf_counter()
         try:
             if self.address:
                 ctx = ray.init(address=self.address, **kwargs)
@@ -117,6 +215,11 @@ class RaySession:
             raise CurateError(f"could not start or join Ray ({self.address or 'local'}): {exc}",
                               "check --address (e.g. ray://head:10001 or auto)") from exc
         self._started = True
+        if self.note.enabled:
+            res = ray.cluster_resources()
+            gpus = f", {res['GPU']:g} GPUs" if res.get("GPU") else ""
+            self.note(f"Ray ready in {time.perf_counter() - t0:.1f}s: {len(ray.nodes())} "
+                      f"node(s), {res.get('CPU', 0):g} CPUs{gpus}")
         session_dir = str(getattr(ctx, "address_info", {}).get("session_dir") or "")
         self.info = {"address": self.address or "local", "private": not self.address,
                      "session_dir": session_dir}

@@ -70,7 +70,39 @@ BAD_PIPELINES = {
                                  "caption_chars"),
     "unknown preset": ("score: [image_info]\nselect:\n  - preset: datacomp\n",
                        "unknown preset 'datacomp'"),
-    "not yaml": ("score: [image_info\n", "not valid YAML"),
+    "not yaml": ("score: [image_info\n", "not valid YAML at line 4, column 8: this '[' list "
+                 "is never closed", "line 4 is: score: [image_info"),
+    "glued list items": ("score:\n  - image_info\n    - caption_stats\n",
+                         "line 6, column 5: the list item '- caption_stats' is indented deeper "
+                         "than the item '- image_info' above it, so YAML reads the two as one "
+                         "text, 'image_info - caption_stats'",
+                         "give every `- ` of one list the same indentation"),
+    "colon in a value": ("description: filters: many\nscore: [image_info]\n",
+                         "not valid YAML at line 4, column 21: a ':' where no key can begin",
+                         "line 4 is: description: filters: many"),
+    "tab": ("score:\n\t- image_info\n", "line 5, column 1: a tab character: YAML indents "
+            "with spaces only", None),
+    "preset typo": ("score: [image_info]\nselect:\n  - preset: datacomp_basc\n",
+                    "unknown preset 'datacomp_basc'", "did you mean 'datacomp_basic'?"),
+    "several bad parameters": ("score:\n  - image_info: {max_pixels: -1, max_pixel: 5, batch: 3}\n",
+                               "score[0] (scorer image_info): max_pixel: unknown key; batch: "
+                               "unknown key; max_pixels: Input should be greater than 0", None),
+    "misspelled column": ("score: [image_info, caption_stats]\nselect:\n  - rule: threshold\n"
+                          "    column: caption_word\n    gt: 2\n    reason: short\n",
+                          'not found in FROM clause! Candidate bindings: "caption_words"', None),
+    "threshold on text": ("score: [image_info, language]\nselect:\n  - rule: threshold\n"
+                          "    column: lang\n    min: 0.5\n    reason: r\n",
+                          "select[0] (rule threshold, reason r): column 'lang' is text (a "
+                          "string column), and threshold compares it with numbers",
+                          "`rule: in_set` (column: lang, values: [...])"),
+    "top_fraction on text": ("score: [image_info, language]\nselect:\n  - rule: top_fraction\n"
+                             "    column: lang\n    fraction: 0.5\n    reason: r\n",
+                             "column 'lang' is text (a string column), and top_fraction "
+                             "compares it with numbers", None),
+    "rule without reason": ("score: [image_info]\nselect:\n  - rule: threshold\n"
+                            "    column: width\n    min: 10\n",
+                            "select[0] (rule threshold): no `reason:`; every rule names the "
+                            "reason its drops get", "e.g. `reason: width_out_of_range`"),
     "wrong type": ("score: [image_info]\nrun: {batch_size: big}\n",
                    "run.batch_size: Input should be a valid integer"),
     "nested unknown key": ("  download: {timeot: 3}\nscore: [image_info]\n",  # inside input:
@@ -88,7 +120,7 @@ BAD_PIPELINES = {
 
 @pytest.mark.parametrize("case", sorted(BAD_PIPELINES))
 def test_bad_pipeline_is_one_clear_line(case: str, tmp_path: Path) -> None:
-    body, expected = BAD_PIPELINES[case]
+    body, expected, *hint = BAD_PIPELINES[case]
     path = tmp_path / "p.yaml"
     path.write_text(f"name: bad\ninput:\n  shards: {REPO}/pipelines/*.yaml\n{body}")
     res = curate_cli("run", str(path), "--out", str(tmp_path / "run"))
@@ -96,6 +128,8 @@ def test_bad_pipeline_is_one_clear_line(case: str, tmp_path: Path) -> None:
     lines = res.stderr.strip().splitlines()
     assert lines[0].startswith("error: ") and expected in lines[0], res.stderr
     assert "Traceback" not in res.stderr and len(lines) <= 2
+    if hint and hint[0]:
+        assert lines[1].startswith("hint: ") and hint[0] in lines[1], res.stderr
     assert not (tmp_path / "run").exists()  # rejected before any work
 
 

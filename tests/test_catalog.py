@@ -40,11 +40,33 @@ def test_views_answer_known_counts(demo_run: Path) -> None:
     run.close()
 
 
-def test_not_a_run(tmp_path: Path) -> None:
+def test_not_a_run(tmp_path: Path, demo_run: Path) -> None:
     with pytest.raises(CurateError, match="not a curate run or selection directory"):
         curate.open_run(tmp_path)
     with pytest.raises(CurateError, match="does not exist"):
         curate.open_run(tmp_path / "nope")
+    # a folder that never was a run is not told to resume, even with a log.jsonl in it
+    (tmp_path / "log.jsonl").write_text('{"ts": 1, "event": "score_start"}\n')
+    with pytest.raises(CurateError, match="not a curate run or selection directory"):
+        curate.open_run(tmp_path)
+    # a store (its log.jsonl was taken for a stopped selection's): what it is, what to do
+    store = demo_run.parent.parent / "store"
+    with pytest.raises(CurateError, match="is a scored store") as info:
+        curate.open_run(store)
+    assert info.value.hint is not None and f"curate select {store}" in info.value.hint
     (tmp_path / "selections" / "a").mkdir(parents=True)
     with pytest.raises(CurateError, match="holds no finished selection"):
         curate.open_run(tmp_path)
+    # `curate run` stopped while scoring: OUT/store, no selection yet
+    stopped = tmp_path / "stopped"
+    (stopped / "store").mkdir(parents=True)
+    (stopped / "store" / "store.json").write_text("{}")
+    with pytest.raises(CurateError, match="holds no finished selection") as info:
+        curate.open_run(stopped)
+    assert info.value.hint is not None and "run the same command again" in info.value.hint
+    # a selection stopped before its catalogue
+    sel = tmp_path / "sel"
+    sel.mkdir()
+    (sel / "log.jsonl").write_text('{"ts": 1, "event": "select_start"}\n')
+    with pytest.raises(CurateError, match="holds no finished selection"):
+        curate.open_run(sel)

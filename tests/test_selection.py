@@ -72,7 +72,8 @@ def test_pool_order_is_shard_then_index(tmp_path: Path) -> None:
               "b.tar": [(0, "d" * 32, 70), (1, "0" * 31 + "5", 20)],
               "c.tar": [(0, "0" * 31 + "6", 60), (1, "0" * 31 + "7", 40)]}
     steps = _steps({"rule": "threshold", "column": "caption_chars", "min": 15, "reason": "short"},
-                   {"rule": "top_fraction", "column": "caption_chars", "fraction": 0.5})
+                   {"rule": "top_fraction", "column": "caption_chars", "fraction": 0.5,
+                    "reason": "caption_chars_not_in_top_0.5"})
     # top_fraction: n = int(7 * 0.5) = 3 over the whole pool; the score at 0-based position 3
     # of (70, 60, 50, 40, ...) is 40: keep >= 40.
     expected = [("a.tar", 0, "short"), ("a.tar", 1, None),

@@ -46,7 +46,8 @@ def test_equals_datacomp_on_distinct_scores(tmp_path: Path, n_rows: int, fractio
     scores = rng.permutation(n_rows)  # distinct: exactly int(N * f) + 1 rows are kept
     files = write_signals(tmp_path, scores, shards)
     p = pipeline_from_dict({"input": {"shards": "x"}, "score": ["caption_stats"], "select": [
-        {"rule": "top_fraction", "column": "caption_chars", "fraction": fraction}]})
+        {"rule": "top_fraction", "column": "caption_chars", "fraction": fraction,
+         "reason": "not_top"}]})
     sel = select(p.select, files, tmp_path)
     kept = pq.read_table(tmp_path / "manifest.parquet").to_pandas()
     expected = datacomp_keeps(scores, fraction)

@@ -93,13 +93,33 @@ def resolve_selection(path: str | Path, need: str = CATALOG) -> Path:
     if not run.exists():
         raise CurateError(f"{path} does not exist",
                           "run `curate run PIPELINE.yaml --out DIR` first")
-    if (run / "selections").is_dir() or (run / "manifest.parquet").exists() or (
-            run / "log.jsonl").exists():
+    if (run / "store.json").is_file():
+        raise CurateError(f"{path} is a scored store (it holds store.json), not a selection",
+                          f"select from it first: curate select {path} SELECTION.yaml --out DIR;"
+                          " then give that DIR")
+    if _started_selection(run) or (run / "store" / "store.json").is_file() or (
+            (run / "selections").is_dir() and any((run / "selections").iterdir())):
         raise CurateError(f"{path} holds no finished selection (no {need})",
                           "the run stopped before its selection finished: run the same "
                           "command again to resume it")
-    raise CurateError(f"{path} is not a curate run or selection directory",
-                      "give the --out of `curate run`, or a directory `curate select` wrote")
+    raise CurateError(f"{path} is not a curate run or selection directory (no {CATALOG}, "
+                      "no selections/, no store/)",
+                      "give the --out of `curate run` (RUN/selections/<name> is its selection), "
+                      "or a directory `curate select` wrote")
+
+
+def _started_selection(run: Path) -> bool:
+    """Whether ``run`` is a selection directory whose selection started: it holds the files
+    a selection writes first (``selection.json``, ``pipeline.yaml``, ``manifest.parquet``), or a
+    ``log.jsonl`` whose first event is a selection's."""
+    if any((run / f).is_file() for f in ("selection.json", "pipeline.yaml", "manifest.parquet")):
+        return True
+    try:
+        with open(run / "log.jsonl", encoding="utf-8") as f:
+            first = f.readline()
+    except (OSError, UnicodeDecodeError):
+        return False
+    return '"event": "select_start"' in first
 
 
 def open_catalog(run_dir: str | Path) -> duckdb.DuckDBPyConnection:

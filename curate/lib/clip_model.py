@@ -185,9 +185,16 @@ def load_clip(model: str, pretrained: str | None, device: str = "cpu") -> Loaded
                           "pretrained is an open_clip tag or a path to a checkpoint file")
     if pretrained is None and not mid.startswith(("hf-hub:", "local-dir:")):
         logging.getLogger("curate").warning("%s: no pretrained weights, using random ones", model)
+    from curate.runtime import library_logs
+
     try:
-        net, _, transform = open_clip.create_model_and_transforms(
-            mid, pretrained=pretrained or None, device=device)
+        # open_clip logs through the root logger (and configures it when nothing has): its
+        # warnings are said in curate's words below
+        with library_logs() as said:
+            net, _, transform = open_clip.create_model_and_transforms(
+                mid, pretrained=pretrained or None, device=device)
+            tokenizer = open_clip.get_tokenizer(mid)
+            preprocess_cfg = dict(open_clip.get_model_preprocess_cfg(net))
     except (RuntimeError, OSError, ValueError) as exc:
         cause = str(exc).splitlines()[0][:300]
         raise CurateError(
@@ -196,9 +203,13 @@ def load_clip(model: str, pretrained: str | None, device: str = "cpu") -> Loaded
             f"offline? pass a local checkpoint: `model: {model}` with `pretrained: "
             "/path/to/open_clip_pytorch_model.bin`, or `model: /path/to/dir` holding "
             "open_clip_config.json and weights") from exc
+    if mid.startswith("local-dir:") and any("no CLIP weights found" in r.getMessage()
+                                             for r in said):
+        logging.getLogger("curate").warning("%s: the directory holds no weights, so the model "
+                                            "is random and its scores mean nothing", model)
     net.eval()
-    return LoadedClip(model=net, transform=transform, tokenizer=open_clip.get_tokenizer(mid),
-                      preprocess_cfg=dict(open_clip.get_model_preprocess_cfg(net)))
+    return LoadedClip(model=net, transform=transform, tokenizer=tokenizer,
+                      preprocess_cfg=preprocess_cfg)
 
 
 def save_clip_dir(net: Any, model_cfg: dict[str, Any], preprocess_cfg: dict[str, Any],

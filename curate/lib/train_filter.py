@@ -28,6 +28,7 @@ from typing import Any
 
 from curate.errors import CurateError
 from curate.io.shards import ShardReader, ShardRef, list_shards
+from curate.runtime import library_logs
 
 
 @dataclass
@@ -132,16 +133,19 @@ def train_filter(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     random.seed(cfg.seed)
     mid = model_id(cfg.model)
     try:
-        net, _, transform = open_clip.create_model_and_transforms(
-            mid, pretrained=cfg.pretrained, device=device)
+        # open_clip logs through the root logger ("No pretrained weights loaded": training
+        # starts from random ones), and configures it when nothing has: kept off the screen
+        with library_logs():
+            net, _, transform = open_clip.create_model_and_transforms(
+                mid, pretrained=cfg.pretrained, device=device)
+            pcfg = dict(open_clip.get_model_preprocess_cfg(net))
+            tokenizer = open_clip.get_tokenizer(mid)
     except (RuntimeError, OSError, ValueError) as exc:
         raise CurateError(f"could not build {cfg.model}: {str(exc).splitlines()[0]}",
                           "give an open_clip name (e.g. curate-tiny), hf-hub:org/repo or a "
                           "directory with open_clip_config.json") from exc
-    pcfg = dict(open_clip.get_model_preprocess_cfg(net))
     size = pcfg["size"] if isinstance(pcfg["size"], (tuple, list)) else (pcfg["size"],) * 2
     prep = FastPreprocess(transform, tuple(size), pcfg.get("resize_mode", "shortest"))  # type: ignore[arg-type]
-    tokenizer = open_clip.get_tokenizer(mid)
     data = _dataset(refs, prep, tokenizer, cfg.seed, cfg.shuffle_buffer)
     loader = torch.utils.data.DataLoader(
         data, batch_size=cfg.batch_size, collate_fn=_collate, num_workers=cfg.workers,

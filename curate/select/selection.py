@@ -32,7 +32,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -118,13 +118,15 @@ def _timed(seconds: dict[str, float], name: str) -> Iterator[None]:
 
 
 def select(steps: Sequence[Step], source: PoolSource, out_dir: Path,
-           metadata: SelectMetadata | None = None) -> Selection:
+           metadata: SelectMetadata | None = None,
+           note: Callable[[str], None] | None = None) -> Selection:
     """Apply ``steps`` (rules and selectors, in order) to the pool of ``source`` (with the
     columns of ``metadata`` joined on) and write ``manifest.parquet`` into ``out_dir``
-    atomically."""
+    atomically. ``note`` (e.g. ``curate.runtime.Notes``) gets one line per phase and step,
+    with the samples each step dropped and those left."""
     con = _connect(out_dir)
     try:
-        return _select(con, steps, source, out_dir, metadata)
+        return _select(con, steps, source, out_dir, metadata, note)
     finally:
         con.close()
         _remove_database(out_dir / DATABASE)
@@ -139,10 +141,16 @@ def selector_columns(steps: Sequence[Step]) -> dict[str, pa.DataType]:
 
 
 def _select(con: duckdb.DuckDBPyConnection, steps: Sequence[Step], source: PoolSource,
-            out_dir: Path, metadata: SelectMetadata | None = None) -> Selection:
+            out_dir: Path, metadata: SelectMetadata | None = None,
+            note: Callable[[str], None] | None = None) -> Selection:
     seconds: dict[str, float] = {}
+    say = note or (lambda _message: None)
+    counting = bool(getattr(note, "enabled", note is not None))  # counts only for the notes
+    say(f"selecting: loading {len(source.shards)} shards from the store ...")
     with _timed(seconds, "load"):
         _load(con, steps, source)
+    left = _still_kept(con) if counting else 0
+    say(f"selecting: {left} samples loaded in {seconds['load']:.1f}s; {len(steps)} steps")
     if metadata is not None:
         with _timed(seconds, "metadata"):
             check_metadata(con, metadata.config, metadata.files, set(source.columns()))
@@ -151,8 +159,11 @@ def _select(con: duckdb.DuckDBPyConnection, steps: Sequence[Step], source: PoolS
     stage_of: dict[str, str] = {"duplicate_uid": "uid"}
     ctx = SelectContext(out_dir, source.sidecars(), source.versions)
 
-    def drop(reason_sql: str, where: str) -> None:
-        con.execute(f"UPDATE {TABLE} SET reason = {reason_sql} WHERE reason IS NULL AND ({where})")
+    def drop(reason_sql: str, where: str) -> int:
+        """Drop the kept rows matching ``where``; the number dropped."""
+        row = con.execute(f"UPDATE {TABLE} SET reason = {reason_sql} WHERE reason IS NULL AND "
+                          f"({where})").fetchone()
+        return int(row[0]) if row else 0
 
     with _timed(seconds, "duplicate_uid"):
         # Only uids that occur more than once are ranked (an aggregation, then a small window).
@@ -163,21 +174,31 @@ def _select(con: duckdb.DuckDBPyConnection, steps: Sequence[Step], source: PoolS
             ) WHERE n > 1)""")
     order.append("duplicate_uid")
     with _timed(seconds, "errors"):
-        drop("'error:' || error_stage", "status <> 'ok'")
+        failed = drop("'error:' || error_stage", "status <> 'ok'")
     order.extend(f"error:{s}" for s in source.error_stages())
-    for step in steps:
+    if counting:
+        left = _still_kept(con)
+        say(f"selecting: {failed} samples failed to read or score, {left} left")
+    for i, step in enumerate(steps, 1):
         st = step.stage
         if isinstance(st, Rule):
             with _timed(seconds, st.reason):
-                drop(literal(st.reason), f"NOT coalesce(({st.keep_sql(TABLE)})::BOOLEAN, FALSE)")
+                n = drop(literal(st.reason),
+                         f"NOT coalesce(({st.keep_sql(TABLE)})::BOOLEAN, FALSE)")
             order.append(st.reason)
             stage_of[st.reason] = st.name
+            what = f"rule {st.name}"
         else:
             sel: Selector = st  # type: ignore[assignment]
+            say(f"selecting: step {i}/{len(steps)} selector {sel.name} on {left} samples ...")
             with _timed(seconds, sel.name):
                 sel.apply(con, TABLE, ctx)
             order.extend(sel.reasons())
             stage_of.update({r: sel.name for r in sel.reasons()})
+            n = left - _still_kept(con) if counting else 0
+            what = f"selector {sel.name}"
+        left -= n
+        say(f"selecting: step {i}/{len(steps)} {st.label} ({what}): dropped {n}, {left} left")
     with _timed(seconds, "count"):
         counts = dict(con.execute(
             f"SELECT coalesce(reason, ''), count(*) FROM {TABLE} GROUP BY 1").fetchall())
@@ -204,6 +225,11 @@ def _select(con: duckdb.DuckDBPyConnection, steps: Sequence[Step], source: PoolS
             "GROUP BY shard").fetchall()}
     return Selection(samples=total, kept=kept, funnel=funnel, seconds=seconds,
                      shard_counts=per_shard)
+
+
+def _still_kept(con: duckdb.DuckDBPyConnection) -> int:
+    row = con.execute(f"SELECT count(*) FROM {TABLE} WHERE reason IS NULL").fetchone()
+    return int(row[0]) if row else 0
 
 
 def _load(con: duckdb.DuckDBPyConnection, steps: Sequence[Step], source: PoolSource) -> None:

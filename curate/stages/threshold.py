@@ -36,6 +36,7 @@ class ThresholdParams(Params):
 class Threshold(Rule):
     name = "threshold"
     Params = ThresholdParams
+    numeric_columns = ("column",)  # compared with numbers: a text column is refused up front
 
     @property
     def reason(self) -> str:

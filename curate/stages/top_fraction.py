@@ -36,6 +36,7 @@ class TopFractionParams(Params):
 class TopFraction(Rule):
     name = "top_fraction"
     Params = TopFractionParams
+    numeric_columns = ("column",)  # compared with numbers: a text column is refused up front
 
     @property
     def reason(self) -> str:

@@ -6,9 +6,14 @@ Kept samples, in pool order, are cut into output shards of ``samples_per_shard``
 * ``__key__`` = the sample's uid;
 * the image member under its original extension, its bytes copied untouched from the input;
 * ``txt``: the caption member's original bytes;
-* ``json``: the input json object plus ``uid`` and ``scores`` (every scorer column), and, when
-  the pipeline rewrites captions, ``rewrites``: every rewrite with its provenance (model,
-  backend, prompt format, example ids, seed, sampling parameters, status, reason);
+* ``json``: the input json object plus ``uid``, ``image_sha256``, ``caption`` (the caption as
+  text, where the input json has none: DataComp-style readers look there) and ``scores``
+  (every scorer column), and, when the pipeline rewrites captions, ``rewrites``: every rewrite
+  with its provenance (model, backend, prompt format, example ids, seed, sampling parameters,
+  status, reason). What img2dataset writes into a downloaded sample's json without meaning
+  here is left out: ``width``, ``height``, ``original_width`` and ``original_height`` when null
+  (curate downloads without resizing, so img2dataset never learns the sizes; ``image_info``
+  measures them) and the ``exif`` string (kept with ``output: {keep_exif: true}``);
 * ``txt_rw0``, ``txt_rw1``, ...: the accepted rewrites (UTF-8), numbered as in ``rewrites``; a
   rewrite that failed has no member, so a loader picks among ``txt`` and the ``txt_rw*`` present.
 
@@ -58,11 +63,19 @@ if TYPE_CHECKING:
     from curate.config import Selection
 
 
+# The layout of the json member (see the module docs); part of each shard's digest, so shards
+# written with another layout are written again.
+JSON_LAYOUT = 2
+# Keys img2dataset writes into a sample's json that are null when it did not resize.
+IMG2DATASET_SIZES = ("width", "height", "original_width", "original_height")
+
+
 @dataclass(frozen=True)
 class OutputShard:
     number: int
     items: list[dict[str, Any]]  # uid, shard, index, image_member, scores
     group: str | None = None  # subdirectory when the output is split by a column
+    keep_exif: bool = False  # keep img2dataset's ``exif`` string in the json member
 
     @property
     def name(self) -> str:
@@ -74,16 +87,18 @@ class OutputShard:
         return self.name.replace("/", "__").removesuffix(".tar") + ".json"
 
     def digest(self) -> str:
-        blob = json.dumps(self.items, sort_keys=True, default=str)
+        blob = json.dumps({"json_layout": JSON_LAYOUT, "keep_exif": self.keep_exif,
+                           "items": self.items}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def plan(manifest: Path, score_columns: list[str], samples_per_shard: int,
          split_by: str | None = None, blur_faces: str | None = None,
-         blur_quality: int = 100) -> list[OutputShard]:
+         blur_quality: int = 100, keep_exif: bool = False) -> list[OutputShard]:
     """Cut the kept rows of ``manifest`` into output shards, in pool order; with ``split_by``,
     each value of that column gets its own directory ``<column>=<value>/`` of shards. With
-    ``blur_faces``, the boxes in that column are blurred (``curate.write.blur``)."""
+    ``blur_faces``, the boxes in that column are blurred (``curate.write.blur``); with
+    ``keep_exif``, the json keeps img2dataset's ``exif``."""
     con = duckdb.connect()
     src = f"read_parquet({literal(str(manifest))})"
     names = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()}
@@ -122,7 +137,7 @@ def plan(manifest: Path, score_columns: list[str], samples_per_shard: int,
             if has_rw:
                 for item, r in zip(items, chunk, strict=True):
                     item["rewrites"] = rewrites_json(r[4])
-            shards.append(OutputShard(n, items, sub_dir))
+            shards.append(OutputShard(n, items, sub_dir, keep_exif))
     return shards
 
 
@@ -222,7 +237,7 @@ def write_shard(shard: OutputShard, refs: dict[str, ShardRef], out_dir: str | Pa
                 for rw in item.get("rewrites", ()):
                     if rw["status"] == "ok":
                         sample[f"txt_rw{rw['rewrite']}"] = rw["text"].encode("utf-8")
-                sample["json"] = _json_member(m.get("json"), item, blurred)
+                sample["json"] = _json_member(m.get("json"), item, blurred, shard.keep_exif)
                 writer.write(sample)
         finally:
             writer.close()  # also on error: the temporary file is then discarded
@@ -276,7 +291,8 @@ def _blurred(item: dict[str, Any], image: bytes) -> tuple[bytes, dict[str, Any]]
 
 
 def _json_member(original: bytes | None, item: dict[str, Any],
-                 face_blur: dict[str, Any] | None = None) -> bytes:
+                 face_blur: dict[str, Any] | None = None, keep_exif: bool = False) -> bytes:
+    """The output sample's json (see the module docs)."""
     meta: dict[str, Any] = {}
     if original:
         try:
@@ -285,6 +301,13 @@ def _json_member(original: bytes | None, item: dict[str, Any],
                 meta = loaded
         except ValueError:
             pass
+    for key in IMG2DATASET_SIZES:
+        if key in meta and meta[key] is None:
+            del meta[key]
+    if not keep_exif:
+        meta.pop("exif", None)
+    if meta.get("caption") is None and item.get("caption") is not None:
+        meta["caption"] = item["caption"]
     meta["uid"] = item["uid"]
     if item.get("image_sha256") is not None:
         meta["image_sha256"] = item["image_sha256"]
@@ -338,7 +361,8 @@ def write_output(sel: Selection, columns: list[str], refs: list[ShardRef], sel_d
     p = sel
     out = resolve_dir(p.output.dir if p.output.dir is not None else sel_dir / "output")
     shards = plan(sel_dir / "manifest.parquet", columns, p.output.samples_per_shard,
-                  p.output.split_by, p.output.blur_faces, p.output.blur_quality)
+                  p.output.split_by, p.output.blur_faces, p.output.blur_quality,
+                  p.output.keep_exif)
     todo = stale(out, shards)
     if not todo:
         rlog.event("writing_start", shards=len(shards), todo=0, dir=out)
