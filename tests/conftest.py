@@ -94,6 +94,29 @@ def demo_run(demo_pool: Path, ray_local: None, tmp_path_factory: pytest.TempPath
     return run(demo_pipeline(demo_pool), out, progress=False).dir
 
 
+@pytest.fixture(scope="session")
+def demo_yaml_run(demo_pool: Path, demo_filter: Path, ray_local: None,
+                  tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """pipelines/demo.yaml itself, with its relative paths (demo/pool, demo/filter), run the
+    way `make demo` runs it: from a directory holding demo/pool and demo/filter (links to the
+    session's pool and filter network), into demo/run. Its selection directory
+    (``ROOT/demo/run/selections/demo``)."""
+    from curate.config import load_pipeline
+    from curate.runner import run
+
+    root = tmp_path_factory.mktemp("demo_yaml")
+    (root / "demo").mkdir()
+    (root / "demo" / "pool").symlink_to(demo_pool, target_is_directory=True)
+    (root / "demo" / "filter").symlink_to(demo_filter, target_is_directory=True)
+    before = os.getcwd()
+    os.chdir(root)
+    try:
+        return run(load_pipeline(REPO / "pipelines" / "demo.yaml"), "demo/run",
+                   progress=False).dir
+    finally:
+        os.chdir(before)
+
+
 def curate_cli(*args: str, cwd: Path | None = None, timeout: float = 300,
                ) -> subprocess.CompletedProcess[str]:
     """Run the installed ``curate`` command in a subprocess."""

@@ -115,7 +115,8 @@ def test_thresholds_notebook_rethresholds_and_reshards(run_copy: Path,
     assert "ReshardResult(wanted=20, written=20, missing=[], shards=1" in out
 
 
-@pytest.mark.parametrize("name", ["audit_run.ipynb", "choose_thresholds.ipynb"])
+@pytest.mark.parametrize("name", ["audit_run.ipynb", "choose_thresholds.ipynb",
+                                  "python_api.ipynb"])
 def test_committed_notebooks_have_no_outputs(name: str) -> None:
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
     nbformat.validate(nb)
@@ -130,4 +131,70 @@ def test_committed_notebooks_have_no_outputs(name: str) -> None:
 
 def test_every_notebook_is_tested() -> None:
     assert sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")) == ["audit_run.ipynb",
-                                                                   "choose_thresholds.ipynb"]
+                                                                   "choose_thresholds.ipynb",
+                                                                   "python_api.ipynb"]
+
+
+@pytest.fixture
+def demo_yaml_copy(demo_yaml_run: Path, tmp_path: Path) -> Path:
+    """A copy of the selection of pipelines/demo.yaml itself (relative paths, CLIP score)."""
+    return Path(shutil.copytree(demo_yaml_run, tmp_path / "run"))
+
+
+@pytest.mark.usefixtures("kernel_env")
+def test_audit_notebook_on_the_demo_pipeline(demo_yaml_copy: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run in notebooks/, not where the pipeline ran: the threshold lines must still be
+    there, in the notebook and in the report its last cell writes (issue 17, finding 3)."""
+    nb = execute("audit_run.ipynb", demo_yaml_copy, monkeypatch)
+    out = "\n".join(text_of(c) for c in nb.cells)
+    assert "plotted: ['clip_score', 'caption_words', 'caption_chars', 'lang_score']" in out
+    assert ("threshold lines: {'clip_score': ['≥ 0.45'], 'caption_words': ['> 2'], "
+            "'caption_chars': ['> 5']}") in out
+    report = demo_yaml_copy / "report" / "index.html"
+    assert f"report: {report}" in out
+    text = report.read_text()
+    assert "clip_score ≥ 0.45 (clip_score_too_low)" in text and 'class="warn"' not in text
+
+
+@pytest.mark.usefixtures("kernel_env")
+def test_thresholds_notebook_on_the_demo_pipeline(demo_yaml_copy: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    nb = execute("choose_thresholds.ipynb", demo_yaml_copy, monkeypatch)
+    out = "\n".join(text_of(c) for c in nb.cells)
+    kept = sum(pq.read_table(demo_yaml_copy / "manifest.parquet", columns=["kept"])
+               .column("kept").to_pylist())
+    assert "score column: clip_score; pipeline rule: clip_score_too_low (≥ 0.45)" in out
+    assert f"at the current bound: {kept} (kept now: {kept})" in out
+    assert "ReshardResult(wanted=20, written=20, missing=[], shards=1" in out
+
+
+@pytest.mark.usefixtures("kernel_env")
+def test_python_api_notebook_runs_on_the_demo_pool(demo_pool: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """notebooks/python_api.ipynb: a pipeline from stage objects, its plan, a run, a scorer
+    defined in the notebook and a plugin file scored on Ray, and a second selection."""
+    monkeypatch.setenv("CURATE_POOL", str(demo_pool))
+    monkeypatch.setenv("CURATE_OUT", str(tmp_path / "out"))
+    nb = execute("python_api.ipynb", tmp_path, monkeypatch)
+    out = "\n".join(text_of(c) for c in nb.cells)
+    assert "same 10 stages as pipelines/basic.yaml: True" in out
+    assert "pipeline basic (<python: basic>): valid" in out
+    assert "Ray: not started (a run starts it for the 8 shards to score)" in out
+    sel = tmp_path / "out" / "selections"
+    kept = sum(pq.read_table(sel / "basic" / "manifest.parquet", columns=["kept"])
+               .column("kept").to_pylist())
+    assert f"Result('{sel / 'basic'}': {kept} of 512 samples kept)" in out
+    assert f"manifest: 512 rows, {kept} kept" in out
+    for name, computed, reused in (("image_info", 0, 8), ("caption_digits", 8, 0),
+                                   ("caption_quotes_text", 8, 0)):
+        assert f"  {name:<20} computed {computed}, reused {reused}" in out
+    strict = pq.read_table(sel / "no_parrots" / "manifest.parquet").to_pylist()
+    for r in strict:  # the two rules over the new scorers' columns, as written in the notebook
+        if r["kept"]:
+            assert not r["caption_quotes_text"] and r["caption_digit_share"] <= 0.3
+        elif r["reason"] == "caption_spells_text":
+            assert r["caption_quotes_text"]
+    spells = sum(r["reason"] == "caption_spells_text" for r in strict)
+    assert spells > 0 and sum(r["kept"] for r in strict) == kept - spells
+    assert f"│ caption_spells_text ┆ {spells} " in out  # the last cell's comparison

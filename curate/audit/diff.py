@@ -73,12 +73,10 @@ def _manifest(run: Path) -> Path:
 def _steps(run: Path) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
     """(scorers by name, selection steps by drop reason) of the pipeline a run ran, with their
     parameters; presets are expanded into their rules."""
-    from curate.config import selection_from_dict
+    from curate.saved import SAVED, saved_selection
     from curate.stages.base import Rule
 
-    raw = yaml.safe_load((run / "pipeline.yaml").read_text(encoding="utf-8"))
-    p = selection_from_dict({k: v for k, v in raw.items() if k in ("name", "select")},
-                            source=str(run / "pipeline.yaml"))
+    p = saved_selection(run / SAVED)
     record = json.loads((run / "selection.json").read_text()) if (
         run / "selection.json").is_file() else {}
     scorers = {s["label"]: {"version": s["version"], **s["params"]}

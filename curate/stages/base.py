@@ -64,6 +64,9 @@ class Params(BaseModel):
     """Base of every stage's parameters: unknown keys are errors, values are validated."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    # Parameters naming local files or directories (relative to the working directory): the
+    # saved SEL/pipeline.yaml holds them absolute when they exist (curate.saved).
+    path_fields: ClassVar[tuple[str, ...]] = ()
 
 
 @dataclass(frozen=True)

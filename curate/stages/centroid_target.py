@@ -35,6 +35,7 @@ DEFAULT_TARGETS = [f"~/.cache/datacomp/in1k_clip_vit_l14_{i}.pt" for i in range(
 
 
 class CentroidTargetParams(Params):
+    path_fields = ("centroids", "targets")  # local paths: saved absolute (curate.saved)
     column: str = Field(default="centroid", description="the nearest_centroid scorer's column")
     centroids: str = Field(default="~/.cache/datacomp/small_centroids.pt")
     targets: list[str] = Field(default_factory=lambda: list(DEFAULT_TARGETS), min_length=1)

@@ -42,6 +42,7 @@ CHARS_PER_TOKEN = 16
 
 
 class ClipParams(Params):
+    path_fields = ("model", "pretrained")  # local paths: saved absolute (curate.saved)
     model: str = "ViT-B-32"
     pretrained: str | None = "laion2b_s34b_b79k"
     name: str = Field(default="", pattern=r"^[a-z0-9_]*$")

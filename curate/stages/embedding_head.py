@@ -25,6 +25,7 @@ from curate.stages.base import Params, Resources, Scorer, register
 
 
 class EmbeddingHeadParams(Params):
+    path_fields = ("weights",)  # local paths: saved absolute (curate.saved)
     column: str = Field(default="clip_image_emb", description="the stored embedding to read")
     weights: str = Field(description="a .npz file with w0, b0, w1, b1, ... (w_i: [in, out])")
     name: str = Field(default="head", pattern=r"^[a-z0-9_]+$")

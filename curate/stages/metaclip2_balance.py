@@ -55,6 +55,7 @@ KEEP_SALT = 2**32 + 1  # the "entry" of the keep draw
 
 
 class Metaclip2BalanceParams(Params):
+    path_fields = ("metadata_dir",)  # local paths: saved absolute (curate.saved)
     t_en: int = Field(default=170_000, gt=0)  # English threshold; other languages derive t
     seed: int = 0
     column: str = "metaclip2_entries"

@@ -36,6 +36,7 @@ from curate.stages.metaclip_match import as_captions, json_texts, nest
 
 
 class Metaclip2MatchParams(Params):
+    path_fields = ("metadata_dir",)  # local paths: saved absolute (curate.saved)
     metadata_dir: str  # folder of per-language lists <code>.json (MetaCLIP 2's data/metadata)
     texts: str | None = None  # a json field listing the texts (default: the caption)
     lang_column: str | None = "lang"  # LID code of texts whose record has none

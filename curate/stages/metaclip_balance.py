@@ -67,6 +67,7 @@ SAMPLE_ROWS = 2_000_000  # rows used to derive t from target_size (all of them b
 
 
 class MetaclipBalanceParams(Params):
+    path_fields = ("metadata",)  # local paths: saved absolute (curate.saved)
     t: int | None = Field(default=None, gt=0)  # default 20,000 unless target_size is given
     target_size: int | None = Field(default=None, gt=0)  # derive t: expected kept ≈ this
     seed: int = 0

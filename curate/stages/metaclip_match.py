@@ -424,6 +424,7 @@ class AhoCorasickMatcher:
 
 
 class MetaclipMatchParams(Params):
+    path_fields = ("metadata",)  # local paths: saved absolute (curate.saved)
     metadata: str | None = None  # a JSON list of strings; default: metadata/wordnet.json
     # trie: curate's word trie (numba), the fast default; aho_corasick: pyahocorasick, exact too
     engine: Literal["trie", "aho_corasick"] = "trie"

@@ -36,6 +36,7 @@ DEFAULT_CENTROIDS = "~/.cache/datacomp/small_centroids.pt"
 
 
 class NearestCentroidParams(Params):
+    path_fields = ("centroids",)  # local paths: saved absolute (curate.saved)
     column: str = Field(default="clip_image_emb_l14", description="the stored embedding to read")
     centroids: str = Field(default=DEFAULT_CENTROIDS, description="centroids .pt or .npy [K, D]")
     name: str = Field(default="", pattern=r"^[a-z0-9_]*$")

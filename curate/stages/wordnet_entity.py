@@ -35,6 +35,7 @@ DEFAULT_IDS = "~/.cache/datacomp/imagenet21k_wordnet_ids.pt"
 
 
 class WordNetEntityParams(Params):
+    path_fields = ("ids", "wordnet")  # local paths: saved absolute (curate.saved)
     ids: str = Field(default=DEFAULT_IDS, description="WordNet ids, one n######## per line")
     wordnet: str = Field(default=str(WORDNET_DIR), description="WordNet 3.0 dict directory")
     name: str = Field(default="", pattern=r"^[a-z0-9_]*$")
