@@ -537,6 +537,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="the HTML file (default RUN_DIR/report/index.html)")
     p.add_argument("--gallery", type=int, default=12,
                    help="kept and dropped samples shown, each (default %(default)s)")
+    p.add_argument("--per-page", type=int, default=48,
+                   help="thumbnails per page of each reason's gallery (default %(default)s)")
+    p.add_argument("--max-pages", type=int, default=20,
+                   help="gallery pages per reason, 0 for none (default %(default)s)")
     p.set_defaults(fn=report_command)
     return ap
 

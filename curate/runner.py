@@ -17,7 +17,7 @@ process, and stopped after.
 A selection directory::
 
     selection.json       the store it selects from and the scorer versions it uses
-    pipeline.yaml        the selection (or pipeline) as run
+    pipeline.yaml        the selection (or pipeline) as run, its paths absolute
     log.jsonl            machine-readable events of its runs (one JSON object per line)
     manifest.parquet     one row per input sample: scores, kept, reason
     funnel.parquet       the selection funnel; stages.parquet: per-scorer counters
@@ -50,6 +50,7 @@ from curate.io.fsdir import resolve
 from curate.io.rundir import RunLock, as_directory, disk_error, remove_leftovers
 from curate.io.shards import ShardRef, list_shards
 from curate.runtime import Notes, Progress, RaySession, RunLog
+from curate.saved import SAVED, absolute_paths
 from curate.schema import SAMPLE_COLUMNS, SHARD_SCHEMA
 from curate.score.engine import ScoreResult, score_pool, stage_totals
 from curate.score.plan import scorer_versions
@@ -280,7 +281,8 @@ def _select_locked(store: Store, sel: Selection, source: PoolSource, out_dir: Pa
                scorers={v.label: v.version for v in source.versions})
     doing = f"the selection directory {out_dir}"
     try:
-        write_text(yaml.safe_dump(sel.raw, sort_keys=False), out_dir / "pipeline.yaml")
+        # Paths absolute: the selection is audited (and rerun) from any directory.
+        write_text(yaml.safe_dump(absolute_paths(sel.raw), sort_keys=False), out_dir / SAVED)
         record = _selection_record(store, source, out_dir)
         if meta is not None:
             record["metadata_files"] = file_stamps(meta.files)
