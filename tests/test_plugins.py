@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -246,3 +247,16 @@ def test_curate_stages_lists_a_file_plugin() -> None:
     assert res.stdout.startswith(f"scorer caption_digits (plugin: file {EXAMPLE.resolve()};")
     assert "  digits  str  '0123456789'  the characters counted as digits" in res.stdout
     assert "caption_digit_share  float" in res.stdout
+
+
+@pytest.mark.usefixtures("isolated_registry")
+def test_the_example_pipeline_validates(small_pool: Path, tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """examples/plugins/digits.yaml (the README's worked example), from another directory."""
+    monkeypatch.chdir(tmp_path)
+    res = curate_cli("validate", str(EXAMPLE.parent / "digits.yaml"), "--input",
+                     str(small_pool / "*.tar"), "--out", str(tmp_path / "run"))
+    assert res.returncode == 0, res.stderr
+    assert re.search(r"^  caption_digits +[0-9a-f]{16} +2 +0$", res.stdout, re.MULTILINE)
+    assert "rule threshold        caption_mostly_digits: keep \"caption_digit_share\" <= 0.3" \
+        in res.stdout
