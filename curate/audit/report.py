@@ -935,7 +935,7 @@ def _score(v: Any) -> str:
     if isinstance(v, int):
         return str(v)
     if isinstance(v, str) and re.fullmatch(r"[0-9a-f]{32,}", v):
-        return v[:12] + "…"
+        return v[:8] + "…"
     if isinstance(v, (list, dict)):
         return _short(json.dumps(v, default=str), 40)
     return _short(str(v), 40)
@@ -1248,9 +1248,10 @@ tr.bad td{color:#c92a2a}tr.chosen td{font-weight:700;background:#fff3bf}
 .warn{background:#fff3bf;border-left:4px solid #f59f00;padding:6px 10px}
 .card.dup{grid-column:span 2;display:flex;gap:8px}.card.dup>*{flex:1 1 0;min-width:0}
 .orig{border-left:2px dashed #adb5bd;padding-left:8px}.olabel{color:#495057;font-weight:600}
-table.scores{font-size:12px;margin:4px 0;width:100%}
-table.scores th,table.scores td{padding:1px 4px;background:none;font-weight:normal}
-table.scores td{text-align:right;font-variant-numeric:tabular-nums}
+table.scores{font-size:12px;margin:4px 0;width:100%;table-layout:fixed}
+table.scores th,table.scores td{padding:1px 4px;background:none;font-weight:normal;
+ overflow-wrap:anywhere}
+table.scores th{width:60%}table.scores td{text-align:right;font-variant-numeric:tabular-nums}
 table.scores tr.why th,table.scores tr.why td{font-weight:700;color:#862e9c}
 nav.pages{margin:8px 0}nav.pages a,nav.pages b{margin-right:6px}
 td.pages a{margin-right:5px}figure.curve table{font-size:12px}
