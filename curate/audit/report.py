@@ -80,8 +80,8 @@ DROPPED_COLOR = "#c92a2a"
 # rewrites section covers).
 IDENTITY_COLUMNS = {"index", "uid", "shard", "key", "image_member", "url", "caption", "status",
                     "error_stage", "error", "reason", "kept", "duplicate_of", "rewrites_ok"}
-# Columns naming the sample that a dropped one duplicates (exact_dedup, semdedup).
-ORIGINAL_COLUMNS = ("duplicate_of", "semantic_duplicate_of")
+# Columns naming the sample that a dropped one duplicates (exact_dedup, semdedup, near_dedup).
+ORIGINAL_COLUMNS = ("duplicate_of", "semantic_duplicate_of", "near_duplicate_of")
 
 
 class ReportWarning(UserWarning):
