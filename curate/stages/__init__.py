@@ -1,6 +1,7 @@
 """Built-in stages. Importing this package registers them (see ``curate.stages.base``)."""
 
 from curate.stages import (  # noqa: F401
+    aesthetic,
     caption_complexity,
     caption_stats,
     centroid_target,
@@ -22,6 +23,7 @@ from curate.stages import (  # noqa: F401
     mode_clusters,
     near_dedup,
     nearest_centroid,
+    nsfw,
     ocr,
     parrot,
     phash,
