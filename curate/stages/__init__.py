@@ -31,5 +31,6 @@ from curate.stages import (  # noqa: F401
     sql_rule,
     threshold,
     top_fraction,
+    watermark,
     wordnet_entity,
 )
