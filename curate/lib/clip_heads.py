@@ -208,6 +208,16 @@ def check_producer(who: str, column: str, producer: Any, trained_on: str, any_mo
     """Refuse a head over an embedding that the CLIP model it was trained on did not make:
     ``producer`` is the scorer that outputs ``column`` (None: the column comes from elsewhere).
     ``dim``: the head's input width, checked against the producer's embedding width."""
+    made_by = clip_of(producer) if producer is not None else None
+    if not any_model and made_by != trained_on:
+        what = (f"comes from scorer {producer.label} ({made_by or producer.name})"
+                if producer is not None else "has no known producer")
+        raise CurateError(f"{who}: the head was trained on {trained_on} image embeddings, but "
+                          f"{column} {what}",
+                          f"read the embedding of a clip scorer with model: "
+                          f"{trained_on.split('/')[0]}, pretrained: {trained_on.split('/', 1)[1]} "
+                          "(e.g. name: l14 → clip_image_emb_l14), or set any_model: true to "
+                          "apply it to another model's embeddings anyway")
     if producer is not None and dim is not None:
         dtype = producer.outputs().get(column)
         width = getattr(dtype, "list_size", None)
@@ -216,16 +226,3 @@ def check_producer(who: str, column: str, producer: Any, trained_on: str, any_mo
                               f"{producer.label}), the head takes {dim}",
                               "give the embedding of the CLIP model the head was trained on, "
                               "or weights trained on this one")
-    if any_model:
-        return
-    made_by = clip_of(producer) if producer is not None else None
-    if made_by == trained_on:
-        return
-    what = (f"comes from scorer {producer.label} ({made_by or producer.name})"
-            if producer is not None else "has no known producer")
-    raise CurateError(f"{who}: the head was trained on {trained_on} image embeddings, but "
-                      f"{column} {what}",
-                      f"read the embedding of a clip scorer with model: "
-                      f"{trained_on.split('/')[0]}, pretrained: {trained_on.split('/', 1)[1]} "
-                      "(e.g. name: l14 → clip_image_emb_l14), or set any_model: true to "
-                      "apply it to another model's embeddings anyway")
