@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import io
-import json
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -179,3 +178,45 @@ def write_pool(out: Path, scene_list: list[tuple[bytes, str]], shards: int = 3,
     return [Planted(p.key, p.role, p.name, p.transform,
                     keys[p.name] if p.role != "distinct" else p.key, p.width, p.height)
             for p in planted]
+
+
+def measure(kinds: tuple[str, ...] = ("phash", "dhash", "whash"),
+            ks: tuple[int, ...] = (4, 6, 8, 10, 12), n_scenes: int = 300) -> None:
+    """Print, per hash kind, how many of the 8 photos' copies each ``MEASURED`` transform
+    keeps within k of the original, and how close distinct images come (docs/near_dedup.md):
+    ``python tests/neardupmaker.py``."""
+    import itertools
+
+    import imagehash
+
+    def hashed(data: bytes, kind: str) -> int:
+        return int(str(getattr(imagehash, kind)(Image.open(io.BytesIO(data)))), 16)
+
+    def d(a: int, b: int) -> int:
+        return bin(a ^ b).count("1")
+
+    orig = originals()
+    for kind in kinds:
+        print(f"== {kind}: copies within k of their original (of {len(orig)} photos)")
+        base = {n: hashed(encode(im, ext), kind) for n, (im, ext) in orig.items()}
+        for tf, f in MEASURED.items():
+            ds = [d(base[n], hashed(f(im, ext)[0], kind)) for n, (im, ext) in orig.items()]
+            print(f"  {tf:16s} " + " ".join(f"k{k}:{sum(x <= k for x in ds)}" for k in ks)
+                  + f"  distances {ds}")
+        photos = list(base.values()) + [hashed(encode(im, "jpg"), kind)
+                                        for im in views().values()]
+        pv = [d(a, b) for a, b in itertools.combinations(photos, 2)]
+        sc = [hashed(data, kind) for data, _ in scenes(n_scenes)]
+        sd = [d(a, b) for a, b in itertools.combinations(sc, 2)]
+        print(f"  photos and views: {len(pv)} pairs, closest {min(pv)}; photo/view to scene: "
+              f"closest {min(d(a, b) for a in photos for b in sc)}")
+        for k in ks:
+            near = sum(any(d(a, b) <= k for j, b in enumerate(sc) if j != i)
+                       for i, a in enumerate(sc))
+            within = sum(x <= k for x in sd)
+            print(f"  scenes k{k}: {within} of {len(sd)} pairs within k "
+                  f"({100 * within / len(sd):.2f}%), {near} of {n_scenes} scenes near another")
+
+
+if __name__ == "__main__":
+    measure()
