@@ -229,8 +229,8 @@ class Aesthetic(EmbeddingHeadScorer):
     def download_hint(self) -> str:
         m = self.params.model  # type: ignore[attr-defined]
         return (f"download the LAION-Aesthetics {m} weights where there is a network: "
-                f"curl -L -o {DEFAULT_WEIGHTS[m]} '{RELEASES[m]}' (or give weights: PATH or "
-                "hf-hub:ORG/REPO/FILE)")
+                f"curl -L --create-dirs -o {DEFAULT_WEIGHTS[m]} '{RELEASES[m]}' (or give "
+                "weights: PATH or hf-hub:ORG/REPO/FILE)")
 
     def build(self, path: Path) -> Any:
         sd = clip_heads.load_state_dict(path)
