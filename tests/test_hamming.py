@@ -126,7 +126,7 @@ def near_hashes(draw: st.DrawFn) -> tuple[np.ndarray, int]:
     return np.array(items, dtype=np.uint64), k
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(near_hashes())
 def test_property_exact(case: tuple[np.ndarray, int]) -> None:
     h, k = case

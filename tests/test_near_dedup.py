@@ -96,9 +96,13 @@ def test_params_are_checked() -> None:
         NearDedupParams(k=40)
     with pytest.raises(ValueError, match="not a column name"):
         NearDedupParams(keep="clip score")
-    with pytest.raises(ConfigError, match="phash"):
-        pipeline_from_dict({"input": {"shards": "x"}, "score": ["image_info"],
-                            "select": [{"selector": "near_dedup"}]})
+    with pytest.raises(ConfigError, match="k"):
+        pipeline_from_dict({"input": {"shards": "x"}, "score": ["phash"],
+                            "select": [{"selector": "near_dedup", "k": 40}]})
+    # the columns every run checks before it starts (a missing one names its scorer)
+    assert NearDedup(NearDedupParams(keep="largest")).columns() == ["phash", "width", "height"]
+    assert NearDedup(NearDedupParams(keep="clip_score", column="dhash")).columns() == [
+        "dhash", "clip_score"]
 
 
 # --- a real pipeline on planted near-duplicates -------------------------------------------
