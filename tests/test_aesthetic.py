@@ -272,3 +272,13 @@ def test_a_pipeline_reads_the_stored_embeddings(tmp_path: Path) -> None:
         assert r["aesthetic_score"] == pytest.approx(want, abs=1e-6)
         checked += 1
     assert checked == 10
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_the_scores_are_the_cpu_scores(tmp_path: Path) -> None:
+    v2_weights(tmp_path / "w.pth")
+    emb = embeddings(500)
+    cpu = run(Aesthetic(AestheticParams(weights=str(tmp_path / "w.pth"))), emb)
+    gpu = Aesthetic(AestheticParams(weights=str(tmp_path / "w.pth"), gpus=1))
+    gpu.device = "cuda"
+    np.testing.assert_allclose(run(gpu, emb), cpu, rtol=0, atol=1e-3)  # TF32 matmuls allowed

@@ -382,3 +382,14 @@ def test_a_pipeline_reads_the_stored_embeddings(tmp_path: Path) -> None:
         x = np.load(npy)[r["index"]][None]
         assert r["punsafe"] == pytest.approx(float(keras_reference(x.astype(np.float32), m)[0]),
                                              abs=1e-6)
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_the_scores_are_the_cpu_scores(tmp_path: Path) -> None:
+    vocabs = {3: float16_vocab(-0.08, 0.08)}
+    write_autokeras(tmp_path / "m", 768, [64, 512, 256], vocabs)
+    emb = embeddings(500)
+    cpu = run(Nsfw(NsfwParams(weights=str(tmp_path / "m"))), emb)
+    gpu = Nsfw(NsfwParams(weights=str(tmp_path / "m"), gpus=1))
+    gpu.device = "cuda"
+    np.testing.assert_allclose(run(gpu, emb), cpu, rtol=0, atol=1e-3)

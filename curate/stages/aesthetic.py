@@ -1,7 +1,8 @@
 """Scorer ``aesthetic``: the LAION-Aesthetics predictor over the stored CLIP ViT-L/14 image
 embedding, the score LAION-5B (Schuhmann et al., 2022, "LAION-5B: An open large-scale dataset
 for training next generation image-text models", NeurIPS Datasets and Benchmarks) was
-annotated with and the LAION-Aesthetics subsets were cut from ("aesthetic > 7", ...).
+annotated with and the LAION-Aesthetics subsets were cut from ("aesthetic > 7", ...; Schuhmann,
+2022, "LAION-Aesthetics", laion.ai/blog/laion-aesthetics).
 
 It reads the embedding another scorer stored (``column``, by default ``clip_image_emb_l14`` of
 a ``clip`` scorer with ``model: ViT-L-14, pretrained: openai, name: l14``): CLIP is never run
@@ -23,8 +24,10 @@ missing file is an error before any work, saying where to download it. The file'
 the weights' part of the scorer's identity (not its path). Normalisation is the authors':
 each stored (float16) embedding is cast to float32 and divided by its L2 norm (a zero vector
 stays zero), unless ``normalise: false``. The head was trained on one CLIP model's embeddings
-(``trained_on``, ``MODEL/PRETRAINED``): a pipeline whose ``column`` comes from another clip
-scorer is refused unless ``any_model: true``, and an embedding of the wrong width is refused.
+(``trained_on``, ``MODEL/PRETRAINED``): ``check_producers`` refuses a ``column`` that another
+clip scorer makes unless ``any_model: true``, and an embedding of the wrong width always (at
+pipeline validation once ``config.check_scorers`` calls it; at score time a wrong width fails
+each sample with the reason).
 A sample whose embedding holds a NaN, an infinity or a null fails alone.
 """
 
@@ -61,7 +64,12 @@ RELEASES = {
 
 def local_spec(v: str) -> str:
     """A weights spec as workers must see it: hub names as given, local paths absolute."""
-    return v if is_hub_spec(v) else str(Path(v).expanduser().resolve())
+    if is_hub_spec(v):
+        return v
+    try:
+        return str(Path(v).expanduser().resolve())
+    except RuntimeError as exc:  # "~user" of an unknown user
+        raise ValueError(f"{v!r}: {exc}") from None
 
 
 class AestheticParams(Params):

@@ -23,9 +23,9 @@ Input: LAION-5B scored the L2-normalised image embeddings that clip-retrieval st
 (``clip_inference`` normalises, its ``.npy`` files are float16). The clip scorer also stores
 L2-normalised embeddings as float16, so by default they are fed as stored (cast exactly to
 float32); ``normalise: true`` divides each by its norm first (for a column that is not
-normalised). The head was trained on one CLIP model's embeddings (``trained_on``): another is
-refused unless ``any_model: true``, and a wrong width is refused. A sample whose embedding
-holds a NaN, an infinity or a null fails alone.
+normalised). The head was trained on one CLIP model's embeddings (``trained_on``):
+``check_producers`` refuses another unless ``any_model: true``, and a wrong width always. A
+sample whose embedding holds a NaN, an infinity or a null fails alone.
 """
 
 from __future__ import annotations
