@@ -282,3 +282,29 @@ def test_on_a_gpu_the_scores_are_the_cpu_scores(tmp_path: Path) -> None:
     gpu = Aesthetic(AestheticParams(weights=str(tmp_path / "w.pth"), gpus=1))
     gpu.device = "cuda"
     np.testing.assert_allclose(run(gpu, emb), cpu, rtol=0, atol=1e-3)  # TF32 matmuls allowed
+
+
+def test_pipeline_validation_refuses_another_clip_model(tmp_path: Path) -> None:
+    """Once ``curate.config.check_scorers`` passes each scorer its inputs' producers
+    (``check_producers``), a pipeline is refused before any work."""
+    import inspect
+
+    from curate import config
+
+    if "check_producers" not in inspect.getsource(config.check_scorers):
+        pytest.skip("curate.config.check_scorers does not call check_producers yet")
+    v2_weights(tmp_path / "w.pth")
+
+    def pipeline(clip: dict[str, Any], **head: Any) -> Any:
+        return config.pipeline_from_dict({
+            "input": {"shards": str(tmp_path / "*.tar")}, "select": [],
+            "score": [{"clip": {"name": "l14", **clip}},
+                      {"aesthetic": {"weights": str(tmp_path / "w.pth"), **head}}]})
+
+    pipeline({"model": "ViT-L-14", "pretrained": "openai"})
+    with pytest.raises(config.ConfigError, match=r"score\[1\] \(scorer aesthetic\).*trained on "
+                       r"ViT-L-14/openai image embeddings"):
+        pipeline({"model": "ViT-L-14", "pretrained": "laion2b_s32b_b82k"})
+    pipeline({"model": "ViT-L-14", "pretrained": "laion2b_s32b_b82k"}, any_model=True)
+    with pytest.raises(config.ConfigError, match="has 512 dimensions"):
+        pipeline({"model": "ViT-B-32", "pretrained": "openai"}, any_model=True)
