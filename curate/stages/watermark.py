@@ -12,11 +12,11 @@ antialiases), scaled to [0, 1] and normalised with the ImageNet mean and std (to
 Decoding: the whole image is decoded (no reduced-scale JPEG decoding, so the pixels are the
 recipe's) and converted to RGB, as the authors' ``example_use.py`` does. The LAION-5B run
 (``data.py``) fed ``Image.open`` to the transforms without a conversion: identical for RGB
-images, which is what img2dataset's JPEG shards almost all hold; a greyscale, RGBA or CMYK
-image made its Normalize raise there, and had no score. Images are opened by
-``curate.lib.imaging.open_image``, so one whose header claims more than ``max_pixels`` pixels
-fails before it is decoded. A sample whose image does not decode fails alone
-(``error:watermark``); the rest of its batch is scored.
+images; a greyscale, RGBA or CMYK image made its Normalize raise there, and had no score
+(img2dataset writes RGB JPEGs, except that a greyscale source stays greyscale). Images are
+opened by ``curate.lib.imaging.open_image``, so one whose header claims more than
+``max_pixels`` pixels fails before it is decoded. A sample whose image does not decode fails
+alone (``error:watermark``); the rest of its batch is scored.
 
 Weights: ``weights`` is a state dict in the authors' format (their released
 ``watermark_model_v1.pt``: the keys of timm's model with the replaced classifier, or the same
@@ -52,7 +52,8 @@ from curate.lib.weights import is_hub_spec, resolve_weights, weights_digest
 from curate.stages.base import SAMPLE_ERRORS, Params, Resources, Scorer, register
 
 DEFAULT_WEIGHTS = "~/.cache/curate/watermark_model_v1.pt"
-RELEASE = "github.com/LAION-AI/LAION-5B-WatermarkDetection (models/watermark_model_v1.pt)"
+RELEASE_URL = ("https://github.com/LAION-AI/LAION-5B-WatermarkDetection/raw/main/models/"
+               "watermark_model_v1.pt")
 COLUMN = "pwatermark"
 
 # The published recipe.
@@ -63,8 +64,9 @@ STD = (0.229, 0.224, 0.225)
 FEATURES, HIDDEN = 1536, (625, 256)
 WATERMARK_CLASS = 0
 
-_HINT = (f"download LAION's watermark_model_v1.pt ({RELEASE}) to {DEFAULT_WEIGHTS}, or set "
-         "`weights:` to its path or to hf-hub:ORG/REPO/FILE")
+_HINT = ("download LAION's watermark_model_v1.pt where there is a network: curl -L "
+         f"--create-dirs -o {DEFAULT_WEIGHTS} {RELEASE_URL} (or give weights: PATH or "
+         "hf-hub:ORG/REPO/FILE)")
 
 
 class WatermarkParams(Params):
