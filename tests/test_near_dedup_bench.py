@@ -26,6 +26,9 @@ def test_near_dedup_benchmark_small() -> None:
     base, sub, full = result["baseline"], result["indexed_subset"], result["indexed_full"]
     assert base["pairs_compared"] == 3000 * 2999 // 2
     assert sub["identical_pairs"] is True and sub["pairs_within_k"] == base["pairs_within_k"]
+    mh = result["faiss_multihash"]
+    assert mh["identical_pairs"] is True and mh["pairs_within_k"] == base["pairs_within_k"]
+    assert mh["nflip"] == 2 and result["ratio_seconds_vs_faiss_multihash"] > 0
     assert 0 < sub["candidates"] < base["pairs_compared"]
     assert result["ratio_pairs_compared"] > 1
     assert full["all_pairs"] == 20000 * 19999 // 2 and full["candidates"] >= full[
@@ -40,6 +43,7 @@ def test_near_dedup_benchmark_small() -> None:
 
     h, copies = synthetic(20000, 6, 0.02, 3)
     assert copies == result["planted_copies"] == 400
-    assert len(brute_force_pairs(h[:3000], 6)) == base["pairs_within_k"]
+    sub_h, _ = synthetic(3000, 6, 0.02, 4)  # the subset has its own planted copies
+    assert len(brute_force_pairs(sub_h, 6)) == base["pairs_within_k"]
     labels = components(h, 6)
     assert len(np.unique(labels[labels != np.arange(len(h))])) == full["groups"]
