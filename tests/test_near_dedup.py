@@ -71,6 +71,8 @@ def test_keep_largest_and_by_score_ties_in_pool_order(tmp_path: Path) -> None:
     with pytest.raises(CurateError, match="not a number"):
         run_selector(NearDedup(NearDedupParams(keep="caption")),
                      rows(hashes, caption=list("abcde")), tmp_path)
+    with pytest.raises(CurateError, match="'phash' is string, not a 64-bit hash"):
+        run_selector(NearDedup(), rows(["0f", "0e"]), tmp_path)  # type: ignore[list-item]
 
 
 def test_only_kept_rows_with_a_hash_take_part(tmp_path: Path) -> None:

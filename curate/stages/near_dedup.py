@@ -83,6 +83,13 @@ class NearDedup(Selector):
         p: NearDedupParams = self.params  # type: ignore[assignment]
         t0 = time.perf_counter()
         rows = ctx.kept(con, table, self.columns())
+        kind = rows.schema.field(p.column).type
+        if kind not in (pa.uint64(), pa.int64()):
+            from curate.errors import CurateError
+
+            raise CurateError(f"near_dedup column: {p.column!r} is {kind}, not a 64-bit hash "
+                              f"(uint64, or int64 holding the bits)",
+                              "score the images with `phash` and use its column")
         hashed = rows.column(p.column).is_valid()
         rows = rows.filter(hashed)
         n = rows.num_rows
