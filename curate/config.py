@@ -673,6 +673,7 @@ def check_scorers(steps: list[Step], source: str) -> None:
     that no two scorers produce the same column."""
     available = {**SAMPLE_COLUMNS, **BATCH_ONLY_COLUMNS}
     producers: dict[str, str] = {}
+    made_by: dict[str, Scorer] = {}  # column -> the scorer producing it
     for step in steps:
         s: Scorer = step.stage  # type: ignore[assignment]
         try:
@@ -685,6 +686,13 @@ def check_scorers(steps: list[Step], source: str) -> None:
                 raise ConfigError(f"{source}: {step.where} (scorer {s.name}): needs column "
                                   f"{col!r}, which no earlier scorer produces",
                                   _who_makes(col))
+        check = getattr(s, "check_producers", None)  # e.g. a head needing one CLIP model
+        if check is not None:
+            try:
+                check({c: made_by[c] for c in s.inputs() if c in made_by})
+            except CurateError as exc:
+                raise ConfigError(f"{source}: {step.where} (scorer {s.name}): {exc.message}",
+                                  exc.hint) from exc
         for col, dtype in s.outputs().items():
             if col in available:
                 by = producers.get(col, "the sample reader")
@@ -693,6 +701,7 @@ def check_scorers(steps: list[Step], source: str) -> None:
                                   "each scorer may appear once per pipeline")
             available[col] = dtype
             producers[col] = s.name
+            made_by[col] = s
 
 
 def check_selection(sel: Selection, columns: dict[str, pa.DataType], sidecars: set[str],
