@@ -65,6 +65,8 @@ def test_keep_largest_and_by_score_ties_in_pool_order(tmp_path: Path) -> None:
     assert decided(largest) == [("u0", "near_duplicate_image", "u1"), ("u1", None, None),
                                 ("u2", "near_duplicate_image", "u1"),
                                 ("u3", "near_duplicate_image", "u1"), ("u4", None, None)]
+    by_index = run_selector(NearDedup(NearDedupParams(keep="index")), rows(hashes), tmp_path)
+    assert [r["near_duplicate_of"] for r in by_index] == ["u3", "u3", "u3", None, None]
     scored = run_selector(NearDedup(NearDedupParams(keep="clip_score")), rows(
         hashes, clip_score=[0.2, None, 0.31, 0.31, 0.1]), tmp_path)
     assert [r["near_duplicate_of"] for r in scored] == ["u2", "u2", None, "u2", None]

@@ -69,7 +69,8 @@ class NearDedup(Selector):
         return [keep]
 
     def columns(self) -> Sequence[str]:
-        return [self.params.column, *self._keep_columns()]  # type: ignore[attr-defined]
+        return list(dict.fromkeys([self.params.column,  # type: ignore[attr-defined]
+                                   *self._keep_columns()]))
 
     def reasons(self) -> Sequence[str]:
         return (REASON,)
@@ -82,7 +83,8 @@ class NearDedup(Selector):
 
         p: NearDedupParams = self.params  # type: ignore[assignment]
         t0 = time.perf_counter()
-        rows = ctx.kept(con, table, self.columns())
+        rows = ctx.kept(con, table, [c for c in self.columns()
+                                     if c not in ("_row", "uid", "shard", "index")])
         kind = rows.schema.field(p.column).type
         if kind not in (pa.uint64(), pa.int64()):
             from curate.errors import CurateError
