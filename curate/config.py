@@ -40,6 +40,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from curate.errors import ConfigError, CurateError
+from curate.recaption.config import RecaptionConfig
 from curate.rewrite.config import RewriteConfig
 from curate.schema import BATCH_ONLY_COLUMNS, MANIFEST_COLUMNS, SAMPLE_COLUMNS
 from curate.select.metadata import MetadataConfig
@@ -146,6 +147,7 @@ class _PipelineFile(Params):
     output: OutputConfig = OutputConfig()
     run: RunConfig = RunConfig()
     rewrite: RewriteConfig | None = None  # LLM caption rewrites of the kept samples
+    recaption: RecaptionConfig | None = None  # synthetic captions of the kept images
     metadata: MetadataConfig | None = None  # the pool's own columns, joined at selection
 
 
@@ -163,6 +165,7 @@ class _SelectionFile(Params):
     output: OutputConfig = OutputConfig()
     run: RunConfig = RunConfig()
     rewrite: RewriteConfig | None = None
+    recaption: RecaptionConfig | None = None
     metadata: MetadataConfig | None = None
 
 
@@ -190,6 +193,7 @@ class Selection:
     rewrite: RewriteConfig | None = None
     scorers: list[Step] | None = None
     metadata: MetadataConfig | None = None
+    recaption: RecaptionConfig | None = None
 
     def metadata_columns(self) -> dict[str, pa.DataType]:
         return {} if self.metadata is None else self.metadata.arrow_columns()
@@ -219,6 +223,7 @@ class Pipeline:
     rewrite: RewriteConfig | None = None
     store: str | None = None
     metadata: MetadataConfig | None = None
+    recaption: RecaptionConfig | None = None
 
     def scorer_stages(self) -> list[Scorer]:
         return [s.stage for s in self.scorers]  # type: ignore[misc]
@@ -245,7 +250,8 @@ class Pipeline:
         """The pipeline's selection: its steps, selecting on its own scorers."""
         return Selection(name=self.name, description=self.description, select=self.select,
                          output=self.output, run=self.run, source=self.source, raw=self.raw,
-                         rewrite=self.rewrite, scorers=self.scorers, metadata=self.metadata)
+                         rewrite=self.rewrite, scorers=self.scorers, metadata=self.metadata,
+                         recaption=self.recaption)
 
 
 # --------------------------------------------------------------------------------------------
@@ -465,11 +471,13 @@ def pipeline_from_dict(data: dict[str, Any], source: str = "<dict>") -> Pipeline
     pipeline = Pipeline(name=spec.name, description=spec.description, input=spec.input,
                         scorers=scorers, select=select, output=spec.output, run=spec.run,
                         source=source, raw=data, rewrite=spec.rewrite, store=spec.store,
-                        metadata=spec.metadata)
+                        metadata=spec.metadata, recaption=spec.recaption)
     check_scorers(pipeline.scorers, source)
     check_selection(pipeline.selection(), pipeline.signal_columns(), _sidecars(pipeline.scorers))
     if spec.rewrite is not None:
         _check_rewrite(spec.rewrite, source)
+    if spec.recaption is not None:
+        _check_recaption(spec.recaption, source)
     return pipeline
 
 
@@ -509,9 +517,12 @@ def selection_from_dict(data: dict[str, Any], source: str = "<dict>") -> Selecti
         select.extend(_select_steps(item, f"select[{i}]", source))
     if spec.rewrite is not None:
         _check_rewrite(spec.rewrite, source)
+    if spec.recaption is not None:
+        _check_recaption(spec.recaption, source)
     return Selection(name=spec.name, description=spec.description, select=select,
                      output=spec.output, run=spec.run, source=source, raw=data,
-                     rewrite=spec.rewrite, scorers=scorers, metadata=spec.metadata)
+                     rewrite=spec.rewrite, scorers=scorers, metadata=spec.metadata,
+                     recaption=spec.recaption)
 
 
 def _main_error(exc: ValidationError) -> Any:
@@ -817,6 +828,13 @@ def _check_rewrite(cfg: RewriteConfig, source: str) -> None:
     if cfg.backend != "openai" and "://" not in cfg.model and cfg.model.startswith(
             (".", "/")) and not Path(cfg.model).is_dir():
         raise ConfigError(f"{source}: rewrite.model: no directory {cfg.model!r}",
+                          "give a local model directory or a hub name")
+
+
+def _check_recaption(cfg: RecaptionConfig, source: str) -> None:
+    if cfg.backend != "openai" and cfg.model.startswith((".", "/")) and not Path(
+            cfg.model).is_dir():
+        raise ConfigError(f"{source}: recaption.model: no directory {cfg.model!r}",
                           "give a local model directory or a hub name")
 
 

@@ -3,8 +3,8 @@
 * ``score(pipeline, store)``: every input shard through the pipeline's scorers into the store,
   computing only what the store lacks (``curate.score.engine``).
 * ``select(store, selection, out)``: rules and selectors over the store's scores, then
-  (optionally) caption rewrites and the curated shards, into one selection directory. It
-  computes no score.
+  (optionally) caption rewrites, synthetic captions and the curated shards, into one
+  selection directory. It computes no score.
 * ``run(pipeline, out)``: both, the one-command path. The store is the pipeline's ``store:``
   (default ``OUT/store``) and the selection goes to ``OUT/selections/<pipeline name>``, so
   running other pipelines into the same ``OUT`` scores only what is new and keeps one
@@ -80,6 +80,7 @@ class SelectResult:
     seconds: float
     stages: dict[str, dict[str, float | int]] = field(default_factory=dict)
     rewrite: dict[str, Any] | None = None  # RewriteSummary.as_dict() when it rewrites
+    recaption: dict[str, Any] | None = None  # RecaptionSummary.as_dict() when it recaptions
     output_dir: str = ""  # where the curated shards are: SEL/output or output.dir
     selection_seconds: dict[str, float] = field(default_factory=dict)
 
@@ -214,13 +215,19 @@ def select(store: str | Path | Store, selection: Selection | Pipeline, out: str 
 
 
 def _preflight(sel: Selection, session: RaySession) -> None:
-    """Checks of the rewrite backend that need the cluster (e.g. vllm's GPUs)."""
-    if sel.rewrite is None:
+    """Checks of the rewrite and recaption backends that need the cluster (e.g. vllm's
+    GPUs)."""
+    if sel.rewrite is None and sel.recaption is None:
         return
-    from curate.rewrite.stage import preflight
-
     session.ensure()
-    preflight(sel.rewrite)
+    if sel.rewrite is not None:
+        from curate.rewrite.stage import preflight
+
+        preflight(sel.rewrite)
+    if sel.recaption is not None:
+        from curate.recaption.stage import preflight as recaption_preflight
+
+        recaption_preflight(sel.recaption)
 
 
 def _stored_versions(store: Store, sel: Selection) -> list[Version]:
@@ -302,6 +309,13 @@ def _select_locked(store: Store, sel: Selection, source: PoolSource, out_dir: Pa
         else:
             rewrite = None
             (out_dir / "rewrites.parquet").unlink(missing_ok=True)  # from an earlier run
+        refs = [ShardRef(s.url, s.shard, s.failures) for s in source.shards]
+        if sel.recaption is not None:
+            doing = f"synthetic captions in {out_dir}"
+            recaption = _recaption(sel, store, source, refs, out_dir, rlog, progress, session)
+        else:
+            recaption = None
+            (out_dir / "recaptions.parquet").unlink(missing_ok=True)  # from an earlier run
         from curate.write.output import write_output
 
         out_location = resolve(sel.output.dir if sel.output.dir is not None
@@ -309,7 +323,6 @@ def _select_locked(store: Store, sel: Selection, source: PoolSource, out_dir: Pa
         doing = f"the output shards in {out_location}"
         columns = [c for c in source.columns() if c not in SAMPLE_COLUMNS]
         columns += list(sel.metadata_columns()) + list(sel.selector_columns())
-        refs = [ShardRef(s.url, s.shard, s.failures) for s in source.shards]
         n_out = write_output(sel, columns, refs, out_dir, rlog, progress, session,
                              sel.run.max_retries) if sel.output.write_shards else 0
         doing = f"the catalogue in {out_dir}"
@@ -318,7 +331,8 @@ def _select_locked(store: Store, sel: Selection, source: PoolSource, out_dir: Pa
             dir=out_dir, store=store.location, samples=selected.samples, kept=selected.kept,
             funnel=[(f.reason, f.dropped) for f in selected.funnel], shards=len(source.shards),
             output_shards=n_out, seconds=round(time.perf_counter() - t0, 3), stages=stages,
-            rewrite=rewrite, output_dir=out_location, selection_seconds=selected.seconds)
+            rewrite=rewrite, recaption=recaption, output_dir=out_location,
+            selection_seconds=selected.seconds)
         stats = {"selection": sel.name, "store": store.location, "samples": result.samples,
                  "kept": result.kept,
                  "funnel": [{"reason": r, "dropped": n} for r, n in result.funnel],
@@ -327,6 +341,8 @@ def _select_locked(store: Store, sel: Selection, source: PoolSource, out_dir: Pa
                  "scorers": {v.label: v.version for v in source.versions}}
         if rewrite is not None:
             stats["rewrite"] = rewrite
+        if recaption is not None:
+            stats["recaption"] = recaption
         write_text(json.dumps(stats, indent=1), out_dir / "stats.json")
     except BaseException as exc:
         full = disk_error(exc, doing)
@@ -364,6 +380,22 @@ def _rewrite(sel: Selection, store: Store, out_dir: Path, rlog: RunLog, progress
     summary = rewrite_kept(sel.rewrite, out_dir, max_retries=sel.run.max_retries,
                            event=rlog.event, cache=cache,
                            progress=lambda n: Progress(n, "rewriting", progress, "caption"))
+    return summary.as_dict()
+
+
+def _recaption(sel: Selection, store: Store, source: PoolSource, refs: list[ShardRef],
+               out_dir: Path, rlog: RunLog, progress: bool | None,
+               session: RaySession) -> dict[str, Any]:
+    from curate.recaption.stage import recaption_kept
+
+    assert sel.recaption is not None
+    session.ensure()
+    root = store.local_root
+    cache = Path(sel.recaption.cache) if sel.recaption.cache else (
+        root / "rewrite_cache.sqlite" if root is not None else out_dir / "rewrite_cache.sqlite")
+    summary = recaption_kept(sel.recaption, out_dir, refs, source=source,
+                             max_retries=sel.run.max_retries, event=rlog.event, cache=cache,
+                             progress=lambda n: Progress(n, "captioning", progress, "caption"))
     return summary.as_dict()
 
 
@@ -419,7 +451,7 @@ def run(pipeline: Pipeline | str | Path, out: str | Path, *, address: str | None
     dest = selection_dir(out, sel.name)
     t0 = time.perf_counter()
     with RaySession(address or p.run.address, progress) as session:
-        _preflight(sel, session)  # a rewrite that cannot run fails before any scoring
+        _preflight(sel, session)  # a rewrite or recaption that cannot run fails before scoring
         scored = score(p, store, progress=progress, session=session,
                        measure_transfer=measure_transfer)
         selected = select(store, sel, dest, progress=progress, session=session,

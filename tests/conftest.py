@@ -85,6 +85,27 @@ TRAINED_REWRITER_STEPS = 120
 
 
 @pytest.fixture(scope="session")
+def random_captioner(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny BLIP with random weights and an in-process tokenizer: its captions are garbage."""
+    from curate.demo.captioner import make_demo_captioner
+
+    return make_demo_captioner(tmp_path_factory.mktemp("cap") / "random", seed=0).out
+
+
+@pytest.fixture(scope="session")
+def trained_captioner(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo captioner after a short training (fixed step count, no time cap): its
+    captions are well-formed demo captions, so most pass validation."""
+    from curate.demo.captioner import make_demo_captioner
+
+    return make_demo_captioner(tmp_path_factory.mktemp("cap") / "trained", seed=0,
+                               max_steps=TRAINED_CAPTIONER_STEPS).out
+
+
+TRAINED_CAPTIONER_STEPS = 200
+
+
+@pytest.fixture(scope="session")
 def demo_run(demo_pool: Path, ray_local: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The basic pipeline run once on the demo pool through the session's local Ray: its
     selection directory (``RUN/selections/basic``; the store is ``RUN/store``)."""
@@ -140,7 +161,8 @@ def _has_cuda() -> bool:
 # busy with other work that took up to 5 times as long as on a quiet one (the suite: 20 min
 # quiet, 83 min beside two busy processes), so those tests get this timeout (seconds) instead
 # of the suite's 1200.
-EXPENSIVE_FIXTURES = {"trained_rewriter": 2400, "demo_filter": 2400, "random_rewriter": 2400}
+EXPENSIVE_FIXTURES = {"trained_rewriter": 2400, "demo_filter": 2400, "random_rewriter": 2400,
+                      "trained_captioner": 2400}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -22,6 +22,7 @@ _RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 
 class OpenAIBackend(Backend):
     name = "openai"
+    section = "rewrite"  # the pipeline section named in errors
 
     def setup(self) -> None:
         import httpx  # noqa: F401 - fail here, not mid-run, when it is missing
@@ -29,7 +30,8 @@ class OpenAIBackend(Backend):
         opts = self.cfg.openai
         self.base = opts.base_url.rstrip("/")
         if not self.base.startswith(("http://", "https://")):
-            raise CurateError(f"rewrite.openai.base_url {opts.base_url!r} is not an http(s) URL",
+            raise CurateError(f"{self.section}.openai.base_url {opts.base_url!r} is not an "
+                              "http(s) URL",
                               "e.g. http://127.0.0.1:8000/v1")
         key = os.environ.get(opts.api_key_env) if opts.api_key_env else None
         self.headers = {"Authorization": f"Bearer {key}"} if key else {}

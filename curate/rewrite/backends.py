@@ -2,8 +2,9 @@
 
 A backend turns a batch of requests (a prompt, or chat messages, plus a per-request sampling
 seed) into one completion or one error per request. It never validates or retries on content:
-the rewrite driver does that. Backends run inside Ray actors (``RewriteWorker``), so a GPU
-backend gets its devices from Ray's ``num_gpus``.
+the rewrite driver does that. Backends run inside Ray actors (``curate.rewrite.engine``'s
+``GenWorker``), so a GPU backend gets its devices from Ray's ``num_gpus``. The caption
+backends (``curate.recaption``) implement the same interface, with an image in each request.
 
 * ``transformers``: a local model directory or hub name, batched ``generate`` on CPU or GPU;
 * ``openai``: any OpenAI-compatible HTTP endpoint (vLLM serve, llama.cpp server, TGI,
@@ -17,6 +18,7 @@ import hashlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from curate.rewrite.config import RewriteConfig
 
@@ -27,6 +29,7 @@ Prompt = str | list[dict[str, str]]
 class GenRequest:
     prompt: Prompt  # completion text, or chat messages when the prompt format is chat
     seed: int  # sampling seed of this request (derived from run seed, uid, rewrite, attempt)
+    image: bytes | None = None  # the encoded image a caption is asked for (curate.recaption)
 
 
 @dataclass(frozen=True)
@@ -38,8 +41,8 @@ class GenResult:
 class Backend(ABC):
     name: str
 
-    def __init__(self, cfg: RewriteConfig, device: str) -> None:
-        self.cfg = cfg
+    def __init__(self, cfg: Any, device: str) -> None:
+        self.cfg = cfg  # a RewriteConfig, or a RecaptionConfig for the caption backends
         self.device = device
 
     @abstractmethod
@@ -71,10 +74,10 @@ def make_backend(cfg: RewriteConfig, device: str) -> Backend:
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 
 
-def model_identity(cfg: RewriteConfig) -> str:
+def model_identity(cfg: Any) -> str:
     """What the cache keys a generation by. A local directory is identified by a digest of its
     config, tokenizer and weight files (names, sizes, first and last MiB), so retraining a model
-    in place never serves stale rewrites; a hub name by name and revision; a served model by the
+    in place never serves stale generations; a hub name by name and revision; a served model by the
     name the server gives it."""
     path = Path(cfg.model)
     if cfg.backend != "openai" and path.is_dir():

@@ -6,7 +6,7 @@ derived from the same, so the result never depends on batching, workers or order
 
 1. reads the kept rows (uid, caption) from the manifest, in pool order;
 2. looks every request up in the generation cache; sends the misses, in batches, to a pool of
-   ``RewriteWorker`` actors that hold the backend; caches each completion;
+   ``GenWorker`` actors that hold the backend (``curate.rewrite.engine``); caches each completion;
 3. keeps the completion's first line and validates it (``curate.rewrite.validate``); a rejected
    rewrite is asked again (next attempt: new examples, new seed) up to ``max_attempts``, then
    recorded as ``rejected`` with the last reason; a backend error is recorded as ``error``
@@ -17,11 +17,8 @@ derived from the same, so the result never depends on batching, workers or order
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import logging
-import socket
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -32,11 +29,21 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from curate.errors import CurateError
 from curate.io.atomic import atomic_path, write_parquet
-from curate.rewrite.backends import GenRequest, GenResult, make_backend, model_identity
+from curate.rewrite.backends import GenRequest, make_backend, model_identity
 from curate.rewrite.cache import GenerationCache, request_key
 from curate.rewrite.config import RewriteConfig
+from curate.rewrite.engine import (
+    STATUS_ERROR,
+    STATUS_OK,
+    STATUS_REJECTED,
+    STATUS_SKIPPED,
+    Slot,
+    drive,
+    reason_kind,
+)
+from curate.rewrite.engine import preflight as engine_preflight
+from curate.rewrite.engine import request_seed as engine_seed
 from curate.rewrite.prompts import (
     Example,
     build_chat,
@@ -49,8 +56,6 @@ from curate.rewrite.validate import rejection
 from curate.sql import literal
 
 log = logging.getLogger("curate")
-
-STATUS_OK, STATUS_REJECTED, STATUS_ERROR, STATUS_SKIPPED = "ok", "rejected", "error", "skipped"
 
 REWRITE_SCHEMA = pa.schema({
     "uid": pa.string(), "shard": pa.string(), "index": pa.int32(),
@@ -85,40 +90,18 @@ class RewriteSummary:
         return asdict(self)
 
 
-class RewriteWorker:
-    """A Ray actor holding one backend instance."""
-
-    def __init__(self, cfg: RewriteConfig, device: str) -> None:
-        self.backend = make_backend(cfg, device)
-
-    def setup(self) -> str:
-        self.backend.setup()
-        return socket.gethostname()
-
-    def generate(self, requests: list[GenRequest]) -> list[GenResult]:
-        return self.backend.generate(requests)
-
-
 def request_seed(seed: int, uid: str, rewrite: int, attempt: int) -> int:
-    digest = hashlib.sha256(f"rewrite\0{seed}\0{uid}\0{rewrite}\0{attempt}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") >> 1
+    return engine_seed("rewrite", seed, uid, rewrite, attempt)
 
 
 @dataclass
-class _Slot:
-    uid: str
-    shard: str
-    index: int
-    caption: str
-    rewrite: int
-    attempts: int = 0
-    status: str | None = None
-    reason: str | None = None
-    text: str | None = None
-    seed: int = 0
+class _Slot(Slot):
+    caption: str = ""
     example_ids: tuple[str, ...] = ()
-    key: str = ""
-    batch_tries: int = 0
+
+    @property
+    def rewrite(self) -> int:
+        return self.number
 
 
 class _Driver:
@@ -141,6 +124,9 @@ class _Driver:
             s.caption, ex)
         s.key = request_key(self.model, prompt, self.sampling, s.seed)
         return GenRequest(prompt=prompt, seed=s.seed)
+
+    def prepare(self, slots: list[_Slot], requests: list[GenRequest]) -> list[GenRequest]:
+        return requests
 
     def judge(self, s: _Slot, completion: str) -> bool:
         """Record the attempt; True when the slot is finished."""
@@ -181,8 +167,6 @@ def rewrite_kept(cfg: RewriteConfig, run_dir: Path, *, max_retries: int = 2,
     writes ``rewrites.parquet`` and adds the rewrite columns to ``manifest.parquet``. The
     generation cache is ``cache`` (``curate run`` passes the store's, so every selection of a
     store shares it), else ``rewrite.cache``, else ``run_dir/rewrite_cache.sqlite``."""
-    import ray
-
     t0 = time.perf_counter()
     emit = event or (lambda *_a, **_k: None)
     manifest = run_dir / "manifest.parquet"
@@ -197,7 +181,7 @@ def rewrite_kept(cfg: RewriteConfig, run_dir: Path, *, max_retries: int = 2,
     queue: deque[_Slot] = deque()
     for uid, shard, index, caption in rows:
         for k in range(cfg.rewrites):
-            s = _Slot(uid, shard, index, caption or "", k)
+            s = _Slot(uid, shard, index, k, caption=caption or "")
             slots.append(s)
             if not s.caption.strip():
                 s.status, s.reason = STATUS_SKIPPED, "no_caption"
@@ -214,77 +198,10 @@ def rewrite_kept(cfg: RewriteConfig, run_dir: Path, *, max_retries: int = 2,
         if bar is not None:
             bar.update(n)
 
-    workers: list[Any] = []
-    inflight: dict[Any, tuple[Any, list[_Slot]]] = {}
-    busy: Counter[Any] = Counter()
-    t_gen: float | None = None
-    t_last = 0.0
     try:
-        while queue or inflight:
-            # Resolve cache hits and send misses while a worker has room.
-            if queue and (not workers or min(busy[w] for w in workers) < 2):
-                chunk = [queue.popleft() for _ in range(min(cfg.batch_size, len(queue)))]
-                reqs = [driver.request(s) for s in chunk]
-                hits = generations.get_many([s.key for s in chunk])
-                misses: list[tuple[_Slot, GenRequest]] = []
-                for s, r in zip(chunk, reqs, strict=True):
-                    if s.key in hits:
-                        summary.cache_hits += 1
-                        if driver.judge(s, hits[s.key]):
-                            finished()
-                        else:
-                            queue.append(s)
-                    else:
-                        misses.append((s, r))
-                if misses:
-                    if not workers:
-                        workers = _start_workers(cfg, emit)
-                        busy = Counter({w: 0 for w in workers})
-                    w = min(workers, key=lambda x: busy[x])
-                    fut = w.generate.remote([r for _, r in misses])
-                    inflight[fut] = (w, [s for s, _ in misses])
-                    busy[w] += 1
-                    t_gen = t_gen if t_gen is not None else time.perf_counter()
-                continue
-            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
-            for fut in ready:
-                w, batch = inflight.pop(fut)
-                busy[w] -= 1
-                try:
-                    results: list[GenResult] = ray.get(fut)
-                except ray.exceptions.RayActorError as exc:
-                    # The worker died (OOM, crash): replace it and send the batch again.
-                    emit("rewrite_worker_died", error=str(exc).splitlines()[0])
-                    workers.remove(w)
-                    del busy[w]
-                    new = _start_workers(cfg, emit, count=1)
-                    workers.extend(new)
-                    busy.update({x: 0 for x in new})
-                    _requeue_or_fail(batch, queue, max_retries, f"worker died: {exc}", finished)
-                    continue
-                except ray.exceptions.RayTaskError as exc:
-                    cause = exc.cause if exc.cause is not None else exc
-                    error = f"{type(cause).__name__}: {cause}".splitlines()[0]
-                    emit("rewrite_batch_failed", error=error)
-                    _requeue_or_fail(batch, queue, max_retries, error, finished)
-                    continue
-                t_last = time.perf_counter()
-                fresh = [(s.key, r.text) for s, r in zip(batch, results, strict=True)
-                         if r.error is None and r.text is not None]
-                generations.put_many(fresh, driver.model, cfg.backend)  # type: ignore[arg-type]
-                summary.generated += len(fresh)
-                for s, r in zip(batch, results, strict=True):
-                    if r.error is not None or r.text is None:
-                        s.status, s.reason = STATUS_ERROR, r.error or "no completion"
-                        finished()
-                    elif driver.judge(s, r.text):
-                        finished()
-                    else:
-                        queue.append(s)
+        stats = drive(queue, driver, cfg, generations, make_backend, what="rewrite",
+                      max_retries=max_retries, emit=emit, finished=finished)
     finally:
-        for w in workers:
-            with contextlib.suppress(Exception):
-                ray.kill(w)
         if bar is not None:
             bar.close()
         generations.close()
@@ -293,12 +210,12 @@ def rewrite_kept(cfg: RewriteConfig, run_dir: Path, *, max_retries: int = 2,
     counts = Counter(s.status for s in slots)
     summary.ok, summary.rejected = counts[STATUS_OK], counts[STATUS_REJECTED]
     summary.errors, summary.skipped = counts[STATUS_ERROR], counts[STATUS_SKIPPED]
-    summary.reasons = dict(Counter(f"{s.status}:{_reason_kind(s.reason)}" for s in slots
+    summary.reasons = dict(Counter(f"{s.status}:{reason_kind(s.reason)}" for s in slots
                                    if s.status != STATUS_OK).most_common())
     summary.seconds = round(time.perf_counter() - t0, 3)
-    if t_gen is not None and t_last > t_gen:
-        summary.generation_seconds = round(t_last - t_gen, 3)
-        summary.generated_per_s = round(summary.generated / (t_last - t_gen), 2)
+    summary.generated, summary.cache_hits = stats.generated, stats.cache_hits
+    summary.generation_seconds = stats.generation_seconds
+    summary.generated_per_s = stats.generated_per_s
     emit("rewrite_end", **summary.as_dict())
     if summary.errors:
         log.warning("%d of %d rewrites failed in the backend (first: %s); they keep the "
@@ -307,70 +224,9 @@ def rewrite_kept(cfg: RewriteConfig, run_dir: Path, *, max_retries: int = 2,
     return summary
 
 
-def _reason_kind(reason: str | None) -> str:
-    """A short, countable form of a reason (backend errors carry details after a colon)."""
-    return (reason or "").split(":", 1)[0].split(" (", 1)[0]
-
-
-def _requeue_or_fail(batch: list[_Slot], queue: deque[_Slot], max_retries: int, error: str,
-                     finished: Callable[[int], None]) -> None:
-    for s in batch:
-        s.batch_tries += 1
-        if s.batch_tries <= max_retries:
-            queue.append(s)
-        else:
-            s.status, s.reason = STATUS_ERROR, error
-            finished(1)
-
-
 def preflight(cfg: RewriteConfig) -> None:
     """Checks that need the cluster, run before scoring so a hopeless rewrite fails early."""
-    import ray
-
-    if cfg.backend == "vllm":
-        need = float(cfg.vllm.tensor_parallel_size)
-        have = ray.cluster_resources().get("GPU", 0.0)
-        if have < need:
-            raise CurateError(f"the vllm rewrite backend needs {need:g} GPU(s) per worker; "
-                              f"the Ray cluster has {have:g}",
-                              "use the transformers backend on CPU, or an openai endpoint")
-
-
-def _start_workers(cfg: RewriteConfig, emit: Callable[..., None],
-                   count: int | None = None) -> list[Any]:
-    import ray
-
-    cluster = ray.cluster_resources()
-    gpus = cluster.get("GPU", 0.0)
-    node_cpus = max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")),
-                    default=1.0)
-    if cfg.backend == "vllm":
-        preflight(cfg)
-        per_gpu = float(cfg.vllm.tensor_parallel_size)
-        n, num_cpus, num_gpus, device = int(gpus // per_gpu), 1.0, per_gpu, "cuda"
-    elif cfg.backend == "transformers" and gpus >= 1:
-        n, num_cpus, num_gpus, device = int(gpus), 1.0, 1.0, "cuda"
-    elif cfg.backend == "transformers":
-        # One CPU worker using a node's cores (torch threads follow the actor's CPUs).
-        n, num_cpus, num_gpus, device = 1, max(1.0, node_cpus), 0.0, "cpu"
-    else:  # openai: the concurrency is inside the worker
-        n, num_cpus, num_gpus, device = 1, 0.25, 0.0, "cpu"
-    n = count or cfg.workers or n
-    actor = ray.remote(RewriteWorker).options(  # type: ignore[attr-defined]
-        num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0, scheduling_strategy="SPREAD")
-    workers = [actor.remote(cfg, device) for _ in range(n)]
-    try:
-        hosts = ray.get([w.setup.remote() for w in workers])
-    except ray.exceptions.RayTaskError as exc:
-        cause = exc.cause if exc.cause is not None else exc
-        for w in workers:
-            ray.kill(w)
-        if isinstance(cause, CurateError):
-            raise cause from None
-        raise CurateError(f"the rewrite backend failed to start: {type(cause).__name__}: "
-                          f"{cause}".splitlines()[0]) from exc
-    emit("rewrite_workers_started", workers=n, cpus=num_cpus, gpus=num_gpus, nodes=hosts)
-    return workers
+    engine_preflight(cfg, "rewrite")
 
 
 def _write(slots: list[_Slot], cfg: RewriteConfig, model: str, run_dir: Path) -> None:

@@ -92,10 +92,9 @@ def rejection(source: str, rewrite: str | None, *, min_words: int = 2,
         return "too_long"
     if words == src_words:
         return "identical"
-    if any(words[i] == words[i + 1] == words[i + 2] for i in range(len(words) - 2)) or (
-            len(words) >= 6 and len(set(words)) < len(words) / 2):
+    if _repeated(words):
         return "repeated_tokens"
-    if any(ch == "\ufffd" or unicodedata.category(ch) in _BAD_CATEGORIES for ch in text):
+    if _malformed(text):
         return "malformed"
     lang = lang_of or _fasttext()
     if lang(source) == "en" and lang(text) != "en":
@@ -104,3 +103,49 @@ def rejection(source: str, rewrite: str | None, *, min_words: int = 2,
             text, set(_LETTERS.findall(source.lower()))) < min_known_words:
         return "not_words"
     return None
+
+
+def _repeated(words: list[str]) -> bool:
+    """A word three times in a row, or (6+ words) under half of the words distinct."""
+    return any(words[i] == words[i + 1] == words[i + 2] for i in range(len(words) - 2)) or (
+        len(words) >= 6 and len(set(words)) < len(words) / 2)
+
+
+def _malformed(text: str) -> bool:
+    return any(ch == "\ufffd" or unicodedata.category(ch) in _BAD_CATEGORIES for ch in text)
+
+
+def caption_rejection(caption: str | None, prompt: str | None = None, *, min_words: int = 3,
+                      max_words: int = 60, min_known_words: float = 0.5,
+                      lang_of: Callable[[str], str | None] | None = None) -> str | None:
+    """Why ``caption``, a synthetic caption of an image, is not acceptable (None when it is):
+    the same checks as ``rejection`` without a source caption to compare with. ``empty``,
+    ``prompt_echo`` (the prompt, when it has 3 or more words, inside the caption),
+    ``too_short``, ``too_long``, ``repeated_tokens``, ``malformed``, ``not_english`` (checked
+    when ``lang_of`` is given) and ``not_words`` (under ``min_known_words`` of its words are
+    known words)."""
+    text = (caption or "").strip()
+    if not text:
+        return "empty"
+    words = _WORD.findall(text.lower())
+    asked = _WORD.findall((prompt or "").lower())
+    if len(asked) >= 3 and f" {' '.join(asked)} " in f" {' '.join(words)} ":
+        return "prompt_echo"
+    if len(words) < min_words:
+        return "too_short"
+    if len(words) > max_words:
+        return "too_long"
+    if _repeated(words):
+        return "repeated_tokens"
+    if _malformed(text):
+        return "malformed"
+    if lang_of is not None and lang_of(text) != "en":
+        return "not_english"
+    if min_known_words > 0 and known_fraction(text) < min_known_words:
+        return "not_words"
+    return None
+
+
+def english(text: str) -> str | None:
+    """The language of ``text`` by the ``language`` scorer's fasttext model."""
+    return _fasttext()(text)

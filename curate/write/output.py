@@ -15,7 +15,10 @@ Kept samples, in pool order, are cut into output shards of ``samples_per_shard``
   (curate downloads without resizing, so img2dataset never learns the sizes; ``image_info``
   measures them) and the ``exif`` string (kept with ``output: {keep_exif: true}``);
 * ``txt_rw0``, ``txt_rw1``, ...: the accepted rewrites (UTF-8), numbered as in ``rewrites``; a
-  rewrite that failed has no member, so a loader picks among ``txt`` and the ``txt_rw*`` present.
+  rewrite that failed has no member, so a loader picks among ``txt`` and the ``txt_rw*`` present;
+* ``txt_syn0``, ``txt_syn1``, ...: the accepted synthetic captions of the image (``recaption:``),
+  numbered as in the json's ``recaptions`` (each with its provenance and ALIP signals); a
+  caption that failed has no member.
 
 ``sizes.json`` maps shard names to sample counts (open_clip's training loader reads it to know
 the dataset size). ``.state/NNNNN.json`` records a digest of what a shard holds, so a rerun
@@ -55,6 +58,7 @@ import webdataset as wds
 from curate.errors import CurateError
 from curate.io.fsdir import PROCESS_LOCAL, FsDir, is_url, protocols, resolve
 from curate.io.shards import ShardRef, read_members
+from curate.recaption.stage import recaptions_json
 from curate.rewrite.stage import rewrites_json
 from curate.runtime import Progress, RaySession, RunLog
 from curate.sql import ident, literal
@@ -103,6 +107,7 @@ def plan(manifest: Path, score_columns: list[str], samples_per_shard: int,
     src = f"read_parquet({literal(str(manifest))})"
     names = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()}
     has_rw = "rewrites" in names
+    has_syn = "recaptions" in names
     check = ", ".join(c if c in names else f"NULL AS {c}"
                       for c in ("key", "image_sha256", "caption"))
     scores = "".join(f", {ident(c)}" for c in score_columns)
@@ -111,7 +116,7 @@ def plan(manifest: Path, score_columns: list[str], samples_per_shard: int,
     rows = con.execute(f"""
         SELECT {group} AS grp, uid, shard, "index", image_member,
                {"rewrites" if has_rw else "NULL"} AS rewrites, {check}
-               {blur} {scores}
+               {blur}, {"recaptions" if has_syn else "NULL"} AS recaptions {scores}
         FROM {src} WHERE kept
         ORDER BY {ident(split_by) + " NULLS LAST, " if split_by else ""}shard, "index"
     """).fetchall()
@@ -126,7 +131,7 @@ def plan(manifest: Path, score_columns: list[str], samples_per_shard: int,
             chunk = members[n * samples_per_shard:(n + 1) * samples_per_shard]
             items = [{"uid": r[0], "shard": r[1], "index": r[2], "image_member": r[3],
                       "key": r[5], "image_sha256": r[6], "scores": {c: _json_value(v)
-                      for c, v in zip(score_columns, r[9:], strict=True)}}
+                      for c, v in zip(score_columns, r[10:], strict=True)}}
                      for r in chunk]
             for item, r in zip(items, chunk, strict=True):
                 if blur_faces and r[8]:
@@ -137,6 +142,9 @@ def plan(manifest: Path, score_columns: list[str], samples_per_shard: int,
             if has_rw:
                 for item, r in zip(items, chunk, strict=True):
                     item["rewrites"] = rewrites_json(r[4])
+            if has_syn:
+                for item, r in zip(items, chunk, strict=True):
+                    item["recaptions"] = recaptions_json(r[9])
             shards.append(OutputShard(n, items, sub_dir, keep_exif))
     return shards
 
@@ -237,6 +245,9 @@ def write_shard(shard: OutputShard, refs: dict[str, ShardRef], out_dir: str | Pa
                 for rw in item.get("rewrites", ()):
                     if rw["status"] == "ok":
                         sample[f"txt_rw{rw['rewrite']}"] = rw["text"].encode("utf-8")
+                for syn in item.get("recaptions", ()):
+                    if syn["status"] == "ok":
+                        sample[f"txt_syn{syn['syn']}"] = syn["text"].encode("utf-8")
                 sample["json"] = _json_member(m.get("json"), item, blurred, shard.keep_exif)
                 writer.write(sample)
         finally:
@@ -314,6 +325,8 @@ def _json_member(original: bytes | None, item: dict[str, Any],
     meta["scores"] = item["scores"]
     if "rewrites" in item:
         meta["rewrites"] = item["rewrites"]
+    if "recaptions" in item:
+        meta["recaptions"] = item["recaptions"]
     if face_blur is not None:
         meta["face_blur"] = face_blur
     return json.dumps(meta, sort_keys=True, ensure_ascii=False).encode()
