@@ -10,7 +10,9 @@ On the same tar shards and the same (random) weights, in one run:
                 ``decode_threads`` threads ahead of the model, model, commit to a store), what a
                 Ray scoring worker runs per shard.
 
-Prints images/s and the ratios c/a, c/b, and ends with one JSON line. The shards hold real
+Prints images/s, the ratios c/a, c/b and the CPU seconds per image of each (all threads of
+the process; on a busy machine wall-clock rates are shared, CPU time much less), and ends with
+one JSON line. The shards hold real
 photos shipped with scikit-image resized to web sizes (640-1280 px, JPEG q90). The weights are
 random (the released ones are not here); throughput does not depend on the weights.
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import sys
 import tempfile
 import time
@@ -98,19 +101,19 @@ def bench(n: int, batch: int, threads: int, decode_threads: int) -> dict[str, ob
                          for b in images[:batch]]))  # warm-up
 
         # (a) the authors' loop: sequential decode + transforms, then the model.
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for i in range(0, n, batch):
             run(torch.stack([prep(Image.open(io.BytesIO(b)).convert("RGB"))
                              for b in images[i:i + batch]]))
-        recipe = n / (time.perf_counter() - t0)
+        recipe, recipe_cpu = n / (time.perf_counter() - t0), (time.process_time() - c0) / n
 
         # (b) the model alone on pre-decoded tensors.
         xs = [torch.stack([prep(Image.open(io.BytesIO(b)).convert("RGB"))
                            for b in images[i:i + batch]]) for i in range(0, n, batch)]
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for x in xs:
             run(x)
-        forward = n / (time.perf_counter() - t0)
+        forward, forward_cpu = n / (time.perf_counter() - t0), (time.process_time() - c0) / n
         del xs
 
         # (c) the curate stage end to end from the tar shards.
@@ -120,7 +123,7 @@ def bench(n: int, batch: int, threads: int, decode_threads: int) -> dict[str, ob
         reader = reader_fingerprint()
         versions = scorer_versions([stage], reader)
         store = Store(root / "store")
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         done = 0
         for ref in list_shards(str(root / "pool" / "*.tar")):
             task = ShardTask(ref, None, "", True, [versions[0].label])
@@ -128,10 +131,14 @@ def bench(n: int, batch: int, threads: int, decode_threads: int) -> dict[str, ob
             commit(store, result, reader)
             done += result.samples
         pipeline = done / (time.perf_counter() - t0)
+        pipeline_cpu = (time.process_time() - c0) / done
     return {"images": n, "batch": batch, "threads": threads, "decode_threads": decode_threads,
             "recipe_ips": round(recipe, 2), "forward_ips": round(forward, 2),
             "pipeline_ips": round(pipeline, 2), "vs_recipe": round(pipeline / recipe, 3),
-            "vs_forward": round(pipeline / forward, 3)}
+            "vs_forward": round(pipeline / forward, 3),
+            "cpu_s_per_image": {"recipe": round(recipe_cpu, 3), "forward": round(forward_cpu, 3),
+                                "pipeline": round(pipeline_cpu, 3)},
+            "load_average_1min": round(os.getloadavg()[0], 2)}
 
 
 def main() -> None:
@@ -144,7 +151,8 @@ def main() -> None:
     r = bench(args.images, args.batch, args.threads, args.decode_threads)
     print(f"watermark: recipe loop {r['recipe_ips']} img/s, forward {r['forward_ips']} img/s, "
           f"curate stage {r['pipeline_ips']} img/s → c/a {r['vs_recipe']}, "
-          f"c/b {r['vs_forward']}", flush=True)
+          f"c/b {r['vs_forward']}; CPU seconds per image {r['cpu_s_per_image']} "
+          f"(1-min load average {r['load_average_1min']})", flush=True)
     print(json.dumps(r))
 
 
