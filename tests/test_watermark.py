@@ -279,6 +279,19 @@ def test_pipeline_run_through_ray(weights: Path, expected: np.ndarray, tmp_path:
     assert 0 < result.kept < 3, expected[picks]
 
 
+def test_on_a_gpu_the_convolutions_run_without_tf32(weights: Path) -> None:
+    """cuDNN's TF32 (on by default) is off during the forward pass and restored after."""
+    import torch
+
+    stage = scorer(weights)
+    stage._torch = torch
+    stage.device = "cuda"
+    before = torch.backends.cudnn.allow_tf32
+    with stage._fp32():
+        assert torch.backends.cudnn.allow_tf32 is False
+    assert torch.backends.cudnn.allow_tf32 is before
+
+
 @pytest.mark.gpu
 def test_gpu_fp32_matches_cpu(weights: Path, expected: np.ndarray) -> None:
     gpu = scorer(weights, batch_size=4)

@@ -71,7 +71,7 @@ _HINT = ("download LAION's watermark_model_v1.pt where there is a network: curl 
 
 class WatermarkParams(Params):
     path_fields = ("weights",)  # local paths: saved absolute (curate.saved)
-    weights: str = Field(default=DEFAULT_WEIGHTS, validate_default=True,
+    weights: str = Field(default=DEFAULT_WEIGHTS, validate_default=True, min_length=1,
                          description="LAION's watermark_model_v1.pt (a state dict): a local "
                          "path or hf-hub:ORG/REPO/FILE")
     batch_size: int = Field(default=32, gt=0)
