@@ -356,6 +356,18 @@ class Result:
         cols = ", ".join(ident(c) for c in columns) if columns else "*"
         return self.catalog.sql(f"SELECT {cols} FROM manifest").pl()
 
+    def search(self, *, text: str | None = None, image: str | Path | None = None,
+               uid: str | None = None, k: int = 20, column: str = "clip_image_emb",
+               all_rows: bool = False, nprobe: int | None = None) -> polars.DataFrame:
+        """The ``k`` samples of this selection (its kept rows, or every row with
+        ``all_rows``) nearest to a text, an image file or a sample's uid, over the stored
+        embeddings ``column`` (``curate search``, ``curate.audit.search``): rank, score, uid,
+        kept, reason, caption and the manifest's other columns."""
+        from curate.audit.search import search
+
+        return search(self.dir, text=text, image=image, uid=uid, k=k, column=column,
+                      rows="all" if all_rows else "kept", nprobe=nprobe)
+
     def close(self) -> None:
         if self._run is not None:
             self._run.close()

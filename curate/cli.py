@@ -373,6 +373,40 @@ def _cmd_metadata_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_search(args: argparse.Namespace) -> int:
+    from curate.audit.search import run_search, write_html
+
+    outcome = run_search(args.run_or_sel, text=args.text, image=args.image, uid=args.uid,
+                         k=args.k, column=args.column, rows="all" if args.all else None,
+                         index=args.index, memory=args.memory, nprobe=args.nprobe)
+    print(outcome.index.describe())
+    hits = outcome.hits
+    names = ["rank", "score", "uid"] + [c for c in ("kept", "reason") if c in hits.columns] \
+        + ["caption"]
+    rows = [tuple(round(v, 4) if isinstance(v, float) else v for v in r)
+            for r in hits.select(names).iter_rows()]
+    print(f"{outcome.query}: {len(rows)} nearest of {outcome.corpus.location} "
+          f"({outcome.corpus.rows} rows)")
+    print(_table(names, rows))
+    if args.html:
+        print(f"page of thumbnails: {write_html(outcome, args.html)}")
+    return 0
+
+
+def _cmd_export_retrieval(args: argparse.Namespace) -> int:
+    from curate.write.retrieval_export import export_retrieval
+
+    r = export_retrieval(args.run_or_sel, args.out, suffix=args.suffix,
+                         rows="all" if args.all else None, index=args.index,
+                         memory=args.memory)
+    print(f"exported {r.rows} rows ({r.dim}-d image and text embeddings, {r.parts} part"
+          f"{'s' if r.parts != 1 else ''}) to {r.out} in {r.seconds:.1f}s")
+    print(f"  image.index: {r.image_index}")
+    print(f"  text.index:  {r.text_index}")
+    print(f"serve it: clip-retrieval back --indices-paths {r.out / 'indices_paths.json'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="curate", description="Score once, select later: curate image-text pools into "
@@ -528,6 +562,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bigrams", help="one bigram per line")
     p.add_argument("--titles", help="one title per line")
     p.set_defaults(fn=_cmd_metadata_build)
+
+    p = sub.add_parser("search", help="nearest samples of a store's pool or a selection to a "
+                       "text, an image file or a sample (uid), over the stored CLIP embeddings")
+    p.add_argument("run_or_sel", help="a store (holds store.json), a selection, or a run's --out")
+    q = p.add_mutually_exclusive_group(required=True)
+    q.add_argument("--text", help="encoded by the text tower of the CLIP that made the column")
+    q.add_argument("--image", help="an image file, encoded by that CLIP's image tower")
+    q.add_argument("--uid", help="a sample's uid: its stored embedding is the query")
+    p.add_argument("-k", type=int, default=20, help="hits (default %(default)s)")
+    p.add_argument("--column", default="clip_image_emb",
+                   help="embedding column searched (default %(default)s)")
+    p.add_argument("--all", action="store_true",
+                   help="a selection: every row of its manifest, not only the kept ones")
+    p.add_argument("--index", choices=["auto", "exact", "ivfpq"],
+                   help="index kind (default: the stored one, else auto: exact up to 100,000 "
+                   "rows, IVF-PQ beyond)")
+    p.add_argument("--memory", help="memory budget of a new index, e.g. 4G (default 4G)")
+    p.add_argument("--nprobe", type=int, help="IVF lists scanned per query (default 16)")
+    p.add_argument("--html", metavar="OUT.html", help="also write a page of thumbnails")
+    p.set_defaults(fn=_cmd_search)
+
+    p = sub.add_parser("export-retrieval", help="embeddings, metadata and faiss indices in "
+                       "clip-retrieval's layout (img_emb/, text_emb/, metadata/, image.index, "
+                       "text.index), for `clip-retrieval back`")
+    p.add_argument("run_or_sel", help="a store (holds store.json), a selection, or a run's --out")
+    p.add_argument("out", help="the folder to write")
+    p.add_argument("--suffix", default="", help="the clip scorer's column suffix (name: l14 "
+                   "→ --suffix _l14)")
+    p.add_argument("--all", action="store_true",
+                   help="a selection: every row of its manifest, not only the kept ones")
+    p.add_argument("--index", choices=["auto", "exact", "ivfpq"], default="auto")
+    p.add_argument("--memory", default="4G", help="memory budget per index (default %(default)s)")
+    p.set_defaults(fn=_cmd_export_retrieval)
 
     from curate.audit.report import report_command
 
