@@ -100,11 +100,12 @@ def random_weights(path: Path, seed: int = 0) -> Path:
     with torch.no_grad():
         model(calib)
         model.eval()
+        hidden = model.classifier[:5](model.forward_head(model.forward_features(calib),
+                                                         pre_logits=True))
         last = model.classifier[5]
-        diff = model(calib) @ torch.tensor([1.0, -1.0])
+        diff = hidden @ (last.weight[0] - last.weight[1])  # logit 0 - logit 1, without bias
         last.weight.mul_(1.0 / diff.std())
-        last.bias.zero_()
-        shift = (model(calib) @ torch.tensor([1.0, -1.0])).mean()
+        shift = (diff / diff.std()).mean()
         last.bias.copy_(torch.stack([-shift / 2, shift / 2]))
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), path)
