@@ -227,6 +227,16 @@ def test_missing_weights_name_where_to_get_them(tmp_path: Path,
         default.check()
 
 
+def test_without_timm_the_error_says_what_to_install(weights: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "timm", None)  # import timm raises ImportError
+    with pytest.raises(CurateError, match="needs timm") as info:
+        scorer(weights).check()
+    assert "pip install timm" in (info.value.hint or "")
+
+
 def test_a_state_dict_of_another_model_is_a_clear_error(weights: Path, tmp_path: Path) -> None:
     torch, timm, _ = _torch_vision()
     # The likeliest mistake: timm's plain network (one Linear classifier), not the detector.

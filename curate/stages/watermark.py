@@ -95,7 +95,11 @@ def build_model() -> Any:
     from curate.lib.torch_compat import ensure_torchvision
 
     ensure_torchvision()
-    import timm
+    try:
+        import timm
+    except ImportError as exc:
+        raise CurateError("the watermark scorer needs timm",
+                          "pip install timm==1.0.31 (open_clip_torch installs it too)") from exc
     from torch import nn
 
     net = timm.create_model(ARCH, pretrained=False, num_classes=2)
