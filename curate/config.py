@@ -841,7 +841,7 @@ def _check_recaption(cfg: RecaptionConfig, source: str) -> None:
 def _who_makes(column: str) -> str | None:
     for name, cls in sorted(registered("scorer").items()):
         try:
-            outs = cls().outputs()  # type: ignore[attr-defined]
+            outs = cls().output_names()  # type: ignore[attr-defined]
         except Exception:  # noqa: BLE001 - a scorer whose outputs need params
             continue
         if column in outs:

@@ -89,3 +89,21 @@ def test_readme_pipeline_example_validates() -> None:
     block = re.search(r"```yaml\n(name: demo\n.*?)```", text, re.S)
     assert block is not None
     pipeline_from_dict(yaml.safe_load(block.group(1)))
+
+
+def test_missing_column_hint_is_cheap() -> None:
+    """The hint naming the scorer that makes a missing column does not load open_clip (the
+    clip scorer's embedding width would): in a fresh process, no open_clip import."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from curate.config import _who_makes\n"
+            "print(_who_makes('clip_image_emb_l14'))\n"
+            "print('open_clip' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, check=True).stdout.splitlines()
+    assert out == ["None", "False"]  # a suffixed column: no scorer makes it by default
+    out2 = subprocess.run([sys.executable, "-c", code.replace("_l14", "")], capture_output=True,
+                          text=True, timeout=120, check=True).stdout.splitlines()
+    assert out2 == ["scorer 'clip' produces 'clip_image_emb': add it to `score:`", "False"]

@@ -16,17 +16,21 @@ from curate.runner import run
 
 
 @pytest.fixture(scope="module")
-def emb_runs(demo_pool: Path, demo_filter: Path, ray_local: None,
+def emb_runs(demo_pool: Path, demo_filter: Path, demo_yaml_run: Path,
              tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The three pipelines run on the store of the session's demo.yaml run: they score with
+    the same scorers, so nothing is scored again (score once), only selected."""
     root = tmp_path_factory.mktemp("emb")
+    store = demo_yaml_run.parent.parent / "store"
     out = {}
-    for name in ("clipcov", "semdedup", "mode"):  # one run directory: one store, scored once
+    for name in ("clipcov", "semdedup", "mode"):
         text = (REPO / "pipelines" / f"{name}.yaml").read_text().replace(
             "model: demo/filter", f"model: {demo_filter}")
-        (root / f"{name}.yaml").write_text(text)
+        (root / f"{name}.yaml").write_text(f"{text}\nstore: {store}\n")
         p = load_pipeline(root / f"{name}.yaml", {"input": {"shards": str(demo_pool / "*.tar")}})
+        assert p.store == str(store)
         result = run(p, root / "run", progress=False)
-        assert result.shards_resumed == (0 if name == "clipcov" else 8)
+        assert result.shards_resumed == 8
         out[name] = result.dir
     return out
 

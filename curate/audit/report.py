@@ -79,7 +79,9 @@ DROPPED_COLOR = "#c92a2a"
 # Manifest columns that identify a sample rather than score it (and rewrites_ok, which the
 # rewrites section covers).
 IDENTITY_COLUMNS = {"index", "uid", "shard", "key", "image_member", "url", "caption", "status",
-                    "error_stage", "error", "reason", "kept", "duplicate_of", "rewrites_ok"}
+                    "error_stage", "error", "reason", "kept", "duplicate_of", "rewrites_ok",
+                    # perceptual hashes are bit patterns: a histogram of them means nothing
+                    "phash", "dhash", "whash"}
 # Columns naming the sample that a dropped one duplicates (exact_dedup, semdedup, near_dedup).
 ORIGINAL_COLUMNS = ("duplicate_of", "semantic_duplicate_of", "near_duplicate_of")
 

@@ -118,6 +118,11 @@ class Scorer(Stage):
         """Columns this scorer adds, with their Arrow types."""
         raise NotImplementedError
 
+    def output_names(self) -> Sequence[str]:
+        """The names of ``outputs()``. A scorer whose types need a model loaded (e.g. an
+        embedding's width) overrides it, so that naming a column stays cheap (hints)."""
+        return list(self.outputs())
+
     def sidecars(self) -> Sequence[str]:
         """Output columns stored as arrays beside the scorer's Parquet instead of in it
         (embeddings: fixed-size lists of floats → one float16 ``.npy`` per shard in the store,

@@ -125,6 +125,12 @@ class Clip(Scorer):
             out[f"clip_text_emb{self._suffix}"] = emb
         return out
 
+    def output_names(self) -> Sequence[str]:  # without loading open_clip for the width
+        names = [self.score_column]
+        if self.params.mask_text:  # type: ignore[attr-defined]
+            names.append(f"clip_score_masked{self._suffix}")
+        return names + list(self.sidecars())
+
     def sidecars(self) -> Sequence[str]:
         if not self.params.embeddings:  # type: ignore[attr-defined]
             return []
