@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo
 SYSTEM_PACKAGES := fonts-dejavu-core wordnet-base chromium protobuf-compiler libprotobuf-dev
 
-.PHONY: install system-deps demo demo-laclip test lint clean
+.PHONY: install system-deps demo demo-laclip demo-recaption test lint clean
 
 install: $(STAMP)
 
@@ -56,6 +56,20 @@ demo-laclip: $(STAMP)
 	  $(BIN)/curate demo-rewriter $(DEMO_DIR)/rewriter --train-seconds 180
 	$(BIN)/curate run pipelines/laclip.yaml --out $(DEMO_DIR)/laclip
 	$(BIN)/curate query $(DEMO_DIR)/laclip "select m.caption, r.rewrite, r.status, coalesce(r.text, r.reason) as rewrite_or_reason from rewrites r join manifest m using (uid) order by m.shard, m.index, r.rewrite limit 12"
+
+# Synthetic captions from the image (ALIP-style) on the demo pool: trains the demo's CLIP filter
+# network (as `make demo`) and the tiny demo captioner (a BLIP, 200 steps), then runs
+# pipelines/recaption.yaml (two captions per kept image, txt_syn0/txt_syn1 members, ALIP's
+# signals from the stored CLIP embeddings); see docs/recaption.md.
+demo-recaption: $(STAMP)
+	@test -d $(DEMO_DIR)/pool || $(BIN)/curate demo-data $(DEMO_DIR)/pool
+	@test -f $(DEMO_DIR)/filter/open_clip_config.json || { \
+	  $(BIN)/curate demo-data $(DEMO_DIR)/trusted --trusted --seed 1 --shards 2 --per-shard 256 && \
+	  $(BIN)/curate train-filter --data '$(DEMO_DIR)/trusted/*.tar' --out $(DEMO_DIR)/filter --epochs 15; }
+	@test -f $(DEMO_DIR)/captioner/config.json || \
+	  $(BIN)/python -m curate.demo.captioner $(DEMO_DIR)/captioner --steps 200
+	$(BIN)/curate run pipelines/recaption.yaml --out $(DEMO_DIR)/recaption
+	@$(BIN)/python -c "import duckdb; d = '$(DEMO_DIR)/recaption/selections/recaption/'; duckdb.sql(f\"select m.caption as original, r.syn, coalesce(r.text, r.status || ': ' || r.reason) as synthetic_caption, round(r.image_sim, 3) as image_sim, round(r.text_sim, 3) as text_sim from '{d}recaptions.parquet' r join '{d}manifest.parquet' m using (uid) order by m.shard, m.index, r.syn limit 12\").show(max_width=250)"
 
 lint: $(STAMP)
 	$(BIN)/ruff check curate tests benchmarks

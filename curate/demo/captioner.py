@@ -230,3 +230,26 @@ def make_tiny_llava(out: str | Path, *, seed: int = 0, image_size: int = 32,
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
     return out_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m curate.demo.captioner DIR [--steps N] [--seed S]``."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m curate.demo.captioner",
+                                 description="build (and train) the tiny demo captioner")
+    ap.add_argument("out")
+    ap.add_argument("--steps", type=int, default=200, help="training steps (0: random)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    r = make_demo_captioner(args.out, seed=args.seed, max_steps=args.steps)
+    trained = f"trained {r.steps} steps, loss {r.first_loss:.2f} -> {r.last_loss:.2f}" \
+        if r.steps else "random weights"
+    print(f"demo captioner ({r.parameters / 1e6:.2f}M parameters, {trained}) in {r.out}, "
+          f"{r.seconds:.0f}s")
+    print(f"use it with `recaption: {{backend: transformers, model: {r.out}}}`")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

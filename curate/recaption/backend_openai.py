@@ -4,7 +4,9 @@ Each request is one ``/v1/chat/completions`` call whose user message holds the i
 ``image_url`` part with a ``data:`` URL (base64 of the image's bytes as stored, with its MIME
 type sniffed from them) and the prompt as a ``text`` part, the format vLLM serve, TGI, llama.cpp
 server, ``transformers serve`` and hosted APIs take. Concurrency, timeouts, retries with
-backoff, and errors as results are the rewrite backend's (``curate.rewrite.backend_openai``).
+backoff, and errors as results are the rewrite backend's (``curate.rewrite.backend_openai``);
+an answer cut at ``max_tokens`` (``finish_reason: length``) is marked unfinished, as the
+transformers backend marks it.
 """
 
 from __future__ import annotations
@@ -47,3 +49,8 @@ class OpenAICaptionBackend(OpenAIBackend):
                                 "messages": image_message(req.image or b"",
                                                           self.cfg.chat_prompt())}
         return "/chat/completions", body
+
+    def _text(self, choice: dict[str, Any]) -> str:
+        """The caption, with a final newline unless the server cut it at max_tokens."""
+        text = super()._text(choice).split("\n", 1)[0]
+        return text if choice.get("finish_reason") == "length" else text + "\n"

@@ -13,8 +13,10 @@ still has it). Two prompt formats:
 ``auto`` picks ``chat`` when the processor has a chat template. One ``generate`` call per
 batch; sampling is the rewrite backend's ``SeededSampler`` (each row drawn from its own seeded
 generator), so a caption depends on its seed and image, not on its batch. A row stops at a
-newline or an end-of-sequence token. The caption is the generated text: decoder-only models'
-prompt tokens are cut off, and an encoder-decoder's output loses the prompt it starts with.
+newline or an end-of-sequence token; a completion that ended so carries a final newline, one
+cut at ``max_tokens`` does not (``unfinished``). The caption is the generated text:
+decoder-only models' prompt tokens are cut off, and an encoder-decoder's output loses the
+prompt it starts with.
 An image that does not decode (or has more than ``max_pixels`` pixels) is an error result for
 that request alone.
 """
@@ -176,8 +178,11 @@ class TransformersCaptionBackend(Backend):
                                       num_beams=1, **extra,
                                       logits_processor=LogitsProcessorList([sampler]))
         texts = self._decode(ids, enc.get("input_ids"), prompt)
-        for i, t in zip(good, texts, strict=True):
-            out[i] = GenResult(text=t)
+        # A row that ended (end of sequence or newline) is marked by a final newline; one cut
+        # at max_tokens is not (the driver rejects it as unfinished).
+        ended = sampler.done.tolist()
+        for i, t, e in zip(good, texts, ended, strict=True):
+            out[i] = GenResult(text=t.split("\n", 1)[0] + ("\n" if e else ""))
         return out
 
     def _decode(self, ids: Any, input_ids: Any, prompt: str | None) -> list[str]:

@@ -25,4 +25,12 @@ class VLLMCaptionBackend(VLLMBackend):
         conversations: list[Any] = [image_message(r.image or b"", self.cfg.chat_prompt())
                                     for r in requests]
         outs = self.llm.chat(conversations, sampling_params=params, use_tqdm=False)
-        return [GenResult(text=o.outputs[0].text if o.outputs else "") for o in outs]
+        results = []
+        for o in outs:
+            if not o.outputs:
+                results.append(GenResult(text=""))
+                continue
+            first = o.outputs[0]  # a final newline marks a caption that ended (not cut)
+            end = "" if getattr(first, "finish_reason", None) == "length" else "\n"
+            results.append(GenResult(text=first.text.split("\n", 1)[0] + end))
+        return results

@@ -11,7 +11,8 @@
       prompt_format: auto          # auto (chat with a chat template, else plain) | plain | chat
       sampling: {temperature: 0.7, top_p: 0.9, max_tokens: 40}
       max_attempts: 3              # a rejected caption is asked again up to this many times
-      validation: {min_words: 3, max_words: 60, min_known_words: 0.5, require_english: true}
+      validation: {min_words: 3, max_words: 60, min_known_words: 0.5, require_english: true,
+                   require_finished: true}
       clip: clip                   # the stored clip scorer whose embeddings give ALIP's signals
                                    # (auto: the store's only clip scorer; null: none)
       openai: {base_url: "http://127.0.0.1:8000/v1", concurrency: 16, timeout: 60}
@@ -42,6 +43,7 @@ class CaptionValidation(Params):
     max_words: int = Field(default=60, gt=0)
     min_known_words: float = Field(default=0.5, ge=0, le=1)  # share of real words (0: off)
     require_english: bool = True  # the caption must be English (fasttext)
+    require_finished: bool = True  # a caption cut at max_tokens is rejected (unfinished)
 
 
 class RecaptionConfig(Params):

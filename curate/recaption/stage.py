@@ -13,7 +13,8 @@ selection of the same store) generates nothing it has. The driver is the rewrite
    the stored ``image_sha256`` (an image that changed after scoring stops the run, as the
    output writer does), then sends them in batches to the backend's workers;
 3. keeps the completion's first line and validates it (``caption_rejection``); a rejected
-   caption is asked again with the next seed up to ``max_attempts``, then recorded as
+   caption (``unfinished`` too: one cut at ``max_tokens``) is asked again with the next seed
+   up to ``max_attempts``, then recorded as
    ``rejected`` with its reason; a backend error (an image that does not decode included) is
    ``error`` and is not cached;
 4. computes ALIP's consistency signals when the store has a clip scorer with embeddings
@@ -184,6 +185,8 @@ class _Job:
         why = caption_rejection(text, self.cfg.prompt, min_words=v.min_words,
                                 max_words=v.max_words, min_known_words=v.min_known_words,
                                 lang_of=self.lang_of if v.require_english else None)
+        if why is None and v.require_finished and "\n" not in completion:
+            why = "unfinished"  # cut at max_tokens: the model had not ended the caption
         if why is None:
             s.status, s.text, s.reason = STATUS_OK, text, None
             return True

@@ -48,6 +48,10 @@ class OpenAIBackend(Backend):
         body["stop"] = ["\n"]
         return "/completions", body
 
+    def _text(self, choice: dict[str, Any]) -> str:
+        text = choice["message"]["content"] if "message" in choice else choice["text"]
+        return text if isinstance(text, str) else ""
+
     async def _one(self, client: Any, sem: asyncio.Semaphore, req: GenRequest) -> GenResult:
         import httpx
 
@@ -73,11 +77,11 @@ class OpenAIBackend(Backend):
                 return GenResult(None, f"HTTP {r.status_code}: {r.text[:200]}")
             try:
                 choice = r.json()["choices"][0]
-                text = choice["message"]["content"] if "message" in choice else choice["text"]
+                text = self._text(choice)
             except (ValueError, KeyError, IndexError, TypeError) as exc:
                 return GenResult(None, f"unexpected answer ({type(exc).__name__}): "
                                        f"{r.text[:200]}")
-            return GenResult(text if isinstance(text, str) else "")
+            return GenResult(text)
         return GenResult(None, f"{error} ({opts.retries + 1} attempts)")
 
     async def _all(self, requests: list[GenRequest]) -> list[GenResult]:
