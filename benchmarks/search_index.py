@@ -1,8 +1,9 @@
 """Search indices at scale: exact (IndexFlatIP, the baseline) against IVF-PQ at a memory budget.
 
-Generates N unit vectors (default 1M × 512, float32) around ``--clusters`` centres, so that
-nearest neighbours are meaningful, and ``--queries`` held-out queries from the same
-distribution. Then, in one run, with ``curate.audit.knn_index`` (what ``curate search``
+Generates N unit vectors (default 1M × 512, float32) in two levels of clusters
+(``--clusters`` centres, ``SUBS`` sub-centres each: ~10 points per sub-centre at 1M), so that
+the 10 nearest neighbours are a query's near copies, and ``--queries`` held-out queries from
+the same distribution. Then, in one run, with ``curate.audit.knn_index`` (what ``curate search``
 builds):
 
   exact:   build time, index size, query time per query (one at a time) and per query in a
@@ -37,7 +38,10 @@ from curate.audit.knn_index import (
 )
 from curate.audit.search import RERANK
 
-NOISE = 0.7  # noise norm per point (centres have norm 1): same-cluster cosines ~0.67
+SUBS = 100  # sub-centres per centre
+SUB_NOISE = 0.6  # norm of a sub-centre's offset from its centre (centres have norm 1)
+NOISE = 0.3  # norm of a point's offset from its sub-centre: cosines ~0.94 within a
+# sub-centre, ~0.69 across sub-centres of a centre, ~0 across centres
 
 
 def peak_gib() -> float:
@@ -46,18 +50,22 @@ def peak_gib() -> float:
 
 def synthetic(n: int, d: int, clusters: int, queries: int, seed: int,
               ) -> tuple[np.ndarray, np.ndarray]:
-    """(data, queries), unit float32: points are a centre plus Gaussian noise."""
+    """(data, queries), unit float32, in two levels as a web pool is (concepts, and near
+    copies of one picture within a concept): a point is a sub-centre plus noise, a sub-centre
+    a centre plus noise (``SUBS`` per centre)."""
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((clusters, d), dtype=np.float32)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    subs = np.repeat(centres, SUBS, axis=0) + SUB_NOISE * rng.standard_normal(
+        (clusters * SUBS, d), dtype=np.float32) / math.sqrt(d)
 
     def draw(m: int) -> np.ndarray:
         out = np.empty((m, d), dtype=np.float32)
         for a in range(0, m, 65536):
             b = min(m, a + 65536)
-            c = rng.integers(0, clusters, size=b - a)
-            out[a:b] = centres[c] + NOISE * rng.standard_normal((b - a, d),
-                                                                dtype=np.float32) / math.sqrt(d)
+            c = rng.integers(0, len(subs), size=b - a)
+            out[a:b] = subs[c] + NOISE * rng.standard_normal((b - a, d),
+                                                             dtype=np.float32) / math.sqrt(d)
             out[a:b] /= np.linalg.norm(out[a:b], axis=1, keepdims=True)
         return out
 

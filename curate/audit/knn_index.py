@@ -230,6 +230,7 @@ def build_index(source: VectorSource, plan: IndexPlan,
         ivf.do_polysemous_training = False
         index.train(train)  # faiss' k-means seeds are fixed: same rows, same index
         del train
+        ivf.nprobe = DEFAULT_NPROBE  # saved with it: what a reader that sets none scans
     done = 0
     for block in source.chunks(CHUNK_ROWS):
         index.add(np.ascontiguousarray(block, dtype=np.float32))
