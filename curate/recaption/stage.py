@@ -220,6 +220,9 @@ def recaption_kept(cfg: RecaptionConfig, run_dir: Path, refs: list[ShardRef], *,
 
     t0 = time.perf_counter()
     emit = event or (lambda *_a, **_k: None)
+    if cfg.backend != "openai" and Path(cfg.model).is_dir():
+        # A local model is resolved here, on the driver: workers may run in another directory.
+        cfg = cfg.model_copy(update={"model": str(Path(cfg.model).resolve())})
     signals = ClipSignals.find(cfg.clip, source)  # a wrong clip label fails before any work
     rows = _kept_rows(run_dir / "manifest.parquet")
     cache_path = cache if cache is not None else (
