@@ -39,8 +39,8 @@ def test_export_layout_loads_with_faiss(tmp_path: Path) -> None:
     te = np.load(out / "text_emb" / "text_emb_0.npy")
     meta = pq.read_table(out / "metadata" / "metadata_0.parquet")
     assert ie.dtype == te.dtype == np.float16 and ie.shape == te.shape == (n, d)
-    assert meta.num_rows == n and {"uid", "caption", "url", "shard", "key", "index",
-                                   "clip_score"} <= set(meta.column_names)
+    assert meta.num_rows == n and {"uid", "caption", "url", "shard", "key",
+                                   "index"} <= set(meta.column_names)
     # row i of the embeddings is the stored embedding of metadata row i
     shards, index = meta.column("shard").to_pylist(), meta.column("index").to_pylist()
     np.testing.assert_allclose(ie.astype(np.float32), _stored(
@@ -80,8 +80,8 @@ def test_export_of_a_selection_with_ivfpq(demo_yaml_run: Path, tmp_path: Path) -
     assert image.ntotal == len(kept_uids)
     ie = np.load(out / "img_emb" / "img_emb_0.npy").astype(np.float32)
     faiss.extract_index_ivf(image).nprobe = 64
-    _, ids = image.search(ie[:20], 1)
-    assert (ids[:, 0] == np.arange(20)).mean() >= 0.9
+    _, ids = image.search(ie[:20], 5)  # approximate: each row among its own 5 nearest
+    assert np.mean([i in row for i, row in enumerate(ids)]) >= 0.9
 
 
 @pytest.mark.parametrize(("parts", "first", "last"), [(1, "0", "0"), (5, "0", "4"),
