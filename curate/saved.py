@@ -6,12 +6,12 @@ the selection can be audited, diffed and run again from any directory (a noteboo
 ``notebooks/``). ``absolute_paths`` rewrites, in the parsed YAML:
 
 * ``input.shards`` (a pattern or a list), ``input.urls``, ``store``, ``output.dir``,
-  ``metadata.parquet``, ``rewrite.cache`` and ``rewrite.examples_file``: local relative paths
-  always (they may not exist yet);
-* ``rewrite.model``, ``imports`` entries and every stage parameter that its ``Params`` lists in
-  ``path_fields`` (e.g. ``clip``'s ``model``, ``centroid_target``'s ``targets``), and preset
-  parameters that the preset passes to such a parameter: when the path exists, since these may
-  also be names (``ViT-B-32``, a hub model, a module).
+  ``metadata.parquet``, ``rewrite.cache``, ``rewrite.examples_file`` and ``recaption.cache``:
+  local relative paths always (they may not exist yet);
+* ``rewrite.model``, ``recaption.model``, ``imports`` entries and every stage parameter that
+  its ``Params`` lists in ``path_fields`` (e.g. ``clip``'s ``model``, ``centroid_target``'s
+  ``targets``), and preset parameters that the preset passes to such a parameter: when the
+  path exists, since these may also be names (``ViT-B-32``, a hub model, a module).
 
 URLs (``s3://...``, ``hf-hub:...``), absolute paths and ``~/...`` are left as they are, and so is
 everything else (columns, SQL, reasons). ``saved_selection`` loads the selection steps back and
@@ -31,7 +31,8 @@ SAVED = "pipeline.yaml"
 # A URL or an open_clip-style prefix ("hf-hub:", "local-dir:" is handled below): not a path.
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 _ALWAYS = (("input", "shards"), ("input", "urls"), (None, "store"), ("output", "dir"),
-           ("metadata", "parquet"), ("rewrite", "cache"), ("rewrite", "examples_file"))
+           ("metadata", "parquet"), ("rewrite", "cache"), ("rewrite", "examples_file"),
+           ("recaption", "cache"))
 
 
 def absolute_paths(raw: dict[str, Any], base: str | Path | None = None) -> dict[str, Any]:
@@ -43,10 +44,11 @@ def absolute_paths(raw: dict[str, Any], base: str | Path | None = None) -> dict[
         holder = out if section is None else out.get(section)
         if isinstance(holder, dict) and key in holder:
             holder[key] = _each(holder[key], lambda v: _absolute(v, base, must_exist=False))
-    rewrite = out.get("rewrite")
-    if isinstance(rewrite, dict) and isinstance(rewrite.get("model"), str) and \
-            rewrite.get("backend") != "openai":
-        rewrite["model"] = _absolute(rewrite["model"], base, must_exist=True)
+    for step in ("rewrite", "recaption"):  # a model directory, unless a served model's name
+        gen = out.get(step)
+        if isinstance(gen, dict) and isinstance(gen.get("model"), str) and \
+                gen.get("backend") != "openai":
+            gen["model"] = _absolute(gen["model"], base, must_exist=True)
     if isinstance(out.get("imports"), list):
         out["imports"] = [_absolute(v, base, must_exist=True) if isinstance(v, str) else v
                           for v in out["imports"]]

@@ -92,4 +92,9 @@ def test_absolute_paths_rewrites_only_paths(tmp_path: Path) -> None:
                               "cache": f"{t}/cache.sqlite", "examples_file": f"{t}/ex.yaml"}
     hub = absolute_paths({"rewrite": {"backend": "transformers", "model": "org/llm"}}, tmp_path)
     assert hub["rewrite"]["model"] == "org/llm"  # a hub name: no such directory here
+    rc = absolute_paths({"recaption": {"backend": "transformers", "model": "rw",
+                                       "cache": "c.sqlite"}}, tmp_path)["recaption"]
+    assert rc == {"backend": "transformers", "model": f"{t}/rw", "cache": f"{t}/c.sqlite"}
+    served = absolute_paths({"recaption": {"backend": "openai", "model": "rw"}}, tmp_path)
+    assert served["recaption"]["model"] == "rw"  # the name a server knows it by
     assert raw["store"] == "runs/store"  # the input is not modified
