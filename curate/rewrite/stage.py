@@ -169,6 +169,10 @@ def rewrite_kept(cfg: RewriteConfig, run_dir: Path, *, max_retries: int = 2,
     store shares it), else ``rewrite.cache``, else ``run_dir/rewrite_cache.sqlite``."""
     t0 = time.perf_counter()
     emit = event or (lambda *_a, **_k: None)
+    if cfg.backend != "openai" and Path(cfg.model).is_dir():
+        # A local model is made absolute here, on the driver: workers may run in another
+        # directory (a Ray started before the driver changed directory, or another node).
+        cfg = cfg.model_copy(update={"model": str(Path(cfg.model).absolute())})
     manifest = run_dir / "manifest.parquet"
     rows = _kept_rows(manifest)
     cache_path = cache if cache is not None else (
