@@ -174,7 +174,7 @@ class Pipeline:
     def __init__(self, *, input: Any, score: Sequence[Any], select: Iterable[Any] = (),
                  name: str = "pipeline", description: str | None = None,
                  store: str | Path | None = None, output: Any = None, run: Any = None,
-                 rewrite: Any = None, metadata: Any = None,
+                 rewrite: Any = None, recaption: Any = None, metadata: Any = None,
                  imports: Sequence[str | Path] = ()) -> None:
         data: dict[str, Any] = {"name": name}
         if description is not None:
@@ -188,7 +188,8 @@ class Pipeline:
             data["metadata"] = _section(metadata)
         data["score"] = [_score_item(s) for s in score]
         data["select"] = [_select_item(s) for s in select]
-        for key, value in (("output", output), ("run", run), ("rewrite", rewrite)):
+        for key, value in (("output", output), ("run", run), ("rewrite", rewrite),
+                           ("recaption", recaption)):
             if value is not None:
                 data[key] = _section(value)
         self.config: PipelineConfig = pipeline_from_dict(data, source=f"<python: {name}>")
@@ -248,7 +249,7 @@ class Pipeline:
             sections["score"] = [_score_item(s) for s in sections["score"]]
         if "select" in sections:
             sections["select"] = [_select_item(s) for s in sections["select"]]
-        for key in ("output", "run", "rewrite", "metadata"):
+        for key in ("output", "run", "rewrite", "recaption", "metadata"):
             if key in sections and sections[key] is not None:
                 sections[key] = _section(sections[key])
         data.update({k: (str(v) if isinstance(v, Path) else v) for k, v in sections.items()})

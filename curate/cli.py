@@ -85,6 +85,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     _print_funnel(result.samples, result.funnel, result.kept)
     if result.rewrite is not None:
         _print_rewrites(result.rewrite)
+    if result.recaption is not None:
+        _print_recaptions(result.recaption)
     _print_where(result.dir, result.output_dir, result.output_shards)
     return 0
 
@@ -138,6 +140,8 @@ def _cmd_select(args: argparse.Namespace) -> int:
     _print_funnel(result.samples, result.funnel, result.kept)
     if result.rewrite is not None:
         _print_rewrites(result.rewrite)
+    if result.recaption is not None:
+        _print_recaptions(result.recaption)
     _print_where(result.dir, result.output_dir, result.output_shards)
     return 0
 
@@ -184,6 +188,19 @@ def _print_rewrites(rw: dict[str, Any]) -> None:
         print("  not ok: " + ", ".join(f"{k} {v}" for k, v in rw["reasons"].items()))
     speed = f" at {rw['generated_per_s']:.1f} captions/s" if rw["generated"] else ""
     print(f"  generated {rw['generated']}{speed}, {rw['cache_hits']} from the cache")
+
+
+def _print_recaptions(rc: dict[str, Any]) -> None:
+    print(f"synthetic captions: {rc['requested']} asked for {rc['images']} kept images: "
+          f"{rc['ok']} ok, {rc['rejected']} rejected, {rc['errors']} backend errors, "
+          f"{rc['skipped']} skipped")
+    if rc["reasons"]:
+        print("  not ok: " + ", ".join(f"{k} {v}" for k, v in rc["reasons"].items()))
+    speed = f" at {rc['generated_per_s']:.1f} captions/s" if rc["generated"] else ""
+    print(f"  generated {rc['generated']}{speed}, {rc['cache_hits']} from the cache")
+    signals = (f"from the stored embeddings of {rc['signals']}" if rc.get("signals") else
+               "not computed (no clip scorer with stored embeddings)")
+    print(f"  syn_image_sim, syn_text_sim: {signals}")
 
 
 def _cmd_diff(args: argparse.Namespace) -> int:
@@ -246,6 +263,8 @@ def _cmd_stats(args: argparse.Namespace) -> int:
                   stats["kept"])
     if "rewrite" in stats:
         _print_rewrites(stats["rewrite"])
+    if "recaption" in stats:
+        _print_recaptions(stats["recaption"])
     print("\nstage           samples   errors   seconds")
     for name, c in stats["stages"].items():
         print(f"{name:<14}{c['samples']:>9}{c['errors']:>9}{c['seconds']:>10.2f}")

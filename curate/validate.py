@@ -10,7 +10,8 @@ changed are counted: a run hashes them first, and rescores them only when their 
 (the plan counts them as unchanged). Each scorer that would compute runs its ``check()`` (model
 weights that cannot be had fail here, as they would at the start of the run). Then the
 selection steps in order (the rule's SQL, a selector's reasons), the selection and output
-directories, and the rewrite are listed. A URL list is not downloaded: its rows are counted.
+directories, the rewrite and the recaption are listed. A URL list is not downloaded: its rows
+are counted.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ class DryRun:
     selection_dir: str
     output: str
     rewrite: str | None
+    recaption: str | None = None
     checked: list[str] = field(default_factory=list)  # scorers whose check() ran
 
     @property
@@ -108,6 +110,8 @@ class DryRun:
         lines.append(f"output: {self.output}")
         if self.rewrite:
             lines.append(f"rewrite: {self.rewrite}")
+        if self.recaption:
+            lines.append(f"recaption: {self.recaption}")
         if self.shards is None:
             lines.append("Ray: not started (a run downloads the URL list, then scores)")
         elif self.todo:
@@ -190,11 +194,20 @@ def dry_run(pipeline: Pipeline, store: str | Path, selection_dir: str | Path) ->
     if pipeline.rewrite is not None:
         rw = pipeline.rewrite
         rewrite = f"{rw.rewrites} rewrites per kept caption by {rw.backend} {rw.model}"
+    recaption = None
+    if pipeline.recaption is not None:
+        rc = pipeline.recaption
+        signals = ("no ALIP signals" if rc.clip is None else
+                   "ALIP signals from the stored embeddings of " +
+                   ("the clip scorer" if rc.clip == "auto" else rc.clip))
+        recaption = (f"{rc.captions} synthetic caption{'s' if rc.captions > 1 else ''} per kept "
+                     f"image by {rc.backend} {rc.model}, {signals}")
     return DryRun(pipeline=pipeline.name, source=pipeline.source, input=input_text,
                   shards=len(refs) if pipeline.input.shards is not None else None,
                   store=st.location, store_exists=exists, scorers=rows,
                   stamp_changed=sorted(r.shard_id for r in rehash), new_shards=new,
                   steps=steps, selection_dir=str(sel_dir), output=output, rewrite=rewrite,
+                  recaption=recaption,
                   checked=checked)
 
 

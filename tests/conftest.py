@@ -12,6 +12,23 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def doc_query_examples() -> list[tuple[str, str]]:
+    """(document, SQL) of each `curate query DIR "SQL"` in README.md and docs/*.md
+    (placeholders such as "SQL" or "..." are not examples)."""
+    import re
+
+    examples = []
+    for doc in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        for _, sql in re.findall(r"curate query (\S+) \"([^\"]+)\"", doc.read_text()):
+            if sql.strip().lower().startswith(("select", "describe", "with", "from")):
+                examples.append((doc.name, sql))
+    return examples
+
+
+# Examples over views that only some selections have, run by the tests that make one.
+OPTIONAL_VIEW_EXAMPLES = {"recaptions": "tests/test_recaption_stage.py"}
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")

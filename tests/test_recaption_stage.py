@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import yaml
 from clipfixtures import random_clip_dir
-from conftest import REPO
+from conftest import REPO, doc_query_examples
 
 from curate.config import ConfigError, load_pipeline, pipeline_from_dict
 from curate.rewrite.validate import caption_rejection
@@ -248,34 +248,84 @@ def test_recaption_config_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no directory"):
         pipeline_from_dict({**base, "recaption": {"backend": "transformers",
                                                    "model": str(tmp_path / "missing")}})
+    # the Python API takes the same section, and `replace` swaps it
+    import curate
+
+    api = curate.Pipeline(input=base["input"]["shards"], score=base["score"],
+                          select=base["select"],
+                          recaption={"backend": "openai", "model": "served", "captions": 3})
+    assert api.config.recaption is not None and api.config.recaption.captions == 3
+    assert api.to_dict()["recaption"] == {"backend": "openai", "model": "served", "captions": 3}
+    other = api.replace(recaption={"backend": "openai", "model": "other"})
+    assert other.config.recaption is not None and other.config.recaption.model == "other"
+    assert "recaption: 3 synthetic captions per kept image by openai served, ALIP signals " \
+        "from the stored embeddings of the clip scorer" in api.plan(out=tmp_path / "r").format()
 
 
 def test_recaption_yaml_as_make_demo_recaption_runs_it(demo_pool: Path, demo_filter: Path,
                                                       trained_captioner: Path, ray_local: None,
-                                                      tmp_path: Path) -> None:
+                                                      tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
     """pipelines/recaption.yaml itself, with its relative paths, from a directory holding
-    demo/pool, demo/filter and demo/captioner (links to the session's): the trained captioner
-    and the trained filter network's embeddings give matched captions a higher image
-    similarity than the same captions paired with other images."""
+    demo/pool, demo/filter and demo/captioner (links to the session's), by `curate validate`
+    and `curate run` as `make demo-recaption` runs it: the trained captioner and the trained
+    filter network's embeddings give matched captions a higher image similarity than the same
+    captions paired with other images; the run's summary, `curate stats`, the catalogue's
+    `recaptions` view and the report all show the synthetic captions."""
+    import html as html_mod
     import os
+
+    from curate.audit.catalog import open_run
+    from curate.audit.report import write_report
+    from curate.cli import main
 
     (tmp_path / "demo").mkdir()
     for name, target in (("pool", demo_pool), ("filter", demo_filter),
                          ("captioner", trained_captioner)):
         (tmp_path / "demo" / name).symlink_to(target, target_is_directory=True)
+    yaml_path = str(REPO / "pipelines" / "recaption.yaml")
+    sel = tmp_path / "demo" / "recaption" / "selections" / "recaption"
     before = os.getcwd()
     os.chdir(tmp_path)
     try:
-        p = load_pipeline(REPO / "pipelines" / "recaption.yaml",
-                          {"input": {"shards": "demo/pool/0000[01].tar"}})
+        p = load_pipeline(yaml_path)
         assert p.recaption is not None and p.recaption.captions == 2
-        result = run(p, "demo/recaption", progress=False)
+        assert main(["validate", yaml_path]) == 0
+        plan = capsys.readouterr().out
+        assert main(["run", yaml_path, "--input", "demo/pool/0000[01].tar", "--out",
+                     "demo/recaption", "--no-progress"]) == 0
+        printed = capsys.readouterr().out
+        assert main(["stats", str(sel)]) == 0
+        stats_out = capsys.readouterr().out
+        examples = [sql for _, sql in doc_query_examples() if "recaptions" in sql]
+        assert examples  # docs/recaption.md's, which tests/test_cli.py leaves to this test
+        for sql in examples:
+            assert main(["query", str(sel), sql, "--format", "csv"]) == 0, sql
+            assert len(capsys.readouterr().out.splitlines()) >= 2, sql  # header + a row
     finally:
         os.chdir(before)
-    rc = result.recaption
+    assert ("recaption: 2 synthetic captions per kept image by transformers demo/captioner, "
+            "ALIP signals from the stored embeddings of clip") in plan
+    rc = json.loads((sel / "stats.json").read_text())["recaption"]
+    line = (f"synthetic captions: {rc['requested']} asked for {rc['images']} kept images: "
+            f"{rc['ok']} ok, {rc['rejected']} rejected, {rc['errors']} backend errors, "
+            f"{rc['skipped']} skipped")
+    assert line in printed and line in stats_out
+    assert "syn_image_sim, syn_text_sim: from the stored embeddings of clip" in printed
+    cat = open_run(sel)
+    try:
+        assert cat.sql("SELECT count(*) FILTER (WHERE status = 'ok'), count(*) "
+                       "FROM recaptions").fetchall() == [(rc["ok"], rc["requested"])]
+    finally:
+        cat.close()
+    page = write_report(sel).read_text()
+    assert "<h2>Synthetic captions</h2>" in page and "syn_image_sim" in page
+    first = duckdb.sql(f"""SELECT text FROM read_parquet('{sel / 'recaptions.parquet'}')
+                           WHERE status = 'ok' ORDER BY uid, syn LIMIT 1""").fetchall()[0][0]
+    assert html_mod.escape(first) in page  # the first example, beside its image
     assert rc["errors"] == 0 and rc["signals"] == "clip" and rc["ok"] > 0.5 * rc["requested"]
     con = duckdb.connect()
-    d = result.dir
+    d = sel
     # pair each caption with the next sample's image embedding: a wrong image scores lower
     from curate.recaption.signals import ClipTextEncoder
     from curate.store.store import Store

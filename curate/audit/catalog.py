@@ -16,6 +16,9 @@ funnel     step, stage, reason, dropped, remaining: the selection funnel in orde
 stages     per scorer: samples, errors, skipped, seconds (summed over the pool's shards)
 rewrites   (selections with ``rewrite:``) one row per kept sample and rewrite: text, status,
            reason, attempts, seed, example_ids, model, backend, prompt_format, sampling
+recaptions (selections with ``recaption:``) one row per kept sample and synthetic caption: syn,
+           text, status, reason, attempts, seed, image_sim, text_sim, image_sha256, model,
+           backend, prompt, prompt_format, sampling
 entry_counts (selections with ``metaclip_balance``) per metadata entry: entry_id, entry,
            count_before, count_after, p
 ========== ==========================================================================
@@ -57,6 +60,7 @@ VIEWS: dict[str, str] = {
 # Views over files only some runs have: name -> (file, SQL).
 OPTIONAL_VIEWS: dict[str, tuple[str, str]] = {
     "rewrites": ("rewrites.parquet", "SELECT * FROM read_parquet('rewrites.parquet')"),
+    "recaptions": ("recaptions.parquet", "SELECT * FROM read_parquet('recaptions.parquet')"),
     "entry_counts": ("entry_counts.parquet",
                      "SELECT * FROM read_parquet('entry_counts.parquet')"),
 }

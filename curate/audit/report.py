@@ -4,7 +4,8 @@ The page (``SEL/report/index.html``) shows the selection's configuration and tim
 selection funnel, the score distributions of kept and dropped samples with the rule thresholds,
 for each ``threshold`` rule the curve of how many samples would be kept as its threshold moves
 (the chosen one marked), languages and caption lengths, selector reports (MetaCLIP's
-entry-count curve), caption rewrites, the input shards that failed, were truncated or had
+entry-count curve), caption rewrites, synthetic captions (status, ALIP's signals, examples
+beside their image), the input shards that failed, were truncated or had
 sample errors, and a gallery of kept and dropped samples. Every drop reason, and the kept
 samples, also get their own gallery in ``SEL/report/gallery/``: pages of ``per_page``
 thumbnails, at most ``max_pages`` pages each (the first samples by uid; the page says how many
@@ -76,10 +77,11 @@ FONT = 10
 TITLE_FONT = 12
 KEPT_COLOR = "#2b8a3e"
 DROPPED_COLOR = "#c92a2a"
-# Manifest columns that identify a sample rather than score it (and rewrites_ok, which the
-# rewrites section covers).
+# Manifest columns that identify a sample rather than score it (and rewrites_ok and
+# recaptions_ok, which the rewrites and synthetic captions sections cover).
 IDENTITY_COLUMNS = {"index", "uid", "shard", "key", "image_member", "url", "caption", "status",
                     "error_stage", "error", "reason", "kept", "duplicate_of", "rewrites_ok",
+                    "recaptions_ok",
                     # perceptual hashes are bit patterns: a histogram of them means nothing
                     "phash", "dhash", "whash"}
 # Columns naming the sample that a dropped one duplicates (exact_dedup, semdedup, near_dedup).
@@ -153,6 +155,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, gallery: in
     page.sections.append(_captions(page, data))
     page.sections.append(_selector_reports(run))
     page.sections.append(_rewrites(run, data))
+    page.sections.append(_recaptions(run, data))
     page.sections.append(_shard_problems(run, data))
     page.sections.append(_gallery_index(gal, per_page, max_pages))
     page.sections.append(_gallery(gal))
@@ -521,6 +524,80 @@ def _rewrites(run: Path, d: _RunData) -> str:
     return ("<section><h2>Caption rewrites</h2><p>LLM rewrites of the kept captions "
             "(<code>rewrites.parquet</code>); the original caption is always kept.</p>"
             f"<div class='split'>{counts}{why}</div><h3>Examples</h3>{examples}</section>")
+
+
+def _recaptions(run: Path, d: _RunData) -> str:
+    """The synthetic captions (``recaptions.parquet``): how many are ok and why the others are
+    not, the distributions of ALIP's signals over the accepted ones, and a few kept images with
+    their original and synthetic captions."""
+    from curate.sql import literal
+
+    path = run / "recaptions.parquet"
+    if not path.is_file():
+        return ""
+    con = d.con
+    con.execute(f"CREATE OR REPLACE VIEW recaptions AS SELECT * FROM read_parquet("
+                f"{literal(str(path))})")
+    status = con.sql("SELECT coalesce(status, 'None'), count(*) AS n FROM recaptions "
+                     "GROUP BY 1 ORDER BY n DESC, 1").fetchall()
+    reasons = con.sql("""
+        SELECT reason, count(*) AS n FROM recaptions
+        WHERE status IS DISTINCT FROM 'ok' AND coalesce(reason, '') <> ''
+        GROUP BY 1 ORDER BY n DESC, 1 LIMIT 8""").fetchall()
+    total = sum(int(n) for _, n in status)
+    counts = _table(["status", "captions", "share"],
+                    [[str(st), f"{int(n):,}", _pct(int(n), total)] for st, n in status],
+                    numeric=(1, 2))
+    why = _table(["not ok because", "captions"],
+                 [[str(r), f"{int(n):,}"] for r, n in reasons], numeric=(1,)) if reasons else ""
+    model = con.sql("SELECT any_value(model), any_value(backend) FROM recaptions").fetchall()[0]
+    signals = ""
+    sims = con.sql("""SELECT count(image_sim), avg(image_sim), quantile_cont(image_sim, 0.5),
+                             count(text_sim), avg(text_sim), quantile_cont(text_sim, 0.5)
+                      FROM recaptions WHERE status = 'ok'""").fetchall()[0]
+    if sims[0] or sims[3]:
+        rows = [[name, f"{int(n):,}", _fmt(mean), _fmt(median)]
+                for name, n, mean, median in (("image · synthetic (syn_image_sim)", *sims[:3]),
+                                              ("raw text · synthetic (syn_text_sim)", *sims[3:]))
+                if n]
+        table = _table(["CLIP cosine similarity", "captions", "mean", "median"], rows,
+                       numeric=(1, 2, 3))
+        signals = ("<h3>ALIP's consistency signals</h3><p>CLIP similarity of each accepted "
+                   "synthetic caption with its image and with the raw caption, from the stored "
+                   "embeddings of the clip scorer. The manifest's <code>syn_image_sim</code> and "
+                   "<code>syn_text_sim</code> average them per sample; their histograms are "
+                   "with the other scores.</p>"
+                   f"<div class='split'>{table}</div>")
+    picked = con.sql(f"""
+        WITH first AS (SELECT DISTINCT uid FROM recaptions WHERE status = 'ok'
+                       ORDER BY uid LIMIT {REWRITE_EXAMPLES})
+        SELECT {_row_struct(con)} FROM manifest JOIN first USING (uid) ORDER BY uid
+        """).fetchall()
+    samples = [_sample(r) for (r,) in picked]
+    examples = ""
+    if samples:
+        syn: dict[str, list[tuple[str, Any]]] = {}
+        for uid, text, sim in con.sql("""
+                SELECT uid, text, image_sim FROM recaptions
+                WHERE status = 'ok' AND uid IN (SELECT unnest($uids)) ORDER BY uid, syn""",
+                params={"uids": [x.uid for x in samples]}).fetchall():
+            syn.setdefault(str(uid), []).append((str(text), sim))
+        cards = _Cards(_thumbnails(run, samples), {}, {})
+        rows = []
+        for x in samples:
+            lines = "".join(f"<li>{_e(t)}" + (f" <small>({_fmt(v)})</small>" if v is not None
+                                                else "") + "</li>" for t, v in syn[x.uid])
+            rows.append(f"<tr><td>{cards.pic(x)}</td><td>{_e(x.caption)}</td>"
+                        f"<td><ul>{lines}</ul></td></tr>")
+        examples = ("<h3>Examples</h3><table><thead><tr><th>image</th><th>original</th>"
+                    "<th>synthetic (image similarity)</th></tr></thead><tbody>"
+                    + "".join(rows) + "</tbody></table>")
+    who = f" by {_e(str(model[1]))} <code>{_e(str(model[0]))}</code>" if model and model[0] \
+        else ""
+    return ("<section><h2>Synthetic captions</h2><p>Captions generated from the kept images"
+            f"{who} (<code>recaptions.parquet</code>, the <code>txt_syn</code> members of the "
+            "output); the original caption is always kept.</p>"
+            f"<div class='split'>{counts}{why}</div>{signals}{examples}</section>")
 
 
 def _curves(page: _Page, d: _RunData) -> str:
