@@ -24,6 +24,7 @@ import shutil
 import string
 import tarfile
 import tempfile
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -104,6 +105,8 @@ def gz(data: bytes) -> bytes:
 
 @pytest.fixture(scope="module", autouse=True)
 def _clean_up() -> Iterator[None]:
+    for folder in (_URL_DIR, _YAML_DIR):
+        folder.mkdir(mode=0o700)
     yield
     if MEM.exists(MEM_DIR):
         MEM.rm(MEM_DIR, recursive=True)
@@ -920,7 +923,10 @@ def test_malformed_pax_numbers_end_the_shard_as_truncated() -> None:
 # --------------------------------------------------------------------------------------------
 # 5. URL lists
 
-_URL_DIR = Path(tempfile.mkdtemp(prefix="curate-fuzz-urls-"))
+# Scratch folders, made by _clean_up before the module's first test (collecting the module
+# without running it, e.g. with -k, leaves nothing behind) and removed after its last.
+_SCRATCH = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+_URL_DIR = Path(tempfile.gettempdir()) / f"curate-fuzz-urls-{_SCRATCH}"
 
 
 def url_file(name: str, data: bytes) -> Path:
@@ -1137,7 +1143,7 @@ def test_url_list_regressions() -> None:
 # --------------------------------------------------------------------------------------------
 # 6. Pipeline and selection YAML
 
-_YAML_DIR = Path(tempfile.mkdtemp(prefix="curate-fuzz-yaml-"))
+_YAML_DIR = Path(tempfile.gettempdir()) / f"curate-fuzz-yaml-{_SCRATCH}"
 PIPELINES = {name: yaml.safe_load((REPO / "pipelines" / f"{name}.yaml").read_text())
              for name in ("basic", "demo")}
 STAGE_NAMES = sorted({*registered("scorer"), *registered("rule"), *registered("selector")})
