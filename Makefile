@@ -6,7 +6,8 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-DEMO_DIR ?= demo
+# Fixed: pipelines/demo.yaml, laclip.yaml and recaption.yaml name demo/pool, demo/filter, ...
+override DEMO_DIR := demo
 SYSTEM_PACKAGES := fonts-dejavu-core wordnet-base chromium protobuf-compiler libprotobuf-dev
 
 .PHONY: install system-deps demo demo-laclip demo-recaption test lint clean
