@@ -238,7 +238,7 @@ def test_signals_as_rules_in_a_second_selection(trained_run: tuple[Path, Any],
     assert second.kept == sum(s is not None and s >= 0.0 for s in sims)
 
 
-def test_recaption_config_errors(tmp_path: Path) -> None:
+def test_recaption_config_errors(demo_pool: Path, tmp_path: Path) -> None:
     base = yaml.safe_load((REPO / "pipelines" / "basic.yaml").read_text())
     with pytest.raises(ConfigError, match=r"recaption\.backend"):
         pipeline_from_dict({**base, "recaption": {"backend": "blip", "model": "x"}})
@@ -251,7 +251,7 @@ def test_recaption_config_errors(tmp_path: Path) -> None:
     # the Python API takes the same section, and `replace` swaps it
     import curate
 
-    api = curate.Pipeline(input=base["input"]["shards"], score=base["score"],
+    api = curate.Pipeline(input=str(demo_pool / "*.tar"), score=base["score"],
                           select=base["select"],
                           recaption={"backend": "openai", "model": "served", "captions": 3})
     assert api.config.recaption is not None and api.config.recaption.captions == 3
