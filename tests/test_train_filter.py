@@ -9,11 +9,9 @@ import duckdb
 import numpy as np
 import pytest
 from clipfixtures import random_clip_dir
-from conftest import REPO, curate_cli
+from conftest import curate_cli
 
-from curate.config import load_pipeline
 from curate.errors import CurateError
-from curate.runner import run
 
 
 def roc_auc(pos: np.ndarray, neg: np.ndarray) -> float:
@@ -22,20 +20,11 @@ def roc_auc(pos: np.ndarray, neg: np.ndarray) -> float:
     return float(greater + 0.5 * ties)
 
 
-@pytest.fixture(scope="module")
-def clip_demo_run(demo_pool: Path, demo_filter: Path, ray_local: None,
-                  tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("clip_demo")
-    yaml_text = (REPO / "pipelines" / "demo.yaml").read_text().replace(
-        "model: demo/filter", f"model: {demo_filter}")
-    (root / "demo.yaml").write_text(yaml_text)
-    p = load_pipeline(root / "demo.yaml", {"input": {"shards": str(demo_pool / "*.tar")}})
-    return run(p, root / "run", progress=False).dir
-    return root / "run"
-
-
 @pytest.mark.slow
-def test_filter_network_separates_mismatched_pairs(demo_pool: Path, clip_demo_run: Path) -> None:
+def test_filter_network_separates_mismatched_pairs(demo_pool: Path,
+                                                   demo_yaml_run: Path) -> None:
+    """pipelines/demo.yaml (the session's run of it, with the trained filter network)."""
+    clip_demo_run = demo_yaml_run
     con = duckdb.connect()
     rows = con.execute(f"""
         SELECT g.kind, g.expected_reason, m.reason, m.clip_score
@@ -83,3 +72,37 @@ def test_train_filter_needs_usable_data(tmp_path: Path) -> None:
     write_tar(tmp_path / "t.tar", sample_members("a", b"x", None))
     with pytest.raises(CurateError, match="0 usable samples"):
         train_filter(TrainConfig(data=str(tmp_path / "t.tar"), out=str(tmp_path / "o")))
+
+
+def test_every_epoch_is_shuffled_anew_also_in_persistent_workers(tmp_path: Path) -> None:
+    """The dataset counts its own epochs: a DataLoader worker that persists across epochs
+    holds a copy the driver cannot update, and would otherwise repeat epoch 0's order. One
+    worker gives the order of no worker, and every epoch has every sample once."""
+    import torch
+
+    from curate.demo.generator import make_demo_pool
+    from curate.io.shards import list_shards
+    from curate.lib.train_filter import _collate, _dataset
+
+    make_demo_pool(tmp_path / "t", seed=1, shards=3, samples_per_shard=12, trusted=True)
+    refs = list_shards(str(tmp_path / "t" / "*.tar"))
+
+    def prep(data: bytes) -> torch.Tensor:
+        return torch.tensor([len(data)])
+
+    def tokenizer(texts: list[str]) -> torch.Tensor:
+        return torch.tensor([[sum(map(ord, texts[0])), len(texts[0])]])
+
+    orders = {}
+    for workers in (0, 1):
+        data = _dataset(refs, prep, tokenizer, seed=0, buffer=8)
+        loader = torch.utils.data.DataLoader(data, batch_size=36, collate_fn=_collate,
+                                             num_workers=workers,
+                                             persistent_workers=workers > 0)
+        orders[workers] = [[tuple(t.tolist()) for t in texts]
+                           for _ in range(3) for _, texts in loader]
+    assert orders[0] == orders[1]
+    epochs = orders[1]
+    assert len(epochs) == 3 and all(len(e) == 36 for e in epochs)
+    assert all(sorted(e) == sorted(epochs[0]) for e in epochs)  # every sample, once
+    assert len({tuple(e) for e in epochs}) == 3  # a new order every epoch

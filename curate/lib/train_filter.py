@@ -79,8 +79,11 @@ def _dataset(refs: list[ShardRef], prep: Any, tokenizer: Any, seed: int, buffer:
             self.epoch = 0
 
         def __iter__(self) -> Iterator[tuple[Any, Any]]:
+            # Each call is one epoch, counted here: DataLoader workers that persist across
+            # epochs hold their own copy of the dataset, which the driver cannot update.
             info = get_worker_info()
             rng = random.Random(seed * 1_000_003 + self.epoch)
+            self.epoch += 1
             order = refs[:]
             rng.shuffle(order)
             if info is not None:  # each worker reads its own shards
@@ -176,7 +179,6 @@ def train_filter(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     step, first, last = 0, math.nan, math.nan
     stop = False
     for epoch in range(cfg.epochs):
-        data.epoch = epoch
         for images, texts in loader:
             if images.shape[0] < 2:
                 continue
