@@ -57,6 +57,18 @@ def pipeline(pool: Path, score: list[Any], select: list[Any] | None = None,
                                "score": score, "select": RULES if select is None else select})
 
 
+NS = 4  # shards, of the demo pool's 8: what these tests check is per shard, not per pool size
+
+
+@pytest.fixture(scope="module")
+def pool4(demo_pool: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo pool's first NS shards, in a folder of their own."""
+    root = tmp_path_factory.mktemp("pool4")
+    for i in range(NS):
+        shutil.copy(demo_pool / f"{i:05d}.tar", root / f"{i:05d}.tar")
+    return root
+
+
 @pytest.fixture(scope="module")
 def head_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     rng = np.random.default_rng(7)
@@ -102,20 +114,20 @@ def reference_head(store: Path, manifest: list[dict[str, Any]], weights: Path) -
     return out
 
 
-def test_adding_a_scorer_computes_only_that_scorer(demo_pool: Path, demo_filter: Path,
+def test_adding_a_scorer_computes_only_that_scorer(pool4: Path, demo_filter: Path,
                                                    head_weights: Path, tmp_path: Path,
                                                    ray_local: None) -> None:
     out = tmp_path / "run"
     store = out / "store"
-    first = run(pipeline(demo_pool, [*BASE, clip(demo_filter)]), out, progress=False)
-    assert computed(first) == {"(read)": (8, 0), **{s: (8, 0) for s in BASE}, "clip": (8, 0)}
+    first = run(pipeline(pool4, [*BASE, clip(demo_filter)]), out, progress=False)
+    assert computed(first) == {"(read)": (NS, 0), **{s: (NS, 0) for s in BASE}, "clip": (NS, 0)}
     before = files(store, "scores/clip") | files(store, "base")
     assert before
 
-    second = run(pipeline(demo_pool, [*BASE, clip(demo_filter), head(head_weights)]), out,
+    second = run(pipeline(pool4, [*BASE, clip(demo_filter), head(head_weights)]), out,
                  progress=False)
-    assert computed(second) == {"(read)": (0, 8), **{s: (0, 8) for s in BASE}, "clip": (0, 8),
-                                "embedding_head_aes": (8, 0)}
+    assert computed(second) == {"(read)": (0, NS), **{s: (0, NS) for s in BASE}, "clip": (0, NS),
+                                "embedding_head_aes": (NS, 0)}
     assert second.scoring is not None
     assert second.scoring.scorers["clip"].samples == 0  # no CLIP forward pass at all
     started = events(store / "log.jsonl", "workers_started")
@@ -126,7 +138,7 @@ def test_adding_a_scorer_computes_only_that_scorer(demo_pool: Path, demo_filter:
     manifest = pq.read_table(second.dir / "manifest.parquet").to_pylist()
     want = reference_head(store, manifest, head_weights)
     got = {r["uid"]: r["head_aes"] for r in manifest if r["head_aes"] is not None}
-    assert got.keys() == want.keys() and len(got) > 400
+    assert got.keys() == want.keys() and len(got) > 0.75 * 64 * NS
     assert max(abs(got[u] - want[u]) for u in got) < 1e-4
     # A sample CLIP could not score (a broken image) is skipped by the head, not failed.
     broken = [r for r in manifest if r["clip_score"] is None]
@@ -134,7 +146,7 @@ def test_adding_a_scorer_computes_only_that_scorer(demo_pool: Path, demo_filter:
     assert all(r["error_stage"] == "image_info" for r in broken)
 
     # The same columns as one pass that scores everything at once into a new store.
-    together = run(pipeline(demo_pool, [*BASE, clip(demo_filter), head(head_weights)]),
+    together = run(pipeline(pool4, [*BASE, clip(demo_filter), head(head_weights)]),
                    tmp_path / "together", progress=False)
     a = pq.read_table(second.dir / "manifest.parquet")
     b = pq.read_table(together.dir / "manifest.parquet")
@@ -142,25 +154,25 @@ def test_adding_a_scorer_computes_only_that_scorer(demo_pool: Path, demo_filter:
     assert [c for c in a.schema.names if not a[c].equals(b[c])] == []
 
     # Changing the head's parameters recomputes the head only ...
-    third = run(pipeline(demo_pool, [*BASE, clip(demo_filter),
+    third = run(pipeline(pool4, [*BASE, clip(demo_filter),
                                      head(head_weights, activation="sigmoid")]), out,
                 progress=False)
-    assert computed(third) == {"(read)": (0, 8), **{s: (0, 8) for s in BASE}, "clip": (0, 8),
-                               "embedding_head_aes": (8, 0)}
+    assert computed(third) == {"(read)": (0, NS), **{s: (0, NS) for s in BASE}, "clip": (0, NS),
+                               "embedding_head_aes": (NS, 0)}
     # ... changing CLIP's recomputes CLIP and the head that reads it, nothing else ...
-    fourth = run(pipeline(demo_pool, [*BASE, clip(demo_filter, batch_size=16),
+    fourth = run(pipeline(pool4, [*BASE, clip(demo_filter, batch_size=16),
                                       head(head_weights, activation="sigmoid")]), out,
                  progress=False)
-    assert computed(fourth) == {"(read)": (0, 8), **{s: (0, 8) for s in BASE}, "clip": (8, 0),
-                                "embedding_head_aes": (8, 0)}
+    assert computed(fourth) == {"(read)": (0, NS), **{s: (0, NS) for s in BASE}, "clip": (NS, 0),
+                                "embedding_head_aes": (NS, 0)}
     # ... and going back to earlier parameters finds their versions in the store.
-    fifth = run(pipeline(demo_pool, [*BASE, clip(demo_filter), head(head_weights)]), out,
+    fifth = run(pipeline(pool4, [*BASE, clip(demo_filter), head(head_weights)]), out,
                 progress=False)
     assert all(c == 0 for c, _ in computed(fifth).values())
 
     # Removing a scorer deletes nothing: its columns leave the manifest, not the store.
     heads = files(store, "scores/embedding_head_aes")
-    sixth = run(pipeline(demo_pool, BASE), out, progress=False)
+    sixth = run(pipeline(pool4, BASE), out, progress=False)
     assert all(c == 0 for c, _ in computed(sixth).values())
     assert "head_aes" not in pq.read_schema(sixth.dir / "manifest.parquet").names
     assert files(store, "scores/embedding_head_aes") == heads
@@ -266,11 +278,11 @@ def _output_samples(out_dir: Path) -> list[tuple[bytes, dict[str, Any]]]:
     return got
 
 
-def test_a_shard_changed_in_place_is_rescored(demo_pool: Path, demo_filter: Path,
+def test_a_shard_changed_in_place_is_rescored(pool4: Path, demo_filter: Path,
                                               tmp_path: Path, ray_local: None,
                                               caplog: pytest.LogCaptureFixture) -> None:
     pool = tmp_path / "pool"
-    shutil.copytree(demo_pool, pool)
+    shutil.copytree(pool4, pool)
     out = tmp_path / "run"
     p = pipeline(pool, [*BASE, clip(demo_filter)])
     run(p, out, progress=False)
@@ -287,8 +299,8 @@ def test_a_shard_changed_in_place_is_rescored(demo_pool: Path, demo_filter: Path
     again = run(pipeline(moved, [*BASE, clip(demo_filter)]), out, progress=False)
     assert again.scoring is not None and again.scoring.changed == []
     assert all(c == 0 for c, _ in computed(again).values())
-    assert events(out / "store" / "log.jsonl", "hashing")[-1]["shards"] == 8
-    assert {s.url for s in again.scoring.pool} == {str(moved / f"{i:05d}.tar") for i in range(8)}
+    assert events(out / "store" / "log.jsonl", "hashing")[-1]["shards"] == NS
+    assert {s.url for s in again.scoring.pool} == {str(moved / f"{i:05d}.tar") for i in range(NS)}
 
     _rotate_images(pool / "00003.tar")
     with caplog.at_level(logging.WARNING, logger="curate"):
@@ -296,7 +308,8 @@ def test_a_shard_changed_in_place_is_rescored(demo_pool: Path, demo_filter: Path
     assert again.scoring is not None and again.scoring.changed == ["00003.tar"]
     assert any("input shard 00003.tar changed since it was scored" in r.getMessage()
                for r in caplog.records)
-    assert computed(again) == {"(read)": (1, 7), **{s: (1, 7) for s in BASE}, "clip": (1, 7)}
+    assert computed(again) == {"(read)": (1, NS - 1), **{s: (1, NS - 1) for s in BASE},
+                               "clip": (1, NS - 1)}
     assert again.scoring.pool[3].digest == hashlib.sha256(
         (pool / "00003.tar").read_bytes()).hexdigest()
 
