@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,7 @@ def doc_query_examples() -> list[tuple[str, str]]:
 # Examples over views that only some selections have, run by the tests that make one.
 OPTIONAL_VIEW_EXAMPLES = {"recaptions": "tests/test_recaption_stage.py"}
 sys.path.insert(0, str(Path(__file__).parent))
+pytest_plugins = ["budget"]
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
@@ -46,13 +48,41 @@ def ray_local() -> Iterator[None]:
     ray.shutdown()
 
 
+def _shared_root(factory: pytest.TempPathFactory) -> Path:
+    """Where the session's shared artefacts live: this run's temporary folder, which under
+    pytest-xdist is the folder above each worker's own (``pytest-N/popen-gwK``), so the workers
+    of one run build each artefact once and share it."""
+    base = factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared"
+    root.mkdir(exist_ok=True)
+    return root
+
+
+def shared(factory: pytest.TempPathFactory, name: str, build: Callable[[Path], object]) -> Path:
+    """The folder ``name``, filled by ``build(folder)`` once per test run however many xdist
+    workers ask for it: the first builds it under a file lock, the others wait for it. What is
+    in it is shared read-only; a test that must change it copies it first. A build that failed
+    leaves no done-marker, so the next asker builds it again (and fails the same way)."""
+    from filelock import FileLock
+
+    root = _shared_root(factory)
+    out, done = root / name, root / f"{name}.done"
+    with FileLock(str(root / f"{name}.lock")):
+        if not done.exists():
+            if out.exists():
+                shutil.rmtree(out)
+            out.mkdir()
+            build(out)
+            done.touch()
+    return out
+
+
 @pytest.fixture(scope="session")
 def demo_pool(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo pool as `curate demo-data demo/pool` makes it (8 shards of 64, seed 0)."""
     from curate.demo.generator import make_demo_pool
 
-    out = tmp_path_factory.mktemp("demo") / "pool"
-    make_demo_pool(out)
-    return out
+    return shared(tmp_path_factory, "demo", lambda d: make_demo_pool(d / "pool")) / "pool"
 
 
 def demo_pipeline(pool: Path, **run: object) -> object:
@@ -71,11 +101,12 @@ def demo_filter(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from curate.demo.generator import make_demo_pool
     from curate.lib.train_filter import TrainConfig, train_filter
 
-    root = tmp_path_factory.mktemp("filter")
-    make_demo_pool(root / "trusted", seed=1, shards=2, samples_per_shard=256, trusted=True)
-    train_filter(TrainConfig(data=str(root / "trusted" / "*.tar"), out=str(root / "filter"),
-                             epochs=15), progress=False)
-    return root / "filter"
+    def build(root: Path) -> None:
+        make_demo_pool(root / "trusted", seed=1, shards=2, samples_per_shard=256, trusted=True)
+        train_filter(TrainConfig(data=str(root / "trusted" / "*.tar"), out=str(root / "filter"),
+                                 epochs=15), progress=False)
+
+    return shared(tmp_path_factory, "filter", build) / "filter"
 
 
 @pytest.fixture(scope="session")
@@ -83,7 +114,8 @@ def random_rewriter(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny Llama with random weights and an in-process tokenizer: it writes garbage."""
     from curate.demo.rewriter import make_demo_rewriter
 
-    return make_demo_rewriter(tmp_path_factory.mktemp("lm") / "random", seed=0).out
+    return shared(tmp_path_factory, "lm_random",
+                  lambda d: make_demo_rewriter(d / "random", seed=0)) / "random"
 
 
 @pytest.fixture(scope="session")
@@ -94,8 +126,8 @@ def trained_rewriter(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     # A fixed number of steps and no time cap, so the model is the same however busy the
     # machine is; the tests that use it get a longer timeout (see EXPENSIVE_FIXTURES).
-    return make_demo_rewriter(tmp_path_factory.mktemp("lm") / "trained", seed=0,
-                              train_seconds=1e9, max_steps=TRAINED_REWRITER_STEPS).out
+    return shared(tmp_path_factory, "lm_trained", lambda d: make_demo_rewriter(
+        d / "trained", seed=0, train_seconds=1e9, max_steps=TRAINED_REWRITER_STEPS)) / "trained"
 
 
 TRAINED_REWRITER_STEPS = 120
@@ -106,7 +138,8 @@ def random_captioner(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny BLIP with random weights and an in-process tokenizer: its captions are garbage."""
     from curate.demo.captioner import make_demo_captioner
 
-    return make_demo_captioner(tmp_path_factory.mktemp("cap") / "random", seed=0).out
+    return shared(tmp_path_factory, "cap_random",
+                  lambda d: make_demo_captioner(d / "random", seed=0)) / "random"
 
 
 @pytest.fixture(scope="session")
@@ -115,8 +148,8 @@ def trained_captioner(tmp_path_factory: pytest.TempPathFactory) -> Path:
     captions are well-formed demo captions, so most pass validation."""
     from curate.demo.captioner import make_demo_captioner
 
-    return make_demo_captioner(tmp_path_factory.mktemp("cap") / "trained", seed=0,
-                               max_steps=TRAINED_CAPTIONER_STEPS).out
+    return shared(tmp_path_factory, "cap_trained", lambda d: make_demo_captioner(
+        d / "trained", seed=0, max_steps=TRAINED_CAPTIONER_STEPS)) / "trained"
 
 
 TRAINED_CAPTIONER_STEPS = 200
@@ -128,8 +161,10 @@ def demo_run(demo_pool: Path, ray_local: None, tmp_path_factory: pytest.TempPath
     selection directory (``RUN/selections/basic``; the store is ``RUN/store``)."""
     from curate.runner import run
 
-    out = tmp_path_factory.mktemp("demo_run") / "run"
-    return run(demo_pipeline(demo_pool), out, progress=False).dir
+    def build(root: Path) -> None:
+        run(demo_pipeline(demo_pool), root / "run", progress=False)
+
+    return shared(tmp_path_factory, "demo_run", build) / "run" / "selections" / "basic"
 
 
 @pytest.fixture(scope="session")
@@ -142,17 +177,45 @@ def demo_yaml_run(demo_pool: Path, demo_filter: Path, ray_local: None,
     from curate.config import load_pipeline
     from curate.runner import run
 
-    root = tmp_path_factory.mktemp("demo_yaml")
-    (root / "demo").mkdir()
-    (root / "demo" / "pool").symlink_to(demo_pool, target_is_directory=True)
-    (root / "demo" / "filter").symlink_to(demo_filter, target_is_directory=True)
-    before = os.getcwd()
-    os.chdir(root)
-    try:
-        return run(load_pipeline(REPO / "pipelines" / "demo.yaml"), "demo/run",
-                   progress=False).dir
-    finally:
-        os.chdir(before)
+    def build(root: Path) -> None:
+        (root / "demo").mkdir()
+        (root / "demo" / "pool").symlink_to(demo_pool, target_is_directory=True)
+        (root / "demo" / "filter").symlink_to(demo_filter, target_is_directory=True)
+        before = os.getcwd()
+        os.chdir(root)
+        try:
+            run(load_pipeline(REPO / "pipelines" / "demo.yaml"), "demo/run", progress=False)
+        finally:
+            os.chdir(before)
+
+    return shared(tmp_path_factory, "demo_yaml", build) / "demo" / "run" / "selections" / "demo"
+
+
+TEXT_PIPELINES = ("parrot_free", "tmars", "cat")
+
+
+@pytest.fixture(scope="session")
+def text_run(demo_pool: Path, demo_filter: Path, ray_local: None,
+             tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The README's text-spotting loop (pipelines/parrot_free, tmars and cat.yaml, one after the
+    other into one run directory, so the pool is scored once) on the session's demo pool and
+    filter network: the run directory (``RUN/store``, ``RUN/selections/NAME``), with
+    ``RUN/../resumed.json``: how many shards each run found already scored."""
+    from curate.config import load_pipeline
+    from curate.runner import run
+
+    def build(root: Path) -> None:
+        resumed = {}
+        for name in TEXT_PIPELINES:
+            text = (REPO / "pipelines" / f"{name}.yaml").read_text().replace(
+                "model: demo/filter", f"model: {demo_filter}")
+            (root / f"{name}.yaml").write_text(text)
+            p = load_pipeline(root / f"{name}.yaml",
+                              {"input": {"shards": str(demo_pool / "*.tar")}})
+            resumed[name] = run(p, root / "run", progress=False).shards_resumed
+        (root / "resumed.json").write_text(json.dumps(resumed))
+
+    return shared(tmp_path_factory, "text", build) / "run"
 
 
 def curate_cli(*args: str, cwd: Path | None = None, timeout: float = 300,

@@ -22,9 +22,6 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import REPO
 
-from curate.config import Pipeline, load_pipeline
-from curate.runner import run
-
 SCRIPT = """
 import json
 import sys
@@ -64,18 +61,6 @@ def demo_yaml(root: Path, demo_filter: Path) -> Path:
     return path
 
 
-def demo_pipeline_on(pool: Path, yaml_path: Path) -> Pipeline:
-    return load_pipeline(yaml_path, {"input": {"shards": str(pool / "*.tar")}})
-
-
-@pytest.fixture(scope="module")
-def single_node_run(demo_pool: Path, demo_filter: Path, ray_local: None,
-                    tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("single")
-    return run(demo_pipeline_on(demo_pool, demo_yaml(root, demo_filter)), root / "run",
-               progress=False).dir
-
-
 def tars(d: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(d.glob("*.tar"))}
 
@@ -86,7 +71,8 @@ def log_of(path: Path) -> list[dict[str, object]]:
 
 @pytest.mark.slow
 def test_cluster_run_matches_single_node_run(demo_pool: Path, demo_filter: Path,
-                                             single_node_run: Path, tmp_path: Path) -> None:
+                                             demo_yaml_run: Path, tmp_path: Path) -> None:
+    single_node_run = demo_yaml_run  # the same pipeline and pool, run on the session's Ray
     out, shared, run2 = tmp_path / "run", tmp_path / "shared", tmp_path / "run2"
     args = {"pipeline": str(demo_yaml(tmp_path, demo_filter)),
             "shards": str(demo_pool / "*.tar"), "run": str(out), "shared": f"file://{shared}",

@@ -68,7 +68,7 @@ def test_completions_and_chat(server: LLMServer, trained_rewriter: Path) -> None
 def test_pipeline_through_the_server(server: LLMServer, demo_pool: Path,
                                      trained_rewriter: Path, ray_local: None,
                                      tmp_path: Path) -> None:
-    p = _pipeline(demo_pool, trained_rewriter, server.base_url)
+    p = _pipeline(demo_pool, trained_rewriter, server.base_url, shards=1)
     first = run(p, tmp_path / "run", progress=False)
     rw = first.rewrite
     assert rw["errors"] == 0 and rw["generated"] > 0 and rw["ok"] > 0
@@ -109,7 +109,9 @@ def test_server_dies_mid_run(demo_pool: Path, trained_rewriter: Path, ray_local:
 
         t = threading.Thread(target=killer, daemon=True)
         t.start()
-        p = _pipeline(demo_pool, trained_rewriter, srv.base_url, openai={"concurrency": 1})
+        # one shard (~50 requests): the server dies after 25 of them
+        p = _pipeline(demo_pool, trained_rewriter, srv.base_url, shards=1,
+                      openai={"concurrency": 1})
         first = run(p, tmp_path / "run", progress=False)
         t.join(timeout=130)
         rw = first.rewrite

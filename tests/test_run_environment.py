@@ -66,8 +66,10 @@ def other_cluster(tmp_path: Path) -> Any:
                 time.sleep(0.5)
         yield f"127.0.0.1:{port}", sessions[0]
     finally:
+        # SIGKILL, not SIGTERM: `ray start --block` answers SIGTERM with a graceful stop of
+        # its whole cluster that took 30 s; every process of its session is swept below.
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=60)
         current = Path("/tmp/ray/ray_current_cluster")  # `ray start`'s pointer to it
         if current.is_file() and current.read_text().strip().endswith(f":{port}"):

@@ -182,11 +182,11 @@ def test_adding_a_scorer_computes_only_that_scorer(pool4: Path, demo_filter: Pat
     assert res.stdout.count("embedding_head_aes") == 3 and res.stdout.count(" clip ") == 2
 
 
-def test_selections_score_nothing_and_diff(demo_pool: Path, demo_filter: Path, tmp_path: Path,
+def test_selections_score_nothing_and_diff(pool4: Path, demo_filter: Path, tmp_path: Path,
                                            ray_local: None) -> None:
     out = tmp_path / "run"
     store = out / "store"
-    scored = run(pipeline(demo_pool, [*BASE, clip(demo_filter)], name="demo"), out,
+    scored = run(pipeline(pool4, [*BASE, clip(demo_filter)], name="demo"), out,
                  progress=False)
     assert scored.dir == out / "selections" / "demo"
     snapshot = files(store, "")
@@ -236,7 +236,7 @@ def test_selections_score_nothing_and_diff(demo_pool: Path, demo_filter: Path, t
     assert f"curate score PIPELINE.yaml --store {store}" in str(info.value)
     assert not (tmp_path / "c").exists()
     # Several selections under one run directory: commands ask which one.
-    run(pipeline(demo_pool, BASE, name="other"), out, progress=False)
+    run(pipeline(pool4, BASE, name="other"), out, progress=False)
     res = curate_cli("query", str(out), "select 1")
     assert res.returncode == 2 and "holds 2 selections" in res.stderr
 

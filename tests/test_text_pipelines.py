@@ -6,37 +6,32 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import REPO
+from conftest import TEXT_PIPELINES
 
-from curate.config import load_pipeline
 from curate.io.shards import ShardReader, list_shards
-from curate.runner import run
 
 TEXT_PHOTOS = {"skimage.data.stereo_motorcycle"}  # the only demo photo with real text (YAMAHA)
 
 
 @pytest.fixture(scope="module")
-def text_runs(demo_pool: Path, demo_filter: Path, ray_local: None,
-              tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
-    root = tmp_path_factory.mktemp("text")
-    out = root / "run"
+def text_runs(demo_pool: Path, text_run: Path) -> dict[str, object]:
+    """Each pipeline's run (how many shards it found scored) and its manifest joined with the
+    generator's ground truth; the runs are the session's ``text_run`` (the README's loop)."""
+    resumed = json.loads((text_run.parent / "resumed.json").read_text())
+    truth = pq.read_table(demo_pool / "ground_truth.parquet")
+    con = duckdb.connect()
+    con.register("truth", truth)
     results: dict[str, object] = {}
-    for name in ("parrot_free", "tmars", "cat"):
-        text = (REPO / "pipelines" / f"{name}.yaml").read_text().replace(
-            "model: demo/filter", f"model: {demo_filter}")
-        (root / f"{name}.yaml").write_text(text)
-        p = load_pipeline(root / f"{name}.yaml", {"input": {"shards": str(demo_pool / "*.tar")}})
-        result = run(p, out, progress=False)
-        truth = pq.read_table(demo_pool / "ground_truth.parquet")
-        con = duckdb.connect()
-        con.register("truth", truth)
-        results[name] = (result, con.sql(
-            f"SELECT m.*, truth.kind, truth.source FROM '{result.dir}/manifest.parquet' m "
+    for name in TEXT_PIPELINES:
+        sel = text_run / "selections" / name
+        results[name] = (SimpleNamespace(dir=sel, shards_resumed=resumed[name]), con.sql(
+            f"SELECT m.*, truth.kind, truth.source FROM '{sel}/manifest.parquet' m "
             "JOIN truth USING (uid)").to_arrow_table())
     return results
 
