@@ -220,10 +220,11 @@ def text_run(demo_pool: Path, demo_filter: Path, ray_local: None,
 
 def curate_cli(*args: str, cwd: Path | None = None, timeout: float = 300,
                ) -> subprocess.CompletedProcess[str]:
-    """Run the installed ``curate`` command in a subprocess."""
+    """Run the installed ``curate`` command in a subprocess, 100 columns wide (the plan that
+    `curate validate` prints wraps at the terminal's width, which xdist workers set to 80)."""
     exe = shutil.which("curate", path=str(Path(sys.executable).parent)) or "curate"
     return subprocess.run([exe, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                          env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "100"})
 
 
 def _has_cuda() -> bool:

@@ -24,7 +24,9 @@ REJECTIONS = {"empty", "too_short", "too_long", "identical", "repeated_tokens", 
               "not_english"}
 
 
-def _pipeline(pool: Path, model: Path, shards: int = 2, **rewrite: Any) -> Any:
+def _pipeline(pool: Path, model: Path, shards: int = 1, **rewrite: Any) -> Any:
+    """basic.yaml on the pool's first ``shards`` shards (one keeps 56 samples: enough for
+    every check here) with a transformers rewrite step."""
     data = yaml.safe_load((REPO / "pipelines" / "basic.yaml").read_text())
     data["input"]["shards"] = [str(pool / f"{i:05d}.tar") for i in range(shards)]
     data["rewrite"] = {"backend": "transformers", "model": str(model), "rewrites": 2,
@@ -142,14 +144,14 @@ def test_results_do_not_depend_on_batching(random_run: tuple[Path, Any], demo_po
 def test_shared_cache_across_runs(demo_pool: Path, random_rewriter: Path, ray_local: None,
                                   tmp_path: Path) -> None:
     cache = tmp_path / "shared.sqlite"
-    p = _pipeline(demo_pool, random_rewriter, shards=1, rewrites=1, max_attempts=1,
+    p = _pipeline(demo_pool, random_rewriter, rewrites=1, max_attempts=1,
                   cache=str(cache))
     a = run(p, tmp_path / "a", progress=False)
     b = run(p, tmp_path / "b", progress=False)
     assert a.rewrite["generated"] == a.rewrite["requested"] > 0
     assert b.rewrite["generated"] == 0 and b.rewrite["cache_hits"] == a.rewrite["requested"]
     # different sampling parameters are different requests
-    p2 = _pipeline(demo_pool, random_rewriter, shards=1, rewrites=1, max_attempts=1,
+    p2 = _pipeline(demo_pool, random_rewriter, rewrites=1, max_attempts=1,
                    cache=str(cache), sampling={"max_tokens": 16, "temperature": 0.5})
     c = run(p2, tmp_path / "c", progress=False)
     assert c.rewrite["generated"] == c.rewrite["requested"]

@@ -34,7 +34,8 @@ def _validate(*args: str) -> subprocess.CompletedProcess[str]:
     code = ("import sys\nfrom curate.cli import main\nrc = main(sys.argv[1:])\n"
             "print('RAY_IMPORTED=' + str('ray' in sys.modules))\nsys.exit(rc)")
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "RAY_ADDRESS": "127.0.0.1:9"})
+                          timeout=120,
+                          env={**os.environ, "RAY_ADDRESS": "127.0.0.1:9", "COLUMNS": "100"})
 
 
 def _row(out: str, label: str) -> tuple[int, int]:
