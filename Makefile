@@ -78,11 +78,12 @@ lint: $(STAMP)
 # Two xdist workers, whole files to a worker (module fixtures are built once); the session's
 # artefacts (demo pool, filter network, demo runs, tiny LLMs) are built once for both
 # (tests/conftest.py). Ends with the 15 slowest items, the slowest shared fixtures and any file
-# over its budget (tests/README.md). TEST_WORKERS=0 runs in one process.
+# over its budget (tests/README.md). Files start in the order tests/budget.py gives (xdist would
+# otherwise start the files with the most tests first). TEST_WORKERS=0 runs in one process.
 TEST_WORKERS ?= 2
 
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile) --durations=15
+	$(BIN)/python -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder) --durations=15
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) runs .pytest_cache .ruff_cache

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -68,10 +69,12 @@ def shared(factory: pytest.TempPathFactory, name: str, build: Callable[[Path], o
     workers ask for it: the first builds it under a file lock, the others wait for it. What is
     in it is shared read-only; a test that must change it copies it first. A build that failed
     leaves no done-marker, so the next asker builds it again (and fails the same way)."""
+    import budget  # tests/budget.py, this suite's plugin (loaded by then)
     from filelock import FileLock
 
     root = _shared_root(factory)
     out, done = root / name, root / f"{name}.done"
+    t0 = time.perf_counter()
     with FileLock(str(root / f"{name}.lock")):
         if not done.exists():
             if out.exists():
@@ -79,6 +82,8 @@ def shared(factory: pytest.TempPathFactory, name: str, build: Callable[[Path], o
             out.mkdir()
             build(out)
             done.touch()
+        else:  # built by another worker, maybe while this one waited (an idle core)
+            budget.waited(name, time.perf_counter() - t0)
     return out
 
 
