@@ -47,7 +47,7 @@ from curate.config import Pipeline, Selection, check_selection, load_pipeline
 from curate.errors import ConfigError, CurateError
 from curate.io.atomic import write_parquet, write_text
 from curate.io.fsdir import resolve
-from curate.io.rundir import RunLock, as_directory, disk_error, remove_leftovers
+from curate.io.rundir import READ_ONLY, RunLock, as_directory, disk_error, remove_leftovers
 from curate.io.shards import ShardRef, list_shards
 from curate.runtime import Notes, Progress, RaySession, RunLog
 from curate.saved import SAVED, absolute_paths
@@ -202,7 +202,14 @@ def select(store: str | Path | Store, selection: Selection | Pipeline, out: str 
     check_selection(sel, columns, set(source.sidecar_columns()), st.location)
     if check_inputs:
         _check_inputs(source, sel.output.write_shards)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        if exc.errno not in READ_ONLY:
+            raise
+        raise CurateError(f"the selection directory {out_dir} cannot be created "
+                          f"({os.strerror(exc.errno or 0).lower()})",
+                          "give --out a writable directory") from None
     own = session is None
     session = session or RaySession(address or sel.run.address, progress)
     try:

@@ -317,3 +317,106 @@ def test_full_disk_under_duckdb_while_selecting(demo_pool: Path, demo_run: Path,
     result = select(store, sel, small_disk / "sel", progress=False)
     assert pq.read_table(result.dir / "manifest.parquet").equals(
         pq.read_table(demo_run / "manifest.parquet"))
+
+
+def test_a_refused_run_names_the_holder_and_its_command(tmp_path: Path) -> None:
+    from curate.io.rundir import RunLock
+
+    with RunLock(tmp_path), pytest.raises(CurateError) as info:
+        with RunLock(tmp_path):
+            pass
+    assert info.value.message.startswith(f"another curate process (pid {os.getpid()}: ")
+    assert Path(sys.argv[0]).name in info.value.message  # the holder's command line
+
+
+def test_a_lock_taken_an_instant_ago_still_names_its_holder(tmp_path: Path) -> None:
+    """Two commands started at the same instant: the loser reads the lock file before the
+    winner has written its pid into it, and waits a moment for it."""
+    import fcntl
+    import threading
+
+    from curate.io.rundir import RunLock
+
+    fd = os.open(tmp_path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # held, nothing written yet
+    late = threading.Timer(0.3, lambda: os.pwrite(fd, b"pid 4242: curate score p.yaml", 0))
+    late.start()
+    try:
+        with pytest.raises(CurateError, match=r"pid 4242: curate score p\.yaml"):
+            with RunLock(tmp_path):
+                pass
+    finally:
+        late.join()
+        os.close(fd)
+
+
+def test_select_on_a_store_being_scored_for_the_first_time_says_so(demo_pool: Path,
+                                                                    tmp_path: Path) -> None:
+    from curate.config import pipeline_from_dict
+    from curate.runner import score, select
+    from curate.store.store import POOL, Store
+
+    (tmp_path / "pool").mkdir()
+    shutil.copy(demo_pool / "00000.tar", tmp_path / "pool")
+    p = pipeline_from_dict({"name": "s", "input": {"shards": str(tmp_path / "pool" / "*.tar")},
+                            "score": ["caption_stats"], "select": []})
+    store = Store(tmp_path / "store")
+    score(p, store, progress=False, local=True)
+    (tmp_path / "store" / POOL).unlink()  # as a first pass leaves it until its very end
+    sel = p.selection()
+    with store.lock():  # a first scoring pass, still running
+        with pytest.raises(CurateError) as info:
+            select(store, sel, tmp_path / "sel", progress=False)
+    message = str(info.value)
+    assert "a scoring pass is running into it now (pid " in message, message
+    assert "hint: wait for that pass to end" in message
+    with pytest.raises(CurateError) as info:  # no pass running: it was killed
+        select(store, sel, tmp_path / "sel", progress=False)
+    assert "scoring pass is running" not in str(info.value)
+    assert info.value.hint
+
+
+def test_a_read_only_selection_directory_is_one_error_line(demo_run: Path, small_disk: Path,
+                                                           ) -> None:
+    from curate.runner import select
+
+    store = demo_run.parent.parent / "store"
+    sel = demo_pipeline(Path("unused")).selection()
+    (small_disk / "ro").mkdir()
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    for out in (small_disk / "ro", small_disk / "ro" / "new"):  # existing, to be created
+        with pytest.raises(CurateError) as info:
+            select(store, sel, out, progress=False)
+        assert "read-only" in info.value.message or "cannot be created" in info.value.message
+        assert info.value.hint
+
+
+def test_a_full_disk_does_not_stop_a_command_from_taking_its_lock(small_disk: Path) -> None:
+    from curate.io.rundir import RunLock
+
+    (small_disk / "run").mkdir()
+    with pytest.raises(OSError), open(small_disk / "filler", "wb") as f:  # 0 bytes free
+        while True:
+            f.write(b"\0" * 4096)
+            f.flush()
+    with RunLock(small_disk / "run"):  # the pid note cannot be written; the lock is held
+        with pytest.raises(CurateError, match="another curate process"):
+            with RunLock(small_disk / "run"):
+                pass
+
+
+def test_a_read_only_selection_is_reported_elsewhere(demo_run: Path, small_disk: Path,
+                                                     tmp_path: Path) -> None:
+    from curate.audit.report import write_report
+
+    _resize(small_disk, "64m")
+    sel = small_disk / "sel"
+    shutil.copytree(demo_run, sel)
+    shutil.rmtree(sel / "report", ignore_errors=True)
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    with pytest.raises(CurateError) as info:
+        write_report(sel, max_pages=1)
+    assert "cannot be written (read-only file system)" in info.value.message
+    assert "--out" in (info.value.hint or "")
+    page = write_report(sel, tmp_path / "r" / "index.html", max_pages=1)
+    assert "curate report" in page.read_text()

@@ -135,7 +135,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, gallery: in
     the number of kept and of dropped samples shown on the page itself (each).
     """
     from curate.audit.catalog import resolve_selection
-    from curate.io.atomic import write_text
+    from curate.io.rundir import writing_into
 
     if per_page <= 0 or max_pages < 0:
         raise CurateError("per_page must be 1 or more and max_pages 0 or more")
@@ -144,6 +144,15 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, gallery: in
         raise CurateError(f"{run} is not a finished selection (no funnel.parquet)",
                           "run the same command again to resume it")
     dest = Path(out) if out is not None else run / "report" / "index.html"
+    # a read-only selection (an auditor's copy) is reported elsewhere with --out
+    with writing_into(dest.parent, "the report's directory",
+                      f"write it elsewhere: curate report {run_dir} --out DIR/index.html"):
+        return _write_report(run, dest, gallery, per_page, max_pages)
+
+
+def _write_report(run: Path, dest: Path, gallery: int, per_page: int, max_pages: int) -> Path:
+    from curate.io.atomic import write_text
+
     dest.parent.mkdir(parents=True, exist_ok=True)
     page = _Page(dest.parent)
     data = _RunData.load(run)

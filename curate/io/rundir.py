@@ -1,9 +1,12 @@
 """Guarding a run's directories (a selection directory, a local store): one run at a time,
 leftovers of a killed run removed, and disk errors turned into messages a user can act on.
 
-* ``RunLock``: an exclusive ``flock`` on ``DIR/.lock`` held for the whole run. The kernel drops
-  it when the process dies, however it dies, so a killed run never blocks the next one; a
-  second run started while the first is alive fails at once, naming the first one's pid.
+* ``DirLock`` (``RunLock`` for a selection directory; the store's scoring lock too): an
+  exclusive ``flock`` on ``DIR/.lock`` held for the whole run. The kernel drops it when the
+  process dies, however it dies, so a killed run never blocks the next one; a second run
+  started while the first is alive fails at once, naming the first one's pid and command line
+  (``lock_holder`` reads them without taking the lock, e.g. to say that a scoring pass is
+  running). A directory that cannot be written is a one-line error, not a crash.
 * ``remove_leftovers``: a run killed while writing leaves ``.<name>.<random>.tmp`` files (every
   write goes to such a file and is renamed into place only when complete, see
   ``curate.io.atomic``), selection's working database and DuckDB spill files. They are never
@@ -20,6 +23,9 @@ import errno
 import fcntl
 import os
 import shutil
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -30,26 +36,81 @@ _LEFTOVER_DIRS = (".duckdb_tmp",)
 _LEFTOVER_FILES = (".selection.duckdb", ".selection.duckdb.wal")  # selection's working database
 
 
-class RunLock:
-    """``with RunLock(run_dir):`` holds ``run_dir/.lock`` exclusively, or raises CurateError."""
+READ_ONLY = {errno.EROFS, errno.EACCES, errno.EPERM}
 
-    def __init__(self, run_dir: Path) -> None:
-        self.path = run_dir / ".lock"
+
+def _command() -> str:
+    """This process's command line as a user would read it (``curate score p.yaml ...``)."""
+    argv = [Path(sys.argv[0]).name, *sys.argv[1:]] if sys.argv and sys.argv[0] else ["python"]
+    text = " ".join(argv)
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _holder(fd: int) -> str:
+    """Who holds the lock on ``fd``, as written into the file by the holder. A holder that got
+    the lock an instant ago may not have written yet: wait a moment for it."""
+    deadline = time.monotonic() + 2.0
+    while True:
+        text = os.pread(fd, 512, 0).decode(errors="replace").strip()
+        if text or time.monotonic() > deadline:
+            return text or "its pid is not recorded"
+        time.sleep(0.05)
+
+
+def lock_holder(directory: Path) -> str | None:
+    """Who holds ``directory/.lock`` right now (``pid 123: curate score ...``), or None when
+    nobody does. Reading needs no write permission and takes no lock."""
+    try:
+        fd = os.open(directory / ".lock", os.O_RDONLY)
+    except OSError:
+        return None  # no lock file (or not readable): nobody we can see holds it
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _holder(fd)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+class DirLock:
+    """``with DirLock(dir, busy, hint):`` holds ``dir/.lock`` exclusively (``flock``: the kernel
+    drops it when the holder dies, however it dies), or raises CurateError naming the holder
+    (its pid and command line, which it writes into the file once it holds the lock) after
+    ``busy`` (e.g. "is scoring into the store X"). A directory that cannot be written raises
+    CurateError too: the command writes there."""
+
+    def __init__(self, directory: Path, busy: str, hint: str, what: str) -> None:
+        self.path = directory / ".lock"
+        self.busy, self.hint, self.what = busy, hint, what
         self._fd: int | None = None
 
-    def __enter__(self) -> RunLock:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    def __enter__(self) -> DirLock:
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            if exc.errno in READ_ONLY:
+                raise CurateError(
+                    f"{self.what} {self.path.parent} is read-only "
+                    f"({os.strerror(exc.errno or 0).lower()}), and this command writes there",
+                    "give a writable directory, or copy it somewhere writable first") from None
+            raise
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            holder = _holder(fd)
             os.close(fd)
-            raise CurateError(
-                f"another curate run (pid {holder}) is using {self.path.parent}",
-                "wait for it to end or stop it; two runs in one directory would overwrite "
-                "each other's files") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+            raise CurateError(f"another curate process ({holder}) {self.busy}",
+                              self.hint) from None
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()}: {_command()}".encode(), 0)
+        except OSError as exc:  # the note is for others to read; a full disk must not stop us
+            if exc.errno not in DISK_FULL:
+                os.close(fd)
+                raise
         self._fd = fd
         return self
 
@@ -60,6 +121,15 @@ class RunLock:
                 os.ftruncate(self._fd, 0)
             os.close(self._fd)  # closing releases the lock
             self._fd = None
+
+
+class RunLock(DirLock):
+    """``with RunLock(run_dir):`` holds ``run_dir/.lock`` exclusively, or raises CurateError."""
+
+    def __init__(self, run_dir: Path) -> None:
+        super().__init__(run_dir, f"is using {run_dir}",
+                         "wait for it to end or stop it; two runs in one directory would "
+                         "overwrite each other's files", "the directory")
 
 
 def remove_leftovers(run_dir: Path) -> int:
@@ -135,3 +205,16 @@ def as_directory(path: str | Path, what: str) -> Path:
                                   "give a path whose parents are directories")
             break
     return p
+
+
+@contextlib.contextmanager
+def writing_into(directory: Path, what: str, hint: str) -> Iterator[None]:
+    """Turns "read-only file system" and "permission denied" raised while writing into
+    ``directory`` into a CurateError (``what`` names it; ``hint`` says where else to write)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in READ_ONLY:
+            raise
+        raise CurateError(f"{what} {directory} cannot be written "
+                          f"({os.strerror(exc.errno or 0).lower()})", hint) from None

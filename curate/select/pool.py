@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from curate.errors import CurateError, ShardFailed
+from curate.io.rundir import lock_holder
 from curate.schema import SAMPLE_COLUMNS
 from curate.store.embeddings import SidecarReader
 from curate.store.store import PoolShard, Store, Version
@@ -35,19 +36,27 @@ class PoolSource:
         """The store's pool as last scored, with ``versions`` (default: the current version
         of every stored scorer)."""
         meta = store.meta()
+        running = _scoring_now(store)
+        wait = "wait for that pass to end, then select"
         if not store.exists() or meta.reader is None:
-            raise CurateError(f"{store.location} is not a scored store (no store.json)",
+            raise CurateError(f"{store.location} is not a scored store (no store.json){running}",
+                              wait if running else
                               "score a pool into it first: curate score PIPELINE.yaml --store "
                               f"{store.location}")
         shards = list(pool) if pool is not None else store.pool()
         if not shards:
-            raise CurateError(f"the store {store.location} holds no scored pool")
+            raise CurateError(f"the store {store.location} holds no scored pool: its first "
+                              f"scoring pass has not finished{running}",
+                              wait if running else
+                              "run the same `curate score` (or `curate run`) command again: "
+                              "it resumes, keeping the shards already scored")
         failed = [s for s in shards if s.status == "failed" or s.digest is None]
         if failed:
             names = ", ".join(s.shard for s in failed[:5]) + (
                 f" and {len(failed) - 5} more" if len(failed) > 5 else "")
             raise ShardFailed(f"{len(failed)} of {len(shards)} shards of the pool were not "
-                              f"scored: {names}", "score the pool again (the same "
+                              f"scored: {names}{running}",
+                              wait if running else "score the pool again (the same "
                               "`curate run` or `curate score` command): only they are redone")
         chosen = list(versions) if versions is not None else meta.current()
         source = cls(store, meta.reader, shards, chosen)
@@ -129,3 +138,11 @@ class PoolSource:
 
         with ThreadPoolExecutor(max_workers=threads) as pool:
             return list(pool.map(rows, self.shards))
+
+
+def _scoring_now(store: Store) -> str:
+    """``; a scoring pass is running into it now (pid ...: curate score ...)`` when one holds
+    the store's lock, else ''."""
+    root = store.local_root
+    holder = lock_holder(root) if root is not None else None
+    return f"; a scoring pass is running into it now ({holder})" if holder else ""

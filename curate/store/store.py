@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import fcntl
 import json
 import os
 import re
@@ -49,6 +48,7 @@ import pyarrow as pa
 
 from curate.errors import CurateError
 from curate.io.fsdir import PROCESS_LOCAL, FsDir, is_url, protocols, resolve
+from curate.io.rundir import READ_ONLY, DirLock
 
 FORMAT = 1
 META = "store.json"
@@ -286,28 +286,22 @@ class Store:
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
-        """Exclusive scoring: ``flock`` on ``STORE/.lock`` for a local store (released by the
+        """Exclusive scoring: ``DirLock`` on ``STORE/.lock`` for a local store (released by the
         kernel when the holder dies). A store on a URL is not locked: run one scoring into it
         at a time."""
         root = self.local_root
         if root is None:
             yield
             return
-        root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(root / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-                raise CurateError(
-                    f"another curate process (pid {holder}) is scoring into the store "
-                    f"{self.location}", "wait for it to end: two scorings into one store "
-                    "would compute the same scores twice") from None
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            if exc.errno not in READ_ONLY:
+                raise
+            raise CurateError(f"the store {self.location} cannot be created here "
+                              f"({os.strerror(exc.errno or 0).lower()})",
+                              "give --store (or the pipeline's store:) a writable path") from None
+        with DirLock(root, f"is scoring into the store {self.location}",
+                     "wait for it to end: two scorings into one store would compute the same "
+                     "scores twice", "the store"):
             yield
-        finally:
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, 0)
-            os.close(fd)
