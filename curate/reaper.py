@@ -12,7 +12,12 @@ user's Ray processes (named ``ray::...``, or run from Ray's package) that hold a
 session's directory open (every Ray process keeps its log files there) or name it in their
 arguments; never the driver, never another program that happens to read those logs.
 
-    python -m curate.reaper SESSION_DIR DRIVER_PID RAY_PACKAGE_DIR   # stdin: the driver's pipe
+The watcher starts before Ray does, so a driver killed while Ray is still starting leaves
+nothing either: the driver writes the session directory into the pipe once Ray is up, and a
+watcher that never got it sweeps the sessions its driver started (Ray names a local session
+after the pid of the process that started it).
+
+    python -m curate.reaper RAY_TEMP_ROOT DRIVER_PID RAY_PACKAGE_DIR   # stdin: the driver's pipe
 """
 
 from __future__ import annotations
@@ -31,19 +36,54 @@ TERM_S = 2.0
 SWEEP_S = 20.0
 
 
-def spawn(session_dir: str) -> subprocess.Popen[bytes] | None:
-    """Start the watcher for the Ray session in ``session_dir`` of this process; the returned
-    process's ``stdin`` is the driver's end of the pipe (close it after ``ray.shutdown``).
-    None where the system has no ``/proc`` to find processes in."""
+def spawn() -> subprocess.Popen[bytes] | None:
+    """Start the watcher for the private Ray this process is about to start: call it *before*
+    ``ray.init``, so that a driver killed while Ray is still starting is covered too, and
+    ``announce`` the session directory once Ray is up. The returned process's ``stdin`` is the
+    driver's end of the pipe (close it after ``ray.shutdown``). None where the system has no
+    ``/proc`` to find processes in."""
     if not Path("/proc/self/fd").is_dir():
         return None
     import ray
 
     return subprocess.Popen(
-        [sys.executable, "-m", "curate.reaper", session_dir, str(os.getpid()),
+        [sys.executable, "-m", "curate.reaper", ray_temp_root(), str(os.getpid()),
          os.path.dirname(os.path.abspath(ray.__file__))],
         stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True, close_fds=True)
+
+
+def announce(watcher: subprocess.Popen[bytes], session_dir: str) -> None:
+    """Tell the watcher which Ray session to sweep (else it finds the driver's own)."""
+    assert watcher.stdin is not None
+    watcher.stdin.write(session_dir.encode() + b"\n")
+    watcher.stdin.flush()
+
+
+def ray_temp_root() -> str:
+    """Where a local Ray started without ``_temp_dir`` puts its session directories."""
+    try:
+        from ray._common.utils import get_default_ray_temp_dir
+
+        return str(get_default_ray_temp_dir())
+    except ImportError:  # another Ray version: its documented default
+        import tempfile
+
+        return os.path.join(os.environ.get("RAY_TMPDIR") or tempfile.gettempdir(), "ray")
+
+
+def driver_sessions(root: str, driver: int, since: float) -> list[str]:
+    """The session directories under ``root`` that the process ``driver`` created since
+    ``since`` (Ray names a local session ``session_<date>_<pid of the process that started
+    it>``): the Ray that a driver killed before it could announce one was starting."""
+    found = []
+    for d in Path(root).glob(f"session_*_{driver}"):
+        try:
+            if d.is_dir() and not d.is_symlink() and d.stat().st_mtime >= since - 1.0:
+                found.append(str(d))
+        except OSError:
+            continue
+    return found
 
 
 def session_processes(session_dir: str, spare: set[int], ray_dir: str | None = None,
@@ -115,11 +155,15 @@ def reap(session_dir: str, driver: int, ray_dir: str) -> int:
 
 
 def main(argv: list[str]) -> int:
-    session_dir, driver, ray_dir = argv[0], int(argv[1]), argv[2]
-    while sys.stdin.buffer.read(4096):  # returns b"" once the driver's end is closed
-        pass
+    root, driver, ray_dir = argv[0], int(argv[1]), argv[2]
+    started = time.time()
+    announced: list[str] = []
+    for line in sys.stdin.buffer:  # ends once the driver's end is closed
+        if line.strip():
+            announced.append(line.strip().decode())
     time.sleep(GRACE_S)
-    reap(session_dir, driver, ray_dir)
+    for session_dir in announced or driver_sessions(root, driver, started):
+        reap(session_dir, driver, ray_dir)
     return 0
 
 

@@ -205,6 +205,10 @@ class RaySession:
         self.note(f"starting Ray: joining {self.address} ..." if self.address else
                   "starting Ray: a private local cluster on this machine ...")
         t0 = time.perf_counter()
+        if not self.address and self._reaper is None:
+            from curate.reaper import spawn
+
+            self._reaper = spawn()  # before Ray starts: a kill during its start is covered
         try:
             if self.address:
                 ctx = ray.init(address=self.address, **kwargs)
@@ -223,10 +227,10 @@ class RaySession:
         session_dir = str(getattr(ctx, "address_info", {}).get("session_dir") or "")
         self.info = {"address": self.address or "local", "private": not self.address,
                      "session_dir": session_dir}
-        if not self.address and session_dir:
-            from curate.reaper import spawn
+        if self._reaper is not None and session_dir:
+            from curate.reaper import announce
 
-            self._reaper = spawn(session_dir)
+            announce(self._reaper, session_dir)
 
     def close(self) -> None:
         if self._started:

@@ -9,6 +9,7 @@ scorer that adds no column, so a run with it has exactly the clean run's manifes
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -420,3 +421,45 @@ def test_a_read_only_selection_is_reported_elsewhere(demo_run: Path, small_disk:
     assert "--out" in (info.value.hint or "")
     page = write_report(sel, tmp_path / "r" / "index.html", max_pages=1)
     assert "curate report" in page.read_text()
+
+
+@pytest.mark.slow
+def test_a_driver_killed_while_ray_starts_leaves_no_ray_process(demo_pool: Path,
+                                                                tmp_path: Path) -> None:
+    """`curate score` SIGKILLed while its private Ray is still starting: the watcher was
+    started before Ray, finds the session Ray named after the driver and sweeps it."""
+    from curate.reaper import ray_temp_root
+
+    (tmp_path / "pool").mkdir()
+    shutil.copy(demo_pool / "00000.tar", tmp_path / "pool")
+    (tmp_path / "p.yaml").write_text(
+        f"name: p\ninput: {{shards: '{tmp_path}/pool/*.tar'}}\nscore: [caption_stats]\n")
+    exe = shutil.which("curate", path=str(Path(sys.executable).parent))
+    assert exe is not None
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    proc = subprocess.Popen([exe, "score", str(tmp_path / "p.yaml"), "--store",
+                             str(tmp_path / "store"), "--no-progress"], env=env,
+                            start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    root = Path(ray_temp_root())
+    try:
+        deadline = time.monotonic() + 120
+        agents: list[str] = []
+        while not agents:  # Ray is half-way up: its raylet has started its agents
+            assert proc.poll() is None and time.monotonic() < deadline, "Ray never started"
+            sessions = [d for d in root.glob(f"session_*_{proc.pid}") if not d.is_symlink()]
+            if sessions:
+                agents = [c for c in _commands(session_processes(str(sessions[0]),
+                                                                 {os.getpid(), proc.pid}))
+                          if "agent" in c]
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        [session] = sessions
+        deadline = time.monotonic() + 40  # Ray's own agents linger for a minute or more
+        while left := session_processes(str(session), {os.getpid()}):
+            assert time.monotonic() < deadline, f"left behind: {_commands(left)}"
+            time.sleep(0.5)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
