@@ -40,6 +40,10 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 # the suite need. Two 2-thread torch trainings side by side on 2 cores took 60 s each instead of
 # 22 s with passive waiting (12 s alone); the numbers computed are the same.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Ray runs its workers at nice 15, under everything else on the machine: beside two CPU-bound
+# loops (the busy-machine check) they got ~3% of a core each, and 40 minutes into the suite
+# 29 tests had finished. At nice 0 they share the cores fairly with the other processes.
+os.environ.setdefault("RAY_worker_niceness", "0")
 
 
 @pytest.fixture(scope="session")
