@@ -428,7 +428,7 @@ def test_a_driver_killed_while_ray_starts_leaves_no_ray_process(demo_pool: Path,
                                                                 tmp_path: Path) -> None:
     """`curate score` SIGKILLed while its private Ray is still starting: the watcher was
     started before Ray, finds the session Ray named after the driver and sweeps it."""
-    from curate.reaper import ray_temp_root
+    from curate.reaper import driver_sessions, ray_temp_root
 
     (tmp_path / "pool").mkdir()
     shutil.copy(demo_pool / "00000.tar", tmp_path / "pool")
@@ -437,17 +437,18 @@ def test_a_driver_killed_while_ray_starts_leaves_no_ray_process(demo_pool: Path,
     exe = shutil.which("curate", path=str(Path(sys.executable).parent))
     assert exe is not None
     env = {**os.environ, "RAY_ADDRESS": ""}
+    since = time.time()
     proc = subprocess.Popen([exe, "score", str(tmp_path / "p.yaml"), "--store",
                              str(tmp_path / "store"), "--no-progress"], env=env,
                             start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    root = Path(ray_temp_root())
+    root = ray_temp_root()
     try:
         deadline = time.monotonic() + 120
         agents: list[str] = []
         while not agents:  # Ray is half-way up: its raylet has started its agents
             assert proc.poll() is None and time.monotonic() < deadline, "Ray never started"
-            sessions = [d for d in root.glob(f"session_*_{proc.pid}") if not d.is_symlink()]
+            sessions = driver_sessions(root, proc.pid, since)  # pids are reused
             if sessions:
                 agents = [c for c in _commands(session_processes(str(sessions[0]),
                                                                  {os.getpid(), proc.pid}))
@@ -457,7 +458,7 @@ def test_a_driver_killed_while_ray_starts_leaves_no_ray_process(demo_pool: Path,
         proc.wait(timeout=30)
         [session] = sessions
         deadline = time.monotonic() + 40  # Ray's own agents linger for a minute or more
-        while left := session_processes(str(session), {os.getpid()}):
+        while left := session_processes(session, {os.getpid()}):
             assert time.monotonic() < deadline, f"left behind: {_commands(left)}"
             time.sleep(0.5)
     finally:

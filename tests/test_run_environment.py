@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from conftest import REPO, curate_cli
 
-from curate.reaper import session_processes
+from curate.reaper import driver_sessions, session_processes
 
 
 def _free_port() -> int:
@@ -51,13 +51,16 @@ def other_cluster(tmp_path: Path) -> Any:
     every process of its session, at the end (never `ray stop`: that stops every Ray here)."""
     ray_exe = Path(sys.executable).parent / "ray"
     port = _free_port()
+    # Ray names the session after the pid of `ray start`; pids are reused, and /tmp/ray keeps
+    # the sessions of earlier runs: only a session made since now is this one.
+    since = time.time()
     proc = subprocess.Popen([str(ray_exe), "start", "--head", "--block", f"--port={port}",
                              "--num-cpus=1", "--include-dashboard=false",
                              "--disable-usage-stats"], env=_env(), start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
-        while not (sessions := list(Path("/tmp/ray").glob(f"session_*_{proc.pid}"))):
+        while not (sessions := [Path(d) for d in driver_sessions("/tmp/ray", proc.pid, since)]):
             assert proc.poll() is None and time.monotonic() < deadline, "ray start failed"
             time.sleep(0.5)
         with socket.socket() as s:  # its GCS is up
@@ -74,7 +77,7 @@ def other_cluster(tmp_path: Path) -> Any:
         current = Path("/tmp/ray/ray_current_cluster")  # `ray start`'s pointer to it
         if current.is_file() and current.read_text().strip().endswith(f":{port}"):
             current.unlink()
-        for sess in Path("/tmp/ray").glob(f"session_*_{proc.pid}"):
+        for sess in driver_sessions("/tmp/ray", proc.pid, since):
             for pid in session_processes(str(sess), {os.getpid()}):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
