@@ -98,6 +98,8 @@ def _print_scoring(s: Any) -> None:
     print(f"  {'scorer':<{width}}{'computed':>9}{'reused':>8}")
     for name, computed, reused in s.table():
         print(f"  {name:<{width}}{computed:>9}{reused:>8}")
+    if s.damaged:
+        print(f"  {len(s.damaged)} damaged store files were recomputed (see the warnings)")
     if s.changed:
         print(f"  {len(s.changed)} shards changed since they were scored, and were scored "
               f"anew: {', '.join(s.changed[:5])}{' ...' if len(s.changed) > 5 else ''}")
@@ -149,6 +151,17 @@ def _cmd_select(args: argparse.Namespace) -> int:
 def _cmd_store(args: argparse.Namespace) -> int:
     from curate.store.store import Store
 
+    words = list(args.words)
+    if len(words) == 2 and words[0] == "verify":
+        return _store_verify(Store(words[1]), args.repair, not args.no_progress)
+    if len(words) != 1:
+        raise CurateError(f"curate store takes a store, or `verify` and a store (got: "
+                          f"{' '.join(words)})", "curate store STORE, or curate store verify "
+                          "STORE [--repair]")
+    if args.repair:
+        raise CurateError("--repair goes with `curate store verify`",
+                          f"curate store verify {words[0]} --repair")
+    args.store = words[0]
     store = Store(args.store)
     if not store.exists():
         raise CurateError(f"{args.store} is not a store (no store.json)",
@@ -168,6 +181,49 @@ def _cmd_store(args: argparse.Namespace) -> int:
             params = ", ".join(f"{k}={v!r}" for k, v in d["params"].items())
             print(f" {mark} {label:<20} {version}  {n}/{len(pool)} shards  {params}")
     print("(* = current version: what `curate select` uses unless the selection names others)")
+    return 0
+
+
+def _store_verify(store: Any, repair: bool, progress: bool) -> int:
+    from curate.io.rundir import writing_into
+    from curate.runtime import Progress
+    from curate.store.verify import verify_store
+
+    if not store.exists() and not store.dir.isfile("pool.parquet"):
+        raise CurateError(f"{store.location} is not a store (no store.json)",
+                          "give the directory a `curate score` wrote into")
+    bar: list[Any] = []
+
+    def done(n: int, total: int) -> None:
+        if not bar:
+            bar.append(Progress(total, "verifying", progress))
+        bar[0].update()
+
+    if repair:
+        with writing_into(Path(store.location), "the store", "repair a writable copy, or "
+                          "ask the store's owner to run curate store verify --repair"):
+            found = verify_store(store, repair=True, done=done)
+    else:
+        found = verify_store(store, done=done)
+    if bar:
+        bar[0].close()
+    for line in found.records:
+        print(f"damaged: {line}")
+    for d in found.damage:
+        print(f"damaged: {d.line()}")
+    print(f"store {store.location}: {found.files} files of {found.shards} shard contents "
+          f"checked; {len(found.damage) + len(found.records)} damaged")
+    if repair:
+        for name in found.removed:
+            print(f"removed: {name}")
+        if found.removed:
+            print("run the `curate score` (or `curate run`) command that filled the store "
+                  "again: it recomputes what was removed")
+        return 0
+    if found.damage or found.records:
+        print(f"repair: curate store verify --repair {store.location}, then the `curate "
+              "score` command that filled the store")
+        return 1
     return 0
 
 
@@ -515,8 +571,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress output")
     p.set_defaults(fn=_cmd_select)
 
-    p = sub.add_parser("store", help="what a store holds: shards, scorers and their versions")
-    p.add_argument("store")
+    p = sub.add_parser("store", help="what a store holds: shards, scorers and their versions; "
+                       "`curate store verify STORE` checks every file")
+    p.add_argument("words", nargs="+", metavar="[verify] STORE",
+                   help="the store; `verify STORE` checks that every file is whole and is what "
+                   "its name says (exit 1 when one is not)")
+    p.add_argument("--repair", action="store_true", help="with verify: remove the damaged "
+                   "files, so that the next `curate score` recomputes them")
+    p.add_argument("--no-progress", action="store_true", help="no progress output")
     p.set_defaults(fn=_cmd_store)
 
     p = sub.add_parser("query", help="SQL over a run's DuckDB views (manifest, kept, drops, ...)")

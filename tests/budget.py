@@ -29,6 +29,7 @@ FILE_BUDGETS = {
     "test_readme_commands.py": 180.0,  # first user of text_run (OCR over the demo pool)
     "test_faults.py": 120.0,
     "test_search.py": 60.0,
+    "test_store_verify.py": 60.0,
     "test_multinode.py": 90.0,
     "test_ingest.py": 60.0,
     "test_text_pipelines.py": 60.0,  # after test_readme_commands has built text_run

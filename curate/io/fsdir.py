@@ -140,7 +140,8 @@ class FsDir:
             self.fs.pipe_file(self.path(name), data)  # one request: whole or nothing
 
     def write_parquet(self, name: str, table: pa.Table) -> None:
-        self.write(name, lambda f: pq.write_table(table, f, compression="zstd"))
+        self.write(name, lambda f: pq.write_table(table, f, compression="zstd",
+                                                  write_page_checksum=True))
 
     def read_parquet(self, name: str, columns: list[str] | None = None) -> pa.Table:
         if self.local:

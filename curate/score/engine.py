@@ -47,6 +47,7 @@ from curate.score.shard import ShardResult, ShardTask, commit, compute_shard, lo
 from curate.stages.base import Resources, Scorer, StageCounters
 from curate.store.identity import shard_digest
 from curate.store.store import PoolShard, Store, Version
+from curate.store.verify import Damage
 
 log = logging.getLogger("curate")
 
@@ -72,6 +73,7 @@ class ScoreResult:
     versions: list[Version]
     pool: list[PoolShard]  # pool order
     changed: list[str] = field(default_factory=list)  # shards whose bytes changed
+    damaged: list[Damage] = field(default_factory=list)  # stored files found wrong: recomputed
     computed: list[str] = field(default_factory=list)  # shards this pass did work on
     failed: dict[str, tuple[ShardRef, int, str]] = field(default_factory=dict)
     seconds: float = 0.0
@@ -211,7 +213,7 @@ def score_pool(scorers: Sequence[Scorer], refs: Sequence[ShardRef], store: Store
     t0 = time.perf_counter()
     reader = reader_fingerprint(max_member_bytes)
     versions = scorer_versions(scorers, reader)
-    records = {r.shard: r for r in store.pool()}
+    records = {r.shard: r for r in store.pool(damaged_ok=True)}
     meta_versions = [v.record(reader) for v in versions]
     store.register(meta_versions, reader, input_section)
     identities = identify(store, refs, reader, verify, _hash_many(session, rlog, progress),
@@ -223,7 +225,12 @@ def score_pool(scorers: Sequence[Scorer], refs: Sequence[ShardRef], store: Store
                     "scoring it anew", sid, (ident.changed_from or "")[:12],
                     (ident.digest or "")[:12])
         rlog.event("shard_changed", shard=sid, was=ident.changed_from, now=ident.digest)
-    plans = plan(store, refs, versions, reader, identities)
+    damaged: list[Damage] = []
+    plans = plan(store, refs, versions, reader, identities, records, damaged)
+    for d in damaged:
+        log.warning("%s: recomputed", d.line())
+        rlog.event("store_file_damaged", file=d.name, shard=d.shard, problem=d.problem,
+                   scorer=d.label)
     counts = {v.label: ScorerCounts() for v in versions}
     reader_counts = ScorerCounts()
     for p in plans:
@@ -270,7 +277,7 @@ def score_pool(scorers: Sequence[Scorer], refs: Sequence[ShardRef], store: Store
         store=store.location, shards=len(refs),
         samples=sum(s.samples or 0 for s in pool if s.status != "failed"),
         reader=reader_counts, scorers=counts, versions=meta_versions, pool=pool,
-        changed=changed, computed=sorted(results), failed=failed,
+        changed=changed, damaged=damaged, computed=sorted(results), failed=failed,
         seconds=round(time.perf_counter() - t0, 3),
         workers=n_workers, driver_bytes_in=transfer[0], driver_bytes_out=transfer[1])
     rlog.event("scoring_end", shards=len(refs), computed=len(results), failed=sorted(failed),

@@ -26,6 +26,7 @@ from curate.schema import BATCH_ONLY_COLUMNS, SAMPLE_COLUMNS
 from curate.stages.base import Scorer
 from curate.store.identity import shard_stamp
 from curate.store.store import KEY_STAMP, PoolShard, Store, Version, shard_key
+from curate.store.verify import Damage, ScorerFiles, ShardFiles, damage_many
 
 log = logging.getLogger("curate")
 
@@ -170,10 +171,16 @@ class ShardPlan:
 
 
 def plan(store: Store, refs: Sequence[ShardRef], versions: Sequence[ScorerVersion], reader: str,
-         identities: dict[str, Identity]) -> list[ShardPlan]:
-    """Per shard, the reader and the scorers that must run (see the module docs)."""
+         identities: dict[str, Identity], records: dict[str, PoolShard] | None = None,
+         damage: list[Damage] | None = None) -> list[ShardPlan]:
+    """Per shard, the reader and the scorers that must run (see the module docs). A stored
+    file that fails its identity check (``curate.store.verify``) counts as missing: it is
+    recomputed, and appended to ``damage``."""
     base = store.stored(f"base/{reader}")
     have = {v.label: store.stored(f"scores/{v.label}/{v.version}") for v in versions}
+    found = _check_stored(store, refs, versions, reader, identities, records or {}, base, have)
+    if damage is not None:
+        damage.extend(found)
     plans: list[ShardPlan] = []
     for ref in refs:
         ident = identities[ref.shard_id]
@@ -186,6 +193,37 @@ def plan(store: Store, refs: Sequence[ShardRef], versions: Sequence[ScorerVersio
                 compute.append(v.label)
         plans.append(ShardPlan(ref, ident, read_base, compute))
     return plans
+
+
+def _check_stored(store: Store, refs: Sequence[ShardRef], versions: Sequence[ScorerVersion],
+                  reader: str, identities: dict[str, Identity], records: dict[str, PoolShard],
+                  base: dict[str, set[str]], have: dict[str, dict[str, set[str]]],
+                  ) -> list[Damage]:
+    """Check the stored files the plan would reuse; drop the damaged ones from ``base`` and
+    ``have`` (so that they are recomputed) and return them."""
+    jobs: list[ShardFiles] = []
+    for ref in refs:
+        digest = identities[ref.shard_id].digest
+        if digest is None:
+            continue
+        key = shard_key(ref.shard_id)
+        scorers = tuple(
+            ScorerFiles(v.label, v.version,
+                        {c: t.list_size for c, t in v.sidecars.items()})  # type: ignore[attr-defined]
+            for v in versions if digest in have[v.label].get(key, set()))
+        in_base = digest in base.get(key, set())
+        if not in_base and not scorers:
+            continue
+        rec = records.get(ref.shard_id)
+        samples = rec.samples if rec is not None and rec.digest == digest else None
+        jobs.append(ShardFiles(ref.shard_id, digest, in_base, scorers, samples))
+    found = damage_many(store, reader, jobs)
+    digests = {j.shard: j.digest for j in jobs}
+    for d in found:
+        key = shard_key(d.shard)
+        where = base if d.label is None else have[d.label]
+        where.get(key, set()).discard(digests[d.shard])
+    return found
 
 
 def base_columns() -> dict[str, pa.DataType]:

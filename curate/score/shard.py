@@ -34,12 +34,15 @@ from curate.store.store import (
     ERROR,
     KEY_DIGEST,
     KEY_INFO,
+    KEY_SHARD,
+    KEY_SIDECARS,
     KEY_STAMP,
     KEY_VERSION,
     STATUS,
     Store,
     shard_key,
 )
+from curate.store.verify import sidecar_record
 
 SKIPPED = "skipped"
 _SKIP = "(skipped)"  # marks a row a scorer must not score (its inputs failed)
@@ -293,6 +296,7 @@ def compute_shard(task: ShardTask, versions: Sequence[ScorerVersion], reader_fp:
     if base_table is not None:
         base_table = base_table.replace_schema_metadata({
             KEY_DIGEST: digest.encode(), KEY_STAMP: stamp.encode(),
+            KEY_SHARD: task.ref.shard_id.encode(),
             KEY_INFO: json.dumps({"read": read, "shard": task.ref.shard_id,
                                   "url": task.ref.url}).encode()})
     results: list[ScorerResult] = []
@@ -303,12 +307,15 @@ def compute_shard(task: ShardTask, versions: Sequence[ScorerVersion], reader_fp:
         stored = pa.concat_tables(parts[v.label]) if parts[v.label] else pa.schema(
             v.stored).empty_table()
         table = pa.table({**cols, **{name: stored.column(name) for name in v.stored}})
-        table = table.replace_schema_metadata({
-            KEY_VERSION: v.version.encode(), KEY_DIGEST: digest.encode(),
-            KEY_INFO: json.dumps({"label": v.label, "counters": c.as_dict()}).encode()})
         sidecars = {col: (np.concatenate(ms) if ms else np.zeros(
             (0, v.sidecars[col].list_size), np.float16))  # type: ignore[attr-defined]
             for col, ms in side_parts[v.label].items()}
+        table = table.replace_schema_metadata({
+            KEY_VERSION: v.version.encode(), KEY_DIGEST: digest.encode(),
+            KEY_SHARD: task.ref.shard_id.encode(),
+            KEY_SIDECARS: json.dumps({col: sidecar_record(m) for col, m in sidecars.items()},
+                                     sort_keys=True).encode(),
+            KEY_INFO: json.dumps({"label": v.label, "counters": c.as_dict()}).encode()})
         results.append(ScorerResult(v.label, v.version, table, sidecars, c))
     return ShardResult(shard=task.ref.shard_id, digest=digest, stamp=stamp, samples=samples,
                        read=read, base=base_table, scorers=results,

@@ -21,6 +21,7 @@ from curate.io.rundir import lock_holder
 from curate.schema import SAMPLE_COLUMNS
 from curate.store.embeddings import SidecarReader
 from curate.store.store import PoolShard, Store, Version
+from curate.store.verify import Damage, ScorerFiles, ShardFiles, damage_many, repair_hint, summary
 
 
 @dataclass
@@ -80,6 +81,20 @@ class PoolSource:
                     f"{len(missing)} of {len(need)} shards of the pool",
                     "score the pool with it (curate score PIPELINE.yaml --store "
                     f"{self.store.location}, or curate run)")
+        damage = self.damage()
+        if damage:
+            raise CurateError(
+                f"{len(damage)} files of the store are not what their names say: "
+                f"{summary(damage, 2)}",
+                repair_hint(self.store.location))
+
+    def damage(self, deep: bool = False) -> list[Damage]:
+        """The pool's files that fail their identity check (``curate.store.verify``)."""
+        scorers = tuple(ScorerFiles(v.label, v.version, dict(v.sidecars))
+                        for v in self.versions)
+        return damage_many(self.store, self.reader, [
+            ShardFiles(s.shard, s.digest, True, scorers, s.samples)
+            for s in self.shards if s.digest is not None], deep)
 
     def columns(self) -> dict[str, pa.DataType]:
         """Every column of the pool table, in order (embeddings are not columns)."""

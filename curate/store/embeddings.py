@@ -10,14 +10,17 @@ loads the pool; files on an object store are fetched once each.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow as pa
 
 from curate.errors import CurateError
-from curate.store.store import Store, shard_key
+from curate.store.store import KEY_SIDECARS, Store, shard_key
+from curate.store.verify import array_sha256, repair_hint
 
 
 @dataclass
@@ -28,6 +31,7 @@ class SidecarReader:
     store: Store
     columns: dict[str, tuple[str, str]]
     digests: dict[str, str]
+    _checked: set[tuple[str, str]] = field(default_factory=set, repr=False)
 
     def name(self, column: str, shard_id: str) -> str:
         if column not in self.columns:
@@ -38,15 +42,47 @@ class SidecarReader:
                                   self.digests[shard_id])
 
     def shard(self, column: str, shard_id: str) -> np.ndarray:
-        """float16 ``[samples, dim]`` of one shard (memory-mapped when local)."""
+        """float16 ``[samples, dim]`` of one shard (memory-mapped when local), checked against
+        the shape and SHA-256 its scorer recorded (once per file and reader)."""
         name = self.name(column, shard_id)
         try:
-            return self.store.dir.read_array(name)
+            mat = self.store.dir.read_array(name)
         except FileNotFoundError:
             raise CurateError(f"the store has no {column} embeddings for shard {shard_id} "
                               f"({self.store.location}/{name})",
                               "score the pool again into this store to recompute them"
                               ) from None
+        except (OSError, ValueError, EOFError) as exc:
+            raise self._damaged(name, f"is unreadable (truncated or not .npy: {exc})") from None
+        if (column, shard_id) not in self._checked:
+            problem = self._check(column, shard_id, mat)
+            if problem is not None:
+                raise self._damaged(name, problem)
+            self._checked.add((column, shard_id))
+        return mat
+
+    def _check(self, column: str, shard_id: str, mat: np.ndarray) -> str | None:
+        label, version = self.columns[column]
+        digest = self.digests[shard_id]
+        parquet = Store.score_name(label, version, shard_key(shard_id), digest)
+        try:
+            schema = self.store.dir.parquet_schema(parquet)
+        except (OSError, ValueError, pa.ArrowException):
+            return f"belongs to the unreadable scorer file {parquet}"
+        try:
+            rec = json.loads((schema.metadata or {}).get(KEY_SIDECARS, b"{}")).get(column)
+        except (ValueError, AttributeError):
+            rec = None
+        if not rec:
+            return None  # written by a curate that did not record it
+        if mat.ndim != 2 or tuple(mat.shape) != (rec["rows"], rec["dim"]):
+            return f"holds an array of shape {tuple(mat.shape)}, not {(rec['rows'], rec['dim'])}"
+        if array_sha256(mat) != rec["sha256"]:
+            return "does not hold the embeddings its scorer recorded (their SHA-256 differs)"
+        return None
+
+    def _damaged(self, name: str, problem: str) -> CurateError:
+        return CurateError(f"store file {name} {problem}", repair_hint(self.store.location))
 
     def read_rows(self, column: str, shards: Sequence[str], indices: Sequence[int],
                   normalise: bool = True) -> np.ndarray:

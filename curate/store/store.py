@@ -25,8 +25,13 @@ A store is a directory (a local path or an fsspec URL such as ``s3://bucket/pool
   each version's parameters and which one is current.
 * Every scorer file has one row per sample of its shard, in shard order, with ``__status``
   (``ok``, ``error``, ``skipped``: an input it needs failed) and ``__error`` beside its columns.
-  Its Parquet metadata holds its version, the shard digest and the scorer's counters. An
-  embedding file holds float16 ``[samples, dim]``, NaN rows where the scorer did not succeed.
+  An embedding file holds float16 ``[samples, dim]``, NaN rows where the scorer did not succeed.
+* Every file carries its identity, and readers check it rather than trust the name
+  (``curate.store.verify``): a Parquet's metadata holds the shard id, the shard digest, the
+  scorer version and the scorer's counters (its row count is the footer's), and its pages carry
+  CRC checksums; a scorer's Parquet also records the shape and SHA-256 of each of its
+  embedding files. A file that does not match is treated as missing: scoring recomputes it,
+  selection refuses it, ``curate store verify`` lists it.
 * Every file is written atomically; a scorer's embeddings are written before its Parquet, so
   an existing Parquet means the scorer's work on that shard is complete.
 """
@@ -36,6 +41,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import logging
 import os
 import re
 import time
@@ -50,6 +56,8 @@ from curate.errors import CurateError
 from curate.io.fsdir import PROCESS_LOCAL, FsDir, is_url, protocols, resolve
 from curate.io.rundir import READ_ONLY, DirLock
 
+log = logging.getLogger("curate")
+
 FORMAT = 1
 META = "store.json"
 POOL = "pool.parquet"
@@ -63,6 +71,8 @@ KEY_VERSION = b"curate.version"
 KEY_DIGEST = b"curate.digest"
 KEY_STAMP = b"curate.stamp"
 KEY_INFO = b"curate.info"  # JSON: counters (scorer files) or the read report (base files)
+KEY_SHARD = b"curate.shard"  # the shard id the file describes
+KEY_SIDECARS = b"curate.sidecars"  # JSON (scorer files): column -> rows, dim, sha256 of its .npy
 
 
 def shard_key(shard_id: str) -> str:
@@ -224,14 +234,29 @@ class Store:
 
     # -- store.json -----------------------------------------------------------------------
 
-    def meta(self) -> StoreMeta:
+    def meta(self, damaged_ok: bool = False) -> StoreMeta:
+        """``store.json``. A damaged one is an error, or with ``damaged_ok`` (scoring, which
+        records its scorers anew) a warning: it is kept beside as ``store.json.damaged`` and
+        an empty record is returned."""
         if not self.dir.isfile(META):
             return StoreMeta()
         try:
             d = json.loads(self.dir.read_bytes(META))
-        except ValueError as exc:
-            raise CurateError(f"{self.location}/{META} is not valid JSON ({exc})",
-                              "restore it, or score into a new store") from exc
+            if not isinstance(d, dict) or not isinstance(d.get("scorers", {}), dict) or not \
+                    isinstance(d.get("order", []), list):
+                raise ValueError("not a store record")
+        except (ValueError, UnicodeDecodeError) as exc:
+            problem = f"{self.location}/{META} is damaged (not a store record: {exc})"
+            if damaged_ok:
+                self.dir.write_bytes(META + ".damaged", self.dir.read_bytes(META))
+                self.dir.remove(META)
+                log.warning("%s: kept as %s.damaged; this pass records its scorers anew "
+                            "(versions it does not use are no longer listed)", problem, META)
+                return StoreMeta()
+            raise CurateError(problem, "run the `curate score` (or `curate run`) command that "
+                              "filled the store again: it records its scorers anew and "
+                              "recomputes nothing that is intact (or restore the file)"
+                              ) from None
         if d.get("format") != FORMAT:
             raise CurateError(f"{self.location} is a store of format {d.get('format')!r}; "
                               f"this curate reads format {FORMAT}",
@@ -247,7 +272,7 @@ class Store:
     def register(self, versions: list[Version], reader: str,
                  input_section: dict[str, Any] | None) -> StoreMeta:
         """Record ``versions`` (making each its label's current version) and the reader."""
-        meta = self.meta()
+        meta = self.meta(damaged_ok=True)
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         for v in versions:
             if not _LABEL.fullmatch(v.label):
@@ -266,15 +291,30 @@ class Store:
 
     # -- pool.parquet ---------------------------------------------------------------------
 
-    def pool(self) -> list[PoolShard]:
-        """The pool as last scored, in pool order (empty for a new store)."""
+    def pool(self, damaged_ok: bool = False) -> list[PoolShard]:
+        """The pool as last scored, in pool order (empty for a new store). A damaged
+        ``pool.parquet`` is an error, or with ``damaged_ok`` (scoring, which rebuilds it from
+        the store's files) a warning and an empty pool."""
         if not self.dir.isfile(POOL):
             return []
-        table = self.dir.read_parquet(POOL)
-        out = []
-        for r in table.to_pylist():
-            r["counters"] = json.loads(r.get("counters") or "{}")
-            out.append(PoolShard(**{k: r.get(k) for k in POOL_SCHEMA.names}))
+        try:
+            table = self.dir.read_parquet(POOL)
+            missing = [n for n in ("shard", "url", "digest") if n not in table.column_names]
+            if missing:
+                raise ValueError(f"no column {missing[0]!r}")
+            out = []
+            for r in table.to_pylist():
+                r["counters"] = json.loads(r.get("counters") or "{}")
+                out.append(PoolShard(**{k: r.get(k) for k in POOL_SCHEMA.names}))
+        except (OSError, ValueError, TypeError, pa.ArrowException) as exc:
+            problem = (f"{self.location}/{POOL} (the pool as last scored) is damaged: "
+                       f"{str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc!r}")
+            if damaged_ok:
+                log.warning("%s: rebuilt by this pass from the store's files", problem)
+                return []
+            raise CurateError(problem, "run the `curate score` (or `curate run`) command that "
+                              "filled the store again: it rebuilds it from the store's files "
+                              "and recomputes nothing that is intact") from None
         return out
 
     def write_pool(self, shards: list[PoolShard]) -> None:
