@@ -99,7 +99,8 @@ def _print_scoring(s: Any) -> None:
     for name, computed, reused in s.table():
         print(f"  {name:<{width}}{computed:>9}{reused:>8}")
     if s.damaged:
-        print(f"  {len(s.damaged)} damaged store files were recomputed (see the warnings)")
+        print(f"  {len(s.damaged)} damaged store file{'s were' if len(s.damaged) > 1 else ' was'} "
+              "recomputed (see the warnings)")
     if s.changed:
         print(f"  {len(s.changed)} shards changed since they were scored, and were scored "
               f"anew: {', '.join(s.changed[:5])}{' ...' if len(s.changed) > 5 else ''}")
@@ -196,7 +197,7 @@ def _store_verify(store: Any, repair: bool, progress: bool) -> int:
 
     def done(n: int, total: int) -> None:
         if not bar:
-            bar.append(Progress(total, "verifying", progress))
+            bar.append(Progress(total, "verifying", progress, unit="file set"))
         bar[0].update()
 
     if repair:

@@ -409,3 +409,29 @@ def test_a_scorer_reads_another_scorers_stored_columns(demo_pool: Path, tmp_path
     assert len(broken) == 11 and all(r["doubled_words"] == 2 * r["caption_words"] > 0
                                      for r in broken)
     assert all(r["reason"] == "error:image_info" for r in broken)
+
+
+def test_the_manifest_does_not_depend_on_the_order_scorers_were_added(
+        demo_pool: Path, tmp_path: Path) -> None:
+    """phash then image_info into one store, image_info then phash into another: a selection
+    that names no scorers gives the same manifest from both (a sample that fails in both is
+    attributed to the same stage), column for column."""
+    from curate.runner import score
+
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for i in range(2):
+        shutil.copy(demo_pool / f"{i:05d}.tar", pool / f"{i:05d}.tar")
+    sel = selection_from_dict({"name": "all", "select": [], "output": {"write_shards": False}})
+    manifests = []
+    for order in (["phash", "image_info"], ["image_info", "phash"]):
+        store = tmp_path / f"store-{order[0]}"
+        for name in order:
+            score(pipeline(pool, [name], []), store, local=True)
+        out = select(store, sel, tmp_path / f"sel-{order[0]}")
+        manifests.append(pq.read_table(out.dir / "manifest.parquet"))
+    first, second = manifests
+    assert first.schema.names == second.schema.names
+    assert [c for c in first.schema.names if not first[c].equals(second[c])] == []
+    failed = [r for r in first.to_pylist() if r["error_stage"] in ("phash", "image_info")]
+    assert failed and {r["error_stage"] for r in failed} == {"image_info"}

@@ -85,6 +85,10 @@ def garbage(path: Path) -> None:
     path.write_bytes(b"not what you think\n" * 10)
 
 
+def delete(path: Path) -> None:
+    path.unlink()
+
+
 def from_shard_0(path: Path) -> None:
     """Put shard 00000's file of the same kind under this (shard 00001's) name."""
     [other] = path.parent.glob("00000.*" + path.suffix)
@@ -98,6 +102,7 @@ CASES: list[tuple[str, Callable[[Path], None], str]] = [
     ("scores/exact_hash/*/00001.*.parquet", empty, "exact_hash"),
     ("scores/clip/*/clip_image_emb/00001.*.npy", truncate_half, "clip"),
     ("scores/clip/*/clip_text_emb/00001.*.npy", from_shard_0, "clip"),
+    ("scores/clip/*/clip_image_emb/00001.*.npy", delete, "clip"),
     ("base/*/00001.*.parquet", garbage, "(read)"),
 ]
 

@@ -5,7 +5,9 @@ columns (a selection never computes, so anything missing is an error that names 
 and the command that computes it). The pool is the reader's columns, then each scorer's,
 joined by position: every file of a shard has one row per sample, in shard order. A sample's
 ``status``, ``error_stage`` and ``error`` are its first failure in the order read (or
-download), then the scorers in selection order. ``files()`` gives the files in pool order;
+download), then the scorers in selection order (for a selection that names no scorers, the
+store's canonical order: by label, each after the scorers it reads, whatever the order in
+which they were scored). ``files()`` gives the files in pool order;
 selection reads them with DuckDB (``curate.select.selection``).
 """
 
@@ -84,7 +86,9 @@ class PoolSource:
         damage = self.damage()
         if damage:
             raise CurateError(
-                f"{len(damage)} files of the store are not what their names say: "
+                f"{len(damage)} file{'s' if len(damage) > 1 else ''} of the store "
+                f"{'are' if len(damage) > 1 else 'is'} not what "
+                f"{'their names say' if len(damage) > 1 else 'its name says'}: "
                 f"{summary(damage, 2)}",
                 repair_hint(self.store.location))
 

@@ -169,9 +169,18 @@ class StoreMeta:
         return None if d is None else Version.from_json(label, v, d)
 
     def current(self) -> list[Version]:
-        """The current version of every stored scorer, in the order they were first added."""
-        out = [self.version(label) for label in self.order]
-        return [v for v in out if v is not None]
+        """The current version of every stored scorer, in an order that depends on the
+        scorers only, never on the order in which they were added: by label, each after the
+        scorers whose outputs it reads. (A selection that does not name its scorers reads them
+        in this order, which decides the error stage of a sample that fails in several.)"""
+        found = {label: self.version(label) for label in sorted(self.scorers)}
+        todo = {k: v for k, v in found.items() if v is not None}
+        out: list[Version] = []
+        while todo:
+            ready = [k for k, v in todo.items() if not (set(v.reads) & set(todo))]
+            for k in ready or sorted(todo)[:1]:  # (a cycle cannot be stored; never stall)
+                out.append(todo.pop(k))
+        return out
 
 
 class Store:
