@@ -464,3 +464,42 @@ def test_a_driver_killed_while_ray_starts_leaves_no_ray_process(demo_pool: Path,
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+ODD = "odd *.wal?[x] 'q'"  # glob characters, DuckDB's option mark, a quote, spaces
+
+
+def test_paths_with_glob_and_sql_characters_work_everywhere(demo_run: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str],
+                                                            ) -> None:
+    """A store and selections under names holding `*`, `?`, `[x]` and quotes: selecting, and
+    every command that reads a selection, work on them and read only their own files (a
+    neighbour that the name would match as a glob holds another manifest)."""
+    from curate.cli import main
+    from curate.runner import select
+
+    store = tmp_path / f"st {ODD}" / "store"
+    shutil.copytree(demo_run.parent.parent / "store", store)
+    sel = demo_pipeline(Path("unused")).selection()
+    sel.output = sel.output.model_copy(update={"write_shards": False})
+    out = tmp_path / f"sel {ODD}"
+    neighbour = tmp_path / "sel odd x.wal1x 'q'"  # what `*`, `?` and `[x]` would match
+    select(store, sel, neighbour, progress=False)
+    select(store, sel, out, progress=False)
+    clean = pq.read_table(demo_run / "manifest.parquet")
+    ours = pq.read_table(out / "manifest.parquet")
+    assert ours.num_rows == 8 * 64
+    assert [c for c in clean.schema.names if not ours[c].equals(clean[c])] == []
+    capsys.readouterr()
+    assert main(["query", str(out), "select count(*) as n from manifest", "--format",
+                 "csv"]) == 0
+    assert capsys.readouterr().out.split() == ["n", "512"]
+    assert main(["stats", str(out)]) == 0
+    assert main(["export", str(out), "--format", "parquet", "--out",
+                 str(tmp_path / f"uids {ODD}.parquet")]) == 0
+    assert pq.read_table(tmp_path / f"uids {ODD}.parquet").num_rows == int(
+        ours.to_pandas()["kept"].sum())
+    assert main(["diff", str(out), str(neighbour)]) == 0
+    assert main(["report", str(out), "--max-pages", "1"]) == 0
+    assert main(["store", "verify", str(store), "--no-progress"]) == 0
+    assert "0 damaged" in capsys.readouterr().out

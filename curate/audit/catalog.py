@@ -35,6 +35,8 @@ schema per selection (``a.manifest``, ``b.kept``...), to compare them in SQL.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +44,7 @@ import duckdb
 
 from curate.errors import CurateError
 from curate.io.atomic import atomic_path
-from curate.sql import literal
+from curate.sql import literal, path_literal, writable_db_path
 
 CATALOG = "catalog.duckdb"
 
@@ -70,15 +72,25 @@ def write_catalog(run_dir: Path) -> Path:
     dest = run_dir / CATALOG
     with atomic_path(dest) as tmp:
         tmp.unlink()  # DuckDB creates the file itself
-        con = duckdb.connect(str(tmp))
-        con.execute(f"SET file_search_path = {literal(str(run_dir.resolve()))}")
-        for name, sql in VIEWS.items():
-            con.execute(f"CREATE VIEW {name} AS {sql}")
-        for name, (file, sql) in OPTIONAL_VIEWS.items():
-            if (run_dir / file).is_file():
-                con.execute(f"CREATE VIEW {name} AS {sql}")
-        con.close()
+        if writable_db_path(tmp):
+            _build_catalog(tmp, run_dir)
+        else:  # DuckDB cannot write a database there ("?" in the path): build it elsewhere
+            with tempfile.TemporaryDirectory(prefix="curate-catalog-") as scratch:
+                built = Path(scratch) / CATALOG
+                _build_catalog(built, run_dir)
+                shutil.copyfile(built, tmp)
     return dest
+
+
+def _build_catalog(path: Path, run_dir: Path) -> None:
+    con = duckdb.connect(str(path))
+    con.execute(f"SET file_search_path = {literal(str(run_dir.resolve()))}")
+    for name, sql in VIEWS.items():
+        con.execute(f"CREATE VIEW {name} AS {sql}")
+    for name, (file, sql) in OPTIONAL_VIEWS.items():
+        if (run_dir / file).is_file():
+            con.execute(f"CREATE VIEW {name} AS {sql}")
+    con.close()
 
 
 def resolve_selection(path: str | Path, need: str = CATALOG) -> Path:
@@ -190,7 +202,7 @@ def open_runs(runs: dict[str, str | Path]) -> duckdb.DuckDBPyConnection:
         views.update({n: sql for n, (f, sql) in OPTIONAL_VIEWS.items() if (run / f).is_file()})
         for name, sql in views.items():
             sql = re.sub(r"read_parquet\('([^']+)'",
-                         lambda m, r=run: "read_parquet(" + literal(str(r / m.group(1))), sql)
+                         lambda m, r=run: "read_parquet(" + path_literal(r / m.group(1)), sql)
             sql = re.sub(r"\b(FROM|JOIN) (manifest|funnel)\b", rf"\1 {schema}.\2", sql)
             con.execute(f"CREATE VIEW {schema}.{ident(name)} AS {sql}")
     return con

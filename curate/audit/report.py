@@ -260,11 +260,11 @@ def _manifest_view(source: Path | pa.Table) -> duckdb.DuckDBPyConnection:
     or an Arrow table)."""
     import duckdb
 
-    from curate.sql import literal
+    from curate.sql import path_literal
 
     con = duckdb.connect()
     if isinstance(source, Path):
-        con.execute(f"CREATE VIEW manifest AS SELECT * FROM read_parquet({literal(str(source))})")
+        con.execute(f"CREATE VIEW manifest AS SELECT * FROM read_parquet({path_literal(source)})")
     else:
         con.register("manifest", source)
     return con
@@ -502,14 +502,14 @@ def _selector_reports(run: Path) -> str:
 
 
 def _rewrites(run: Path, d: _RunData) -> str:
-    from curate.sql import literal
+    from curate.sql import path_literal
 
     path = run / "rewrites.parquet"
     if not path.is_file():
         return ""
     con = d.con
     con.execute(f"CREATE OR REPLACE VIEW rewrites AS SELECT * FROM read_parquet("
-                f"{literal(str(path))})")
+                f"{path_literal(path)})")
     status = con.sql("SELECT coalesce(status, 'None'), count(*) AS n FROM rewrites "
                      "GROUP BY 1 ORDER BY n DESC, 1").fetchall()
     reasons = con.sql("""
@@ -539,14 +539,14 @@ def _recaptions(run: Path, d: _RunData) -> str:
     """The synthetic captions (``recaptions.parquet``): how many are ok and why the others are
     not, the distributions of ALIP's signals over the accepted ones, and a few kept images with
     their original and synthetic captions."""
-    from curate.sql import literal
+    from curate.sql import path_literal
 
     path = run / "recaptions.parquet"
     if not path.is_file():
         return ""
     con = d.con
     con.execute(f"CREATE OR REPLACE VIEW recaptions AS SELECT * FROM read_parquet("
-                f"{literal(str(path))})")
+                f"{path_literal(path)})")
     status = con.sql("SELECT coalesce(status, 'None'), count(*) AS n FROM recaptions "
                      "GROUP BY 1 ORDER BY n DESC, 1").fetchall()
     reasons = con.sql("""
@@ -692,14 +692,14 @@ def _threshold_curve(con: duckdb.DuckDBPyConnection, rule: Rule, key: str, value
 
 def _shard_problems(run: Path, d: _RunData) -> str:
     """The input shards that failed, were truncated or damaged, or had sample errors."""
-    from curate.sql import literal
+    from curate.sql import path_literal
 
     path = run / "shards.parquet"
     if not path.is_file():
         return ""
     con = d.con
     con.execute(f"CREATE OR REPLACE VIEW shards AS SELECT * FROM read_parquet("
-                f"{literal(str(path))})")
+                f"{path_literal(path)})")
     bad = ("status IS DISTINCT FROM 'done' OR coalesce(errors, 0) > 0 OR read_error IS NOT "
            "NULL OR error IS NOT NULL")
     total, problems, failed, errors = con.sql(f"""

@@ -155,13 +155,13 @@ class Corpus:
         rows of the store, in rank order."""
         import duckdb
 
-        from curate.sql import literal
+        from curate.sql import path_literal
 
         con = duckdb.connect()
         try:
             con.register("hits", hits)
             if self.sel_dir is not None:
-                src = f"read_parquet({literal(str(self.sel_dir / 'manifest.parquet'))})"
+                src = f"read_parquet({path_literal(self.sel_dir / 'manifest.parquet')})"
                 lead = "m.uid, m.kept, m.reason, m.caption"
                 rest = "m.* EXCLUDE (uid, kept, reason, caption)"
             else:

@@ -58,7 +58,7 @@ from curate.rewrite.engine import (
 )
 from curate.rewrite.engine import preflight as engine_preflight
 from curate.rewrite.validate import caption_rejection
-from curate.sql import literal
+from curate.sql import literal, path_literal
 
 log = logging.getLogger("curate")
 
@@ -200,7 +200,7 @@ class _Job:
 def _kept_rows(manifest: Path) -> list[tuple[Any, ...]]:
     con = duckdb.connect()
     rows = con.execute(f"""SELECT uid, shard, "index", image_member, image_sha256 FROM
-        read_parquet({literal(str(manifest))}) WHERE kept ORDER BY shard, "index" """).fetchall()
+        read_parquet({path_literal(manifest)}) WHERE kept ORDER BY shard, "index" """).fetchall()
     con.close()
     return rows
 
@@ -303,7 +303,7 @@ def _write(slots: list[_Slot], cfg: RecaptionConfig, model: str, run_dir: Path) 
               SELECT m.*, r.recaptions,
                      CASE WHEN m.kept THEN coalesce(r.recaptions_ok, 0) END AS recaptions_ok,
                      r.syn_image_sim, r.syn_text_sim
-              FROM read_parquet({literal(str(manifest))}) m
+              FROM read_parquet({path_literal(manifest)}) m
               LEFT JOIN (
                 SELECT uid, shard, "index",
                        list(struct_pack(syn, text, status, reason, attempts, seed, image_sim,
@@ -312,7 +312,7 @@ def _write(slots: list[_Slot], cfg: RecaptionConfig, model: str, run_dir: Path) 
                        count(*) FILTER (WHERE status = 'ok')::INTEGER AS recaptions_ok,
                        avg(image_sim) FILTER (WHERE status = 'ok')::FLOAT AS syn_image_sim,
                        avg(text_sim) FILTER (WHERE status = 'ok')::FLOAT AS syn_text_sim
-                FROM read_parquet({literal(str(recaptions))}) GROUP BY ALL
+                FROM read_parquet({path_literal(recaptions)}) GROUP BY ALL
               ) r USING (uid, shard, "index")
               ORDER BY m.shard, m."index"
             ) TO {literal(str(tmp))} (FORMAT parquet, COMPRESSION zstd)

@@ -53,7 +53,7 @@ from curate.rewrite.prompts import (
     pick_examples,
 )
 from curate.rewrite.validate import rejection
-from curate.sql import literal
+from curate.sql import literal, path_literal
 
 log = logging.getLogger("curate")
 
@@ -153,7 +153,7 @@ def _no_language(_: str) -> str | None:
 def _kept_rows(manifest: Path) -> list[tuple[str, str, int, str | None]]:
     con = duckdb.connect()
     rows = con.execute(f"""SELECT uid, shard, "index", caption FROM read_parquet(
-        {literal(str(manifest))}) WHERE kept ORDER BY shard, "index" """).fetchall()
+        {path_literal(manifest)}) WHERE kept ORDER BY shard, "index" """).fetchall()
     con.close()
     return rows
 
@@ -250,14 +250,14 @@ def _write(slots: list[_Slot], cfg: RewriteConfig, model: str, run_dir: Path) ->
             COPY (
               SELECT m.*, r.rewrites, CASE WHEN m.kept THEN coalesce(r.rewrites_ok, 0) END
                      AS rewrites_ok
-              FROM read_parquet({literal(str(manifest))}) m
+              FROM read_parquet({path_literal(manifest)}) m
               LEFT JOIN (
                 SELECT uid, shard, "index",
                        list(struct_pack(rewrite, text, status, reason, attempts, seed,
                                         example_ids, model, backend, prompt_format, sampling)
                             ORDER BY rewrite) AS rewrites,
                        count(*) FILTER (WHERE status = 'ok')::INTEGER AS rewrites_ok
-                FROM read_parquet({literal(str(rewrites))}) GROUP BY ALL
+                FROM read_parquet({path_literal(rewrites)}) GROUP BY ALL
               ) r USING (uid, shard, "index")
               ORDER BY m.shard, m."index"
             ) TO {literal(str(tmp))} (FORMAT parquet, COMPRESSION zstd)

@@ -38,7 +38,7 @@ from pydantic import Field, field_validator
 
 from curate.errors import ConfigError, CurateError
 from curate.lib.coltypes import NAME, parse_type
-from curate.sql import ident, literal
+from curate.sql import ident, path_literal
 from curate.stages.base import Params
 
 KEY_COLUMNS = ("uid", "key", "url")
@@ -105,7 +105,7 @@ def file_stamps(files: list[str]) -> list[dict[str, Any]]:
 
 
 def _source_sql(cfg: MetadataConfig, files: list[str]) -> str:
-    listed = ", ".join(literal(f) for f in files)
+    listed = ", ".join(path_literal(f) for f in files)
     return f"read_parquet([{listed}], union_by_name = true)"
 
 
@@ -119,7 +119,7 @@ def check_metadata(con: duckdb.DuckDBPyConnection, cfg: MetadataConfig, files: l
     for f in files:
         try:
             have = {r[0]: r[1] for r in con.execute(
-                f"DESCRIBE SELECT * FROM read_parquet({literal(f)})").fetchall()}
+                f"DESCRIBE SELECT * FROM read_parquet({path_literal(f)})").fetchall()}
         except duckdb.Error as exc:
             raise CurateError(f"metadata file {f} cannot be read: {str(exc).splitlines()[0]}"
                               ) from None

@@ -44,7 +44,7 @@ from curate.errors import CurateError
 from curate.io.atomic import atomic_path
 from curate.select.metadata import SelectMetadata, check_metadata, join_metadata
 from curate.select.pool import PoolSource
-from curate.sql import ident, literal
+from curate.sql import ident, literal, path_literal, writable_db_path
 from curate.stages.base import Rule, SelectContext, Selector
 
 TABLE = "pool"
@@ -87,7 +87,9 @@ def _connect(run_dir: Path) -> duckdb.DuckDBPyConnection:
     db = run_dir / DATABASE
     _remove_database(db)
     run_dir.mkdir(parents=True, exist_ok=True)
-    con = duckdb.connect(str(db))
+    # A directory DuckDB cannot hold a database in (a "?" in its path): the database lives
+    # in memory, and still spills to run_dir/.duckdb_tmp past the memory limit.
+    con = duckdb.connect(str(db) if writable_db_path(db) else ":memory:")
     limit = memory_limit()
     try:
         con.execute(f"SET memory_limit = {literal(limit)}")
@@ -250,7 +252,7 @@ def _load(con: duckdb.DuckDBPyConnection, steps: Sequence[Step], source: PoolSou
     offsets_sql = "CAST([" + ", ".join(map(str, offsets)) + "] AS BIGINT[])"
 
     def scan(files: list[str], cols: list[str]) -> str:
-        listed = ", ".join(literal(f) for f in files)
+        listed = ", ".join(path_literal(f) for f in files)
         picked = ", ".join([*(ident(c) for c in cols), "file_index", "file_row_number"])
         return f"(SELECT {picked} FROM read_parquet([{listed}], file_row_number = true))"
 

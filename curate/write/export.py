@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from curate.errors import CurateError
 from curate.io.atomic import atomic_path, write_parquet, write_text
-from curate.sql import ident, literal
+from curate.sql import ident, path_literal
 
 # Exactly DataComp's dtype, ``np.dtype("u8,u8")`` (fields f0, f1): its resharder asserts
 # ``subset.dtype == np.dtype("u8,u8")``, and numpy's dtype equality compares field names.
@@ -45,7 +45,7 @@ def _manifest(run_dir: str | Path) -> Path:
 
 def kept_uids(run_dir: str | Path) -> list[str]:
     rows = duckdb.connect().execute(
-        f"SELECT uid FROM read_parquet({literal(str(_manifest(run_dir)))}) WHERE kept "
+        f"SELECT uid FROM read_parquet({path_literal(_manifest(run_dir))}) WHERE kept "
         "ORDER BY shard, \"index\"").fetchall()
     return [u for (u,) in rows]
 
@@ -88,7 +88,7 @@ def export_uids(run_dir: str | Path, out: str | Path) -> int:
 def export_parquet(run_dir: str | Path, out: str | Path) -> int:
     manifest = _manifest(run_dir)
     con = duckdb.connect()
-    src = f"read_parquet({literal(str(manifest))})"
+    src = f"read_parquet({path_literal(manifest)})"
     cols = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()}
     rewrites = ", [r.text FOR r IN rewrites IF r.status = 'ok'] AS rewrites" \
         if "rewrites" in cols else ""
@@ -144,7 +144,7 @@ def reshard(uids: list[str], out: str | Path, *, run_dir: str | Path | None = No
         blur_sql = ""
         if blur_faces is not None:
             names = {r[0] for r in con.execute(
-                f"DESCRIBE SELECT * FROM read_parquet({literal(str(manifest))})").fetchall()}
+                f"DESCRIBE SELECT * FROM read_parquet({path_literal(manifest)})").fetchall()}
             if blur_faces not in names:
                 raise CurateError(f"{run_dir} has no column {blur_faces!r} to blur faces from",
                                   "declare the pool's face boxes as metadata columns of the "
@@ -153,13 +153,13 @@ def reshard(uids: list[str], out: str | Path, *, run_dir: str | Path | None = No
         locations = con.execute(f"""
             SELECT m.uid, m.shard, m."index", m.image_member, m.key, m.image_sha256, m.caption
                    {blur_sql}
-            FROM read_parquet({literal(str(manifest))}) m SEMI JOIN wanted USING (uid)
+            FROM read_parquet({path_literal(manifest)}) m SEMI JOIN wanted USING (uid)
             WHERE m.status = 'ok' QUALIFY row_number() OVER (PARTITION BY m.uid
                                                         ORDER BY m.shard, m."index") = 1
             ORDER BY m.shard, m."index" """).fetchall()
         refs = {sid: ShardRef(url, sid, failures) for sid, url, failures in con.execute(
             "SELECT shard, url, failures FROM read_parquet("
-            f"{literal(str(shards_table))})").fetchall()}
+            f"{path_literal(shards_table)})").fetchall()}
     elif pool is not None:
         locations, refs = _scan_pool(list_shards(pool), wanted)
     else:

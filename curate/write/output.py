@@ -72,7 +72,7 @@ from curate.io.shards import ShardRef, read_members
 from curate.recaption.stage import recaptions_json
 from curate.rewrite.stage import rewrites_json
 from curate.runtime import Progress, RaySession, RunLog
-from curate.sql import ident, literal
+from curate.sql import ident, path_literal
 
 if TYPE_CHECKING:
     from curate.config import Selection
@@ -115,7 +115,7 @@ def plan(manifest: Path, score_columns: list[str], samples_per_shard: int,
     ``blur_faces``, the boxes in that column are blurred (``curate.write.blur``); with
     ``keep_exif``, the json keeps img2dataset's ``exif``."""
     con = duckdb.connect()
-    src = f"read_parquet({literal(str(manifest))})"
+    src = f"read_parquet({path_literal(manifest)})"
     names = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()}
     has_rw = "rewrites" in names
     has_syn = "recaptions" in names
