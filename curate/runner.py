@@ -47,7 +47,14 @@ from curate.config import Pipeline, Selection, check_selection, load_pipeline
 from curate.errors import ConfigError, CurateError
 from curate.io.atomic import write_parquet, write_text
 from curate.io.fsdir import resolve
-from curate.io.rundir import READ_ONLY, RunLock, as_directory, disk_error, remove_leftovers
+from curate.io.rundir import (
+    READ_ONLY,
+    RunLock,
+    as_directory,
+    disk_error,
+    read_only_dir,
+    remove_leftovers,
+)
 from curate.io.shards import ShardRef, list_shards
 from curate.runtime import Notes, Progress, RaySession, RunLog
 from curate.saved import SAVED, absolute_paths
@@ -132,6 +139,18 @@ def score(pipeline: Pipeline | str | Path, store: str | Path | Store, *,
     own = session is None
     session = session or RaySession(address or p.run.address, progress)
     try:
+        if st.local_root is not None and read_only_dir(st.local_root):
+            # An auditor's copy: nothing is written (no lock, log or record); it works when
+            # every score is stored, and otherwise says what would need scoring.
+            if listed is None:
+                raise CurateError(f"the store {st.location} is read-only: a URL list cannot be "
+                                  "downloaded into it", "give a writable store")
+            return score_pool(
+                p.scorer_stages(), listed, st, session=session,
+                rlog=RunLog(Path(os.devnull)), progress=progress,
+                batch_size=p.run.batch_size, max_member_bytes=p.input.max_member_bytes,
+                max_retries=p.run.max_retries, workers=p.run.workers,
+                verify=p.input.verify == "always", local=True, read_only=True)
         with st.lock():
             root = st.local_root
             if root is not None:

@@ -503,3 +503,39 @@ def test_paths_with_glob_and_sql_characters_work_everywhere(demo_run: Path, tmp_
     assert main(["report", str(out), "--max-pages", "1"]) == 0
     assert main(["store", "verify", str(store), "--no-progress"]) == 0
     assert "0 damaged" in capsys.readouterr().out
+
+
+def test_a_read_only_store_scores_what_it_holds_and_runs(demo_pool: Path, demo_run: Path,
+                                                         small_disk: Path, tmp_path: Path,
+                                                         ray_local: None) -> None:
+    """An auditor's read-only copy of a store: `score` and `run` with nothing to compute work
+    (writing nothing into it, taking no lock), and `run` selects into its own --out; a pipeline
+    that would compute is one error line."""
+    import dataclasses
+
+    from curate.runner import run, score
+
+    _resize(small_disk, "64m")
+    store = small_disk / "store"
+    shutil.copytree(demo_run.parent.parent / "store", store)
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    result = score(demo_pipeline(demo_pool), store, progress=False)
+    assert result.reader.computed == 0 and result.reader.reused == 8
+    assert {c.computed for c in result.scorers.values()} == {0}
+    p = dataclasses.replace(demo_pipeline(demo_pool), store=str(store))
+    ran = run(p, tmp_path / "run", progress=False)
+    assert ran.samples == 8 * 64
+    ours = pq.read_table(selection(tmp_path / "run") / "manifest.parquet")
+    clean = pq.read_table(demo_run / "manifest.parquet")
+    assert [c for c in clean.schema.names if not ours[c].equals(clean[c])] == []
+    more = dataclasses.replace(p, scorers=[*p.scorers, *load_steps(["phash"])])
+    with pytest.raises(CurateError) as info:
+        score(more, store, progress=False)
+    assert "is read-only, and it has no phash" in info.value.message
+    assert info.value.hint
+
+
+def load_steps(names: list[str]) -> list[Any]:
+    from curate.config import pipeline_from_dict
+
+    return pipeline_from_dict({"input": {"shards": "x"}, "score": names, "select": []}).scorers

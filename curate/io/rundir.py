@@ -207,6 +207,17 @@ def as_directory(path: str | Path, what: str) -> Path:
     return p
 
 
+def read_only_dir(directory: Path) -> bool:
+    """Whether ``directory`` exists and this process cannot write into it: a read-only mount,
+    or (for a user other than root) a directory without write permission."""
+    try:
+        if os.statvfs(directory).f_flag & os.ST_RDONLY:
+            return True
+    except OSError:
+        return False
+    return directory.is_dir() and not os.access(directory, os.W_OK)
+
+
 @contextlib.contextmanager
 def writing_into(directory: Path, what: str, hint: str) -> Iterator[None]:
     """Turns "read-only file system" and "permission denied" raised while writing into

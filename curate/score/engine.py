@@ -205,7 +205,7 @@ def score_pool(scorers: Sequence[Scorer], refs: Sequence[ShardRef], store: Store
                batch_size: int = 256, max_member_bytes: int = MAX_MEMBER_BYTES,
                max_retries: int = 2, workers: int | None = None, verify: bool = False,
                input_section: dict[str, Any] | None = None, measure_transfer: bool = False,
-               local: bool = False) -> ScoreResult:
+               local: bool = False, read_only: bool = False) -> ScoreResult:
     """Score ``refs`` with ``scorers`` into ``store`` (see the module docs). Raises
     ``ShardFailed`` when shards still fail after their retries (the rest are committed).
     ``local`` scores in this process, one shard at a time, without Ray (small pools, tests,
@@ -215,7 +215,14 @@ def score_pool(scorers: Sequence[Scorer], refs: Sequence[ShardRef], store: Store
     versions = scorer_versions(scorers, reader)
     records = {r.shard: r for r in store.pool(damaged_ok=True)}
     meta_versions = [v.record(reader) for v in versions]
-    store.register(meta_versions, reader, input_section)
+    if read_only:  # nothing may be written: every score must be stored already
+        meta = store.meta()
+        unknown = [v.label for v in meta_versions if meta.version(v.label, v.version) is None]
+        if unknown:
+            raise _read_only_error(store, f"it has no {', '.join(unknown)} with these "
+                                   "parameters")
+    else:
+        store.register(meta_versions, reader, input_section)
     identities = identify(store, refs, reader, verify, _hash_many(session, rlog, progress),
                           records)
     changed = [sid for sid, ident in identities.items() if ident.changed_from is not None]
@@ -244,6 +251,10 @@ def score_pool(scorers: Sequence[Scorer], refs: Sequence[ShardRef], store: Store
         else:
             reader_counts.reused += 1
     todo = [p for p in plans if p.todo]
+    if read_only and todo:
+        raise _read_only_error(store, f"{len(todo)} of {len(plans)} shards need scoring "
+                               f"(e.g. {todo[0].ref.shard_id}: "
+                               f"{', '.join(todo[0].compute) or 'its reader'})")
     rlog.event("scoring_start", store=store.location, shards=len(refs), todo=len(todo),
                reader=reader, scorers={k: {"version": v.version, "computed": counts[k].computed,
                                            "reused": counts[k].reused}
@@ -272,7 +283,8 @@ def score_pool(scorers: Sequence[Scorer], refs: Sequence[ShardRef], store: Store
             sc.errors += int(c["errors"])
             sc.seconds += float(c["seconds"])
     pool = _pool_records(plans, records, results, attempts, failed, store, reader)
-    store.write_pool(pool)
+    if not read_only:
+        store.write_pool(pool)
     result = ScoreResult(
         store=store.location, shards=len(refs),
         samples=sum(s.samples or 0 for s in pool if s.status != "failed"),
@@ -286,6 +298,13 @@ def score_pool(scorers: Sequence[Scorer], refs: Sequence[ShardRef], store: Store
     if failed:
         raise shards_failed(failed, len(refs), max_retries)
     return result
+
+
+def _read_only_error(store: Store, why: str) -> CurateError:
+    return CurateError(f"the store {store.location} is read-only, and {why}",
+                       "score into a writable copy of it (cp -r), or ask its owner to score "
+                       "this pipeline; a pass with nothing to compute works on a read-only "
+                       "store")
 
 
 def _run_here(todo: list[ShardPlan], versions: list[ScorerVersion], reader: str, store: Store,
