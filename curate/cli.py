@@ -796,7 +796,12 @@ RAY_COMMANDS = ("run", "score", "select")
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         try:
-            args = build_parser().parse_args(argv)
+            parser = build_parser()
+            args, extra = parser.parse_known_args(argv)
+            if extra and args.command == "store" and not any(e.startswith("-") for e in extra):
+                args.words += extra  # `curate store verify --repair STORE`
+            elif extra:
+                parser.error(f"unrecognized arguments: {' '.join(extra)}")
         except SystemExit:  # --help and --version print, then exit: flush what they printed
             sys.stdout.flush()
             raise
@@ -863,6 +868,14 @@ def _run_command(args: argparse.Namespace) -> int:
             print(f"error: {lost.message}", file=sys.stderr)
             print(f"hint: {lost.hint}", file=sys.stderr)
             return 1
+        from curate.io.rundir import filesystem_error
+
+        out = getattr(args, "out", None)
+        fs_error = filesystem_error(exc, f"--out {out}" if out else "")
+        if fs_error is not None:
+            print(f"error: {fs_error.message}", file=sys.stderr)
+            print(f"hint: {fs_error.hint}", file=sys.stderr)
+            return 2
         print(f"error: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
         print("hint: rerun with `curate --debug ...` for the traceback and report it",
               file=sys.stderr)

@@ -104,14 +104,15 @@ class RunLog:
         root.addHandler(self._handler)  # other libraries' warnings (root's level: WARNING)
 
     def event(self, event: str, **fields: Any) -> None:
+        if self._broken:  # one failed write ends the log: the run's own error says why
+            return
         record = {"ts": round(time.time(), 3), "event": event, **fields}
         try:
             self._f.write(json.dumps(record, default=str) + "\n")
             self._f.flush()
         except OSError as exc:  # e.g. a full disk: the run's own error says so, not the log
-            if not self._broken:
-                log.warning("could not write run_log.jsonl: %s", exc)
-            self._broken = True
+            self._broken = True  # first: the warning below comes back here as an event
+            log.warning("could not write %s: %s", Path(self._f.name).name, exc)
 
     def close(self) -> None:
         log.removeHandler(self._handler)

@@ -539,3 +539,34 @@ def load_steps(names: list[str]) -> list[Any]:
     from curate.config import pipeline_from_dict
 
     return pipeline_from_dict({"input": {"shards": "x"}, "score": names, "select": []}).scorers
+
+
+def _fill(disk: Path) -> None:
+    with pytest.raises(OSError), open(disk / "filler", "wb") as f:  # 0 bytes free
+        while True:
+            f.write(b"\0" * 65536)
+            f.flush()
+
+
+def test_a_disk_full_before_a_command_starts_is_one_error_line(
+        demo_run: Path, small_disk: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """0 bytes free from the start: selecting (its log is the first thing it cannot write),
+    and every command writing an --out there, exit 2 with the documented error line."""
+    from curate.cli import main
+
+    _resize(small_disk, "1m")
+    _fill(small_disk)
+    store = str(demo_run.parent.parent / "store")
+    selection = small_disk.parent / "sel.yaml"
+    selection.write_text("name: s\nselect:\n  - preset: datacomp_basic\n")
+    for argv in (["select", store, str(selection), "--out", str(small_disk / "sel"),
+                  "--no-progress"],
+                 ["report", str(demo_run), "--out", str(small_disk / "r" / "index.html"),
+                  "--max-pages", "1"],
+                 ["export", str(demo_run), "--out", str(small_disk / "uids.npy")],
+                 ["diff", str(demo_run), str(demo_run), "--out", str(small_disk / "d.parquet")]):
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("error: no space left on device"), (argv, err)
+        assert "\nhint: free space" in err and "internal error" not in err

@@ -192,6 +192,30 @@ def disk_error(exc: BaseException, doing: str = "") -> CurateError | None:
         "shards and output files are complete and are kept; incomplete ones were removed")
 
 
+# What else the filesystem can refuse: a name too long, a path through a file, a failing disk.
+_OTHER_FS = {errno.ENAMETOOLONG, errno.ENOTDIR, errno.EISDIR, errno.ELOOP, errno.EIO}
+
+
+def filesystem_error(exc: BaseException, doing: str = "") -> CurateError | None:
+    """A CurateError for any filesystem condition behind ``exc`` (a full disk, a read-only or
+    forbidden path, a name the filesystem refuses, a failing disk); else None. The last line
+    of defence: the commands say more where they know what they were writing."""
+    full = disk_error(exc, doing)
+    if full is not None:
+        return full
+    err = _os_error(exc)
+    if err is None or err.errno not in READ_ONLY | _OTHER_FS:
+        return None
+    where = f" {err.filename}" if err.filename else (f" ({doing})" if doing else "")
+    why = os.strerror(err.errno or 0).lower()
+    if err.errno in READ_ONLY:
+        return CurateError(f"cannot write{where} ({why})", "give a writable path (e.g. --out "
+                           "elsewhere), or ask the directory's owner")
+    return CurateError(f"the filesystem refused{where} ({why})",
+                       "give another path (a shorter name, a directory that exists), or check "
+                       "the disk")
+
+
 def as_directory(path: str | Path, what: str) -> Path:
     """``path`` made absolute; a CurateError when it exists and is not a directory."""
     p = Path(path).expanduser().absolute()
