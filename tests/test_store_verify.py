@@ -199,3 +199,29 @@ def test_damaged_records_are_an_error_then_rebuilt_by_score(
     assert pq.read_table(out.dir / "manifest.parquet").to_pylist() == scored[3]
     if record == "store.json":
         assert (store / "store.json.damaged").read_bytes().startswith(b"not what")
+
+
+def test_damaged_selection_files_are_named_and_rewritten_by_select(
+        scored: tuple[Path, Path, object, list[dict[str, object]]], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Each file of a selection (tables, records, the DuckDB catalogue) overwritten: every
+    command that reads the selection exits 2 naming it; selecting again rewrites it."""
+    from curate.cli import main
+
+    sel_dir = tmp_path / "sel"
+    sel = selection_from_dict(SELECTION)
+    select(scored[1], sel, sel_dir)
+    for name in ("manifest.parquet", "funnel.parquet", "shards.parquet", "stages.parquet",
+                 "stats.json", "selection.json", "catalog.duckdb"):
+        garbage(sel_dir / name)
+        for argv in (["stats", str(sel_dir)], ["query", str(sel_dir), "select 1"],
+                     ["export", str(sel_dir), "--out", str(tmp_path / "uids.npy")],
+                     ["diff", str(sel_dir), str(sel_dir)]):
+            capsys.readouterr()
+            assert main(argv) == 2, (name, argv)
+            err = capsys.readouterr().err
+            assert err.startswith(f"error: selection file {sel_dir / name} is damaged"), err
+            assert "hint: run the `curate select`" in err
+        select(scored[1], sel, sel_dir)
+        assert main(["stats", str(sel_dir)]) == 0
+    assert pq.read_table(sel_dir / "manifest.parquet").to_pylist() == scored[3]

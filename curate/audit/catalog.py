@@ -35,12 +35,15 @@ schema per selection (``a.manifest``, ``b.kept``...), to compare them in SQL.
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from curate.errors import CurateError
 from curate.io.atomic import atomic_path
@@ -98,11 +101,11 @@ def resolve_selection(path: str | Path, need: str = CATALOG) -> Path:
     selection under ``path/selections/`` (the ``--out`` of ``curate run``)."""
     run = Path(path)
     if (run / need).is_file():
-        return run
+        return check_selection_files(run)
     under = sorted(d for d in (run / "selections").glob("*") if (d / need).is_file()) \
         if (run / "selections").is_dir() else []
     if len(under) == 1:
-        return under[0]
+        return check_selection_files(under[0])
     if len(under) > 1:
         names = ", ".join(str(d) for d in under)
         raise CurateError(f"{path} holds {len(under)} selections: name one", f"e.g. {names}")
@@ -122,6 +125,48 @@ def resolve_selection(path: str | Path, need: str = CATALOG) -> Path:
                       "no selections/, no store/)",
                       "give the --out of `curate run` (RUN/selections/<name> is its selection), "
                       "or a directory `curate select` wrote")
+
+
+SELECTION_TABLES = ("manifest.parquet", "funnel.parquet", "shards.parquet", "stages.parquet",
+                    "rewrites.parquet", "recaptions.parquet", "entry_counts.parquet")
+SELECTION_RECORDS = ("stats.json", "selection.json")
+
+
+def check_selection_files(run: Path) -> Path:
+    """``run``, once every file of the selection that exists opens: each table's Parquet
+    footer, each JSON record, the catalogue's DuckDB header. A damaged one is a CurateError
+    naming it and the command that rewrites it."""
+    def damaged(name: str, why: str) -> CurateError:
+        return CurateError(f"selection file {run / name} is damaged ({why})",
+                           f"run the `curate select` (or `curate run`) command that wrote "
+                           f"{run} again: it rewrites the selection from the store's scores, "
+                           "computing none")
+
+    for name in SELECTION_TABLES:
+        if (run / name).is_file():
+            try:
+                pq.read_metadata(run / name)
+            except (OSError, pa.ArrowException) as exc:
+                raise damaged(name, _first_line(exc)) from None
+    for name in SELECTION_RECORDS:
+        if (run / name).is_file():
+            try:
+                ok = isinstance(json.loads((run / name).read_bytes()), dict)
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise damaged(name, f"not JSON: {exc}") from None
+            if not ok:
+                raise damaged(name, "not a JSON object")
+    if (run / CATALOG).is_file():
+        with open(run / CATALOG, "rb") as f:
+            head = f.read(12)
+        if head[8:12] != b"DUCK":
+            raise damaged(CATALOG, "not a DuckDB database")
+    return run
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:200] if lines else type(exc).__name__
 
 
 def _started_selection(run: Path) -> bool:
