@@ -31,12 +31,13 @@ def quickstart_commands() -> list[list[str]]:
 def test_readme_quickstart(tmp_path: Path) -> None:
     commands = quickstart_commands()
     assert [c[0] for c in commands] == ["demo-data", "score", "select", "select", "diff",
-                                        "store"]
+                                        "store", "store"]
     out = {}
     for args in commands:
         res = curate_cli(*args, cwd=tmp_path, timeout=600)
         assert res.returncode == 0, (args, res.stderr[-2000:])
-        out[args[0] if args[0] != "select" else args[-1]] = res.stdout
+        out[" ".join(args[:2]) if args[0] == "store" else
+            args[0] if args[0] != "select" else args[-1]] = res.stdout
     # The scoring pass computed every scorer on every shard ...
     assert re.search(r"\n  image_info +8 +0\n", out["score"]), out["score"]
     # ... the selections computed nothing and each has its own directory.
@@ -50,7 +51,8 @@ def test_readme_quickstart(tmp_path: Path) -> None:
     assert kept_basic == 414 and 0 < kept_strict < kept_basic
     assert "dropped in B by caption_under_10_words: " in out["diff"]
     assert "select caption_under_10_words: only in B" in out["diff"]
-    assert "image_info" in out["store"] and "8/8 shards" in out["store"]
+    assert "image_info" in out["store runs/pool"] and "8/8 shards" in out["store runs/pool"]
+    assert "checked; 0 damaged" in out["store verify"], out["store verify"]
     # Scoring the same pipeline again computes nothing.
     res = curate_cli("score", str(REPO / "pipelines" / "basic.yaml"), "--store", "runs/pool",
                      cwd=tmp_path)
