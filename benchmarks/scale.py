@@ -31,6 +31,7 @@ the ratios against it. The last line is one JSON object: ``rows``, ``*_seconds``
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -226,7 +227,10 @@ def _versions() -> list[Any]:
     from curate.score.plan import reader_fingerprint, scorer_versions
 
     reader = reader_fingerprint()
-    return [v.record(reader) for v in scorer_versions(pipeline(1).scorer_stages(), reader)]
+    # The pool holds no embedding files (the selection reads none), so no version claims any:
+    # a store's readers check that every embedding file a scorer claims is there.
+    return [dataclasses.replace(v.record(reader), sidecars={})
+            for v in scorer_versions(pipeline(1).scorer_stages(), reader)]
 
 
 def _make_shard_args(args: tuple[Path, int, int, int]) -> Path:
