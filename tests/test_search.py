@@ -244,3 +244,29 @@ def test_result_search(demo: SimpleNamespace) -> None:
     assert hits.columns[:6] == ["rank", "score", "uid", "kept", "reason", "caption"]
     assert "clip_score" in hits.columns and len(hits) == 3
     result.close()
+
+
+def test_a_read_only_store_is_searched_without_saving_its_index(
+        demo: SimpleNamespace, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An auditor's read-only copy of a store (a tmpfs remounted read-only): search builds its
+    index in memory, says it could not keep it, and answers as on the writable store."""
+    import logging
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256m", "tmpfs", str(disk)],
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs (needs root): {res.stderr.strip()}")
+    try:
+        shutil.copytree(demo.store, disk / "store", ignore=shutil.ignore_patterns("search"))
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        uid = duckdb.sql(f"SELECT uid FROM '{demo.sel}/manifest.parquet' WHERE kept "
+                         "ORDER BY uid LIMIT 1").fetchone()[0]
+        with caplog.at_level(logging.WARNING, logger="curate"):
+            hits = search(disk / "store", uid=uid, k=5)
+        assert any("not saved" in r.getMessage() for r in caplog.records)
+        assert hits["uid"].to_list() == search(demo.store, uid=uid, k=5)["uid"].to_list()
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)

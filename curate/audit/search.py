@@ -38,6 +38,7 @@ import hashlib
 import html
 import itertools
 import json
+import logging
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -61,7 +62,10 @@ from curate.audit.knn_index import (
 )
 from curate.errors import CurateError
 from curate.io.fsdir import FsDir, is_url
+from curate.io.rundir import READ_ONLY
 from curate.store.store import Store, Version, shard_key
+
+log = logging.getLogger("curate")
 
 if TYPE_CHECKING:
     import polars
@@ -432,13 +436,21 @@ def ensure_index(corpus: Corpus, column: str = DEFAULT_COLUMN,
                           corpus.rows == "kept" else None)
     plan = plan_index(source.rows, source.dim, memory or DEFAULT_MEMORY, index or "auto")
     built = build_index(source, plan)
-    save_index(built, d, f"{base}/{ident}.faiss")
-    d.write_parquet(f"{base}/{ident}.rows.parquet", rows)
     seconds = time.perf_counter() - t0
     record = {**stamp, "plan": plan.to_json(), "indexed_rows": source.rows,
               "built_seconds": round(seconds, 3),
               "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    d.write_bytes(f"{base}/current.json", json.dumps(record, indent=1).encode())
+    try:
+        save_index(built, d, f"{base}/{ident}.faiss")
+        d.write_parquet(f"{base}/{ident}.rows.parquet", rows)
+        d.write_bytes(f"{base}/current.json", json.dumps(record, indent=1).encode())
+    except OSError as exc:
+        if exc.errno not in READ_ONLY:
+            raise
+        # A read-only selection or store (an auditor's copy): search it all the same.
+        log.warning("the search index was built but not saved (%s is read-only): it is built "
+                    "again by the next search", where)
+        return IndexHandle(built, rows, plan, column, version, "built", why, seconds, where)
     if old is not None and old.get("identity") not in (None, ident):
         for name in (f"{base}/{old['identity']}.faiss", f"{base}/{old['identity']}.rows.parquet"):
             d.remove(name)
