@@ -118,6 +118,12 @@ def test_index_reused_then_rebuilt_when_the_store_changes(demo: SimpleNamespace,
     again = run_search(store, uid=uid, k=3, index="ivfpq")
     assert again.index.status == "built" and "asked for ivfpq" in again.index.why
     assert again.hits["uid"][0] == uid
+    # a damaged index file: built again, and said why
+    [faiss] = (store / "search" / "pool" / "clip_image_emb").glob("*.faiss")
+    faiss.write_bytes(faiss.read_bytes()[:100])
+    repaired = run_search(store, uid=uid, k=3, index="ivfpq")
+    assert repaired.index.status == "built" and "unreadable" in repaired.index.why
+    assert repaired.hits["uid"][0] == uid
 
 
 def test_selection_all_rows_show_the_drops(demo: SimpleNamespace) -> None:
@@ -262,8 +268,8 @@ def test_a_read_only_store_is_searched_without_saving_its_index(
     try:
         shutil.copytree(demo.store, disk / "store", ignore=shutil.ignore_patterns("search"))
         subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
-        uid = duckdb.sql(f"SELECT uid FROM '{demo.sel}/manifest.parquet' WHERE kept "
-                         "ORDER BY uid LIMIT 1").fetchone()[0]
+        [(uid,)] = duckdb.sql(f"SELECT uid FROM '{demo.sel}/manifest.parquet' WHERE kept "
+                              "ORDER BY uid LIMIT 1").fetchall()
         with caplog.at_level(logging.WARNING, logger="curate"):
             hits = search(disk / "store", uid=uid, k=5)
         assert any("not saved" in r.getMessage() for r in caplog.records)

@@ -402,21 +402,28 @@ def ensure_index(corpus: Corpus, column: str = DEFAULT_COLUMN,
     if d.isfile(f"{base}/current.json"):
         try:
             old = json.loads(d.read_bytes(f"{base}/current.json"))
-        except ValueError:
+            plan = IndexPlan.from_json(old["plan"])
+        except (ValueError, KeyError, TypeError):
             old = None
             why = "its current.json was unreadable"
     if old is not None:
-        plan = IndexPlan.from_json(old["plan"])
         same = old.get("identity") == ident
         fits = (index in (None, "auto") or index == plan.kind) and (
             memory is None or parse_memory(memory) == plan.memory)
         files = d.isfile(f"{base}/{ident}.faiss") and d.isfile(f"{base}/{ident}.rows.parquet")
+        damaged = None
         if same and fits and files:
-            loaded = load_index(d, f"{base}/{ident}.faiss")
-            rows = d.read_parquet(f"{base}/{ident}.rows.parquet")
-            return IndexHandle(loaded, rows, plan, column, version, "reused", "",
-                               time.perf_counter() - t0, where)
-        if not same:
+            try:
+                loaded = load_index(d, f"{base}/{ident}.faiss")
+                rows = d.read_parquet(f"{base}/{ident}.rows.parquet")
+                return IndexHandle(loaded, rows, plan, column, version, "reused", "",
+                                   time.perf_counter() - t0, where)
+            except (OSError, RuntimeError, ValueError, pa.ArrowException) as exc:
+                # damaged (truncated, overwritten): built again below
+                damaged = f"its files were unreadable ({str(exc).strip().splitlines()[0][:120]})"
+        if damaged is not None:
+            why = damaged
+        elif not same:
             why = _changed(old, stamp)
         elif not fits:
             asked = index if index not in (None, "auto") else plan.kind
