@@ -210,3 +210,17 @@ def test_rows_without_embeddings_take_no_place_in_the_budget(tmp_path: Path) -> 
     missing = [r for r in rows if r["reason"] == "clipcov_no_embedding"]
     assert sorted(int(r["uid"], 16) for r in missing) == [3, 50, 120]
     assert sel.kept == int(197 * 0.25)
+
+
+def test_class_sums_add_in_the_order_np_add_at_does() -> None:
+    """The class centres' sums are bit for bit those of np.add.at (same order of additions),
+    also for a class spread over several chunks and for empty classes."""
+    from curate.stages.clipcov import class_sums
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((5000, 16)).astype(np.float32) * 1e3
+    assign = np.where(rng.random(5000) < 0.7, 0, rng.integers(1, 6, 5000))  # class 6 empty
+    expected = np.zeros((7, 16))
+    np.add.at(expected, assign, x)
+    for chunk in (64, 1000, 65536):
+        assert np.array_equal(class_sums(x, assign, 7, chunk=chunk), expected), chunk

@@ -96,12 +96,30 @@ def class_budgets(sizes: np.ndarray, k: int) -> np.ndarray:
     return base
 
 
+def class_sums(x: np.ndarray, assign: np.ndarray, n_classes: int,
+               chunk: int = 65536) -> np.ndarray:
+    """float64 ``[n_classes, d]``: the sum of each class's rows, added in row order, exactly as
+    ``np.add.at(zeros, assign, x)`` adds them (bit for bit), ~30 times faster: rows are grouped
+    by a stable sort and each class is summed down its rows, at most ``chunk`` rows in float64
+    at a time (the running sum heads the next chunk, so the order of additions is kept)."""
+    out = np.zeros((n_classes, x.shape[1]))
+    order = np.argsort(assign, kind="stable")
+    bounds = np.searchsorted(assign[order], np.arange(n_classes + 1))
+    for c in range(n_classes):
+        rows = order[bounds[c]:bounds[c + 1]]
+        for start in range(0, len(rows), chunk):
+            block = x[rows[start:start + chunk]].astype(np.float64)
+            if start:
+                block = np.concatenate([out[c][None], block])
+            out[c] = block.sum(axis=0)
+    return out
+
+
 def separation(img: np.ndarray, assign: np.ndarray, n_classes: int) -> np.ndarray:
     """max over other classes c' of cos(image_i, centre_c'), centre = normalised class mean."""
     if n_classes < 2:
         return np.zeros(len(img), dtype=np.float64)
-    centres = np.zeros((n_classes, img.shape[1]))
-    np.add.at(centres, assign, img)
+    centres = class_sums(img, assign, n_classes)
     centres /= np.maximum(np.linalg.norm(centres, axis=1, keepdims=True), 1e-12)
     centres32 = centres.astype(np.float32)
     out = np.empty(len(img), dtype=np.float64)
