@@ -145,12 +145,16 @@ def score(pipeline: Pipeline | str | Path, store: str | Path | Store, *,
             if listed is None:
                 raise CurateError(f"the store {st.location} is read-only: a URL list cannot be "
                                   "downloaded into it", "give a writable store")
-            return score_pool(
-                p.scorer_stages(), listed, st, session=session,
-                rlog=RunLog(Path(os.devnull)), progress=progress,
-                batch_size=p.run.batch_size, max_member_bytes=p.input.max_member_bytes,
-                max_retries=p.run.max_retries, workers=p.run.workers,
-                verify=p.input.verify == "always", local=True, read_only=True)
+            nowhere = RunLog(Path(os.devnull))
+            try:
+                return score_pool(
+                    p.scorer_stages(), listed, st, session=session, rlog=nowhere,
+                    progress=progress, batch_size=p.run.batch_size,
+                    max_member_bytes=p.input.max_member_bytes, max_retries=p.run.max_retries,
+                    workers=p.run.workers, verify=p.input.verify == "always", local=True,
+                    read_only=True)
+            finally:
+                nowhere.close()
         with st.lock():
             root = st.local_root
             if root is not None:

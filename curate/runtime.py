@@ -35,9 +35,12 @@ class _ToRunLog(logging.Handler):
         self.rlog = rlog
 
     def emit(self, record: logging.LogRecord) -> None:
-        if getattr(record, "_curate_run_log", None) is self:  # seen on curate's logger already
+        # The handler is on curate's logger and on the root: each run log takes a record once
+        # (a set, so that two run logs open at once do not make each other write it twice).
+        seen = record.__dict__.setdefault("_curate_run_logs", set())
+        if id(self) in seen:
             return
-        record._curate_run_log = self  # the handler is on curate's logger and on the root
+        seen.add(id(self))
         try:
             message = record.getMessage()
         except (TypeError, ValueError):  # a library's bad format arguments

@@ -109,3 +109,19 @@ def test_library_warnings_stay_off_the_screen(tmp_path: Path) -> None:
         "scores mean nothing")
     assert "No pretrained weights" not in parts["train-filter"], parts["train-filter"]
     assert "WARNING" not in res.stderr, res.stderr
+
+
+def test_two_run_logs_open_at_once_each_take_a_record_once(tmp_path: Path) -> None:
+    """A run log left open (or a second one in the same process) must not make the other
+    write a record twice: each handler is on curate's logger and on the root."""
+    import logging
+
+    first, second = RunLog(tmp_path / "a.jsonl"), RunLog(tmp_path / "b.jsonl")
+    try:
+        logging.getLogger("curate").info("one record")
+    finally:
+        second.close()
+        first.close()
+    for name in ("a.jsonl", "b.jsonl"):
+        logged = [e["message"] for e in events(tmp_path / name) if e["event"] == "log"]
+        assert logged == ["one record"], name

@@ -24,7 +24,9 @@ Files that predate a key (written by an older curate) are checked on the keys th
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -148,10 +150,25 @@ def sidecar_record(mat: np.ndarray) -> dict[str, Any]:
     return {"rows": rows, "dim": dim, "sha256": array_sha256(mat), "edges": edges_sha256(mat)}
 
 
+# numpy parses a .npy header with ast.literal_eval, and CPython 3.11's parser is not safe to
+# run on several threads at once ("AST constructor recursion depth mismatch"): headers are
+# parsed one at a time (the data is mapped, or was fetched, outside the lock).
+_NPY_HEADER = threading.Lock()
+
+
+def _load_npy(store: Store, name: str) -> np.ndarray:
+    if store.dir.local:
+        with _NPY_HEADER:
+            return np.load(store.dir.path(name), mmap_mode="r", allow_pickle=False)
+    data = store.dir.read_bytes(name)
+    with _NPY_HEADER:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+
+
 def _check_sidecar(store: Store, name: str, rows: int | None, dim: int | None,
                    rec: dict[str, Any], deep: bool) -> str | None:
     try:
-        mat = store.dir.read_array(name, mmap=True)
+        mat = _load_npy(store, name)
     except FileNotFoundError:
         return "is missing"
     except (OSError, ValueError, EOFError) as exc:
