@@ -39,6 +39,7 @@ demo: $(STAMP)
 	$(BIN)/curate demo-data $(DEMO_DIR)/trusted --trusted --seed 1 --shards 2 --per-shard 256
 	$(BIN)/curate train-filter --data '$(DEMO_DIR)/trusted/*.tar' --out $(DEMO_DIR)/filter --epochs 15
 	$(BIN)/curate run pipelines/demo.yaml --out $(DEMO_DIR)/run
+	$(BIN)/curate write $(DEMO_DIR)/run
 	$(BIN)/curate query $(DEMO_DIR)/run "select reason, count(*) as samples from manifest group by 1 order by 2 desc"
 	@echo
 	@echo "CLIP drops by sample kind (the generator's ground truth):"

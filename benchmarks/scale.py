@@ -14,18 +14,22 @@ the rows are failed samples (null scores): half failed to download, half in imag
 over --entries ids (default 500k).
 
 Then ``curate.select.selection.select`` runs a pipeline of DataComp basic filtering (the
-``datacomp_basic`` preset), ``top_fraction`` (the top 30% by clip_score over the pool) and
-``metaclip_balance`` (t = 20,000 per 400M rows, scaled to N) and writes the manifest, in a fresh
-child process whose peak RSS (its own and its children's, DuckDB included) is the figure
-reported. The steps timed are the ones ``select`` reports in ``Selection.seconds``: loading the
-pool table, the rules, (a) the global top-fraction threshold, (b) MetaCLIP pass 1 + pass 2 and
-(d) writing the manifest; then (c) the funnel and drops aggregations through the run's catalogue
-(``curate.audit.catalog``). The first file of the same pool (--baseline-rows, 1M) is measured first,
-in its own child, as the baseline: the lines before the JSON give seconds per million rows and
-the ratios against it. The last line is one JSON object: ``rows``, ``*_seconds`` per step and
-``peak_rss_gib``.
+``datacomp_basic`` preset), ``top_fraction`` (the top 30% by clip_score over the pool),
+``exact_dedup`` and ``metaclip_balance`` (t = 20,000 per 400M rows, scaled to N) and writes the
+manifest, in a fresh child process, once per ``--select-workers`` count: 1 is one partition in
+that process; more are that many partitions on Ray actors (a private local Ray with that many
+CPUs, ``curate.select.partitioned``). Peak RSS is reported per process: the child's own (with
+its children, DuckDB included) and each partition actor's. The steps timed are the ones
+``select`` reports in ``Selection.seconds``: loading the pool table, the rules, (a) the global
+top-fraction threshold, exact dedup, (b) MetaCLIP pass 1 + pass 2 and (d) writing the manifest;
+then (c) the funnel and drops aggregations through the run's catalogue
+(``curate.audit.catalog``); with partitions, the bytes their dedup exchange sent. The first file
+of the same pool (--baseline-rows, 1M) is measured first, in its own child with one partition,
+as the baseline: the lines before the JSON give seconds per million rows and the ratios against
+it. The last line is one JSON object: ``rows``, ``*_seconds`` per step and ``peak_rss_gib`` of
+the first worker count, ``by_workers`` (the same per count) and ``baseline``.
 
-    python benchmarks/scale.py --rows 10000000 --workdir /data/tmp
+    python benchmarks/scale.py --rows 10000000 --select-workers 1,2 --workdir /data/tmp
 """
 
 from __future__ import annotations
@@ -55,7 +59,8 @@ SHARD_ROWS = 1_000_000
 ENTRIES = 500_000
 TOP_FRACTION = 0.3
 T_PER_400M = 20_000  # MetaCLIP's t for a 400M pool
-STEPS = ("load", "rules", "top_fraction", "metaclip_balance", "funnel_query", "manifest")
+STEPS = ("load", "rules", "top_fraction", "exact_dedup", "metaclip_balance", "funnel_query",
+         "manifest")
 
 _WORDS = (
     "a the of and in on with at by for from to photo picture image view old new red blue "
@@ -265,7 +270,8 @@ def make_pool(store_dir: Path, rows: int, shard_rows: int = SHARD_ROWS, entries:
 
 
 def pipeline(rows: int) -> Any:
-    """DataComp basic filtering, the top 30% by clip_score, then MetaCLIP balancing."""
+    """DataComp basic filtering, the top 30% by clip_score, exact dedup, then MetaCLIP
+    balancing."""
     from curate.config import pipeline_from_dict
 
     t = max(1, round(T_PER_400M * rows / 400e6))
@@ -276,6 +282,7 @@ def pipeline(rows: int) -> Any:
         "select": [{"preset": "datacomp_basic"},
                    {"rule": "top_fraction", "column": "clip_score", "fraction": TOP_FRACTION,
                     "reason": "clip_score_not_top"},
+                   {"selector": "exact_dedup"},
                    {"selector": "metaclip_balance", "t": t}]})
 
 
@@ -286,9 +293,9 @@ def _peak_gib() -> float:
     return max(own, children) / 2**20
 
 
-def measure(store_dir: Path, shards: int, run_dir: Path) -> dict[str, Any]:
-    """Select over the first ``shards`` shards of the store into ``run_dir``, then query its
-    funnel; seconds per step."""
+def measure(store_dir: Path, shards: int, run_dir: Path, workers: int = 1) -> dict[str, Any]:
+    """Select over the first ``shards`` shards of the store into ``run_dir`` in ``workers``
+    partitions (on Ray when more than 1), then query its funnel; seconds per step."""
     import duckdb
 
     from curate.audit.catalog import VIEWS
@@ -303,20 +310,30 @@ def measure(store_dir: Path, shards: int, run_dir: Path) -> dict[str, Any]:
     rows = sum(s.samples or 0 for s in pool)
     p = pipeline(rows)
     top = next(s.stage.reason for s in p.select if s.stage.name == "top_fraction")
+    if workers > 1:
+        import ray
+
+        ray.init(address="local", num_cpus=workers, include_dashboard=False,
+                 logging_level="ERROR")
     t0 = time.perf_counter()
-    sel = select(p.select, PoolSource.of(store, pool=pool), run_dir)
+    sel = select(p.select, PoolSource.of(store, pool=pool), run_dir, workers=workers,
+                 on_ray=workers > 1)
     select_s = time.perf_counter() - t0
     sec = sel.seconds
     out: dict[str, Any] = {
         "rows": sel.samples, "kept": sel.kept,
         "load_seconds": sec["load"],
         "rules_seconds": round(sum(v for k, v in sec.items() if k not in {
-            "load", top, "metaclip_balance", "count", "manifest", "shards"}), 3),
+            "load", top, "exact_dedup", "metaclip_balance", "count", "manifest", "shards"}), 3),
         "top_fraction_seconds": sec[top],
+        "exact_dedup_seconds": sec["exact_dedup"],
         "metaclip_seconds": sec["metaclip_balance"],
         "manifest_seconds": sec["manifest"],
         "select_seconds": round(select_s, 3),
         "peak_rss_gib_select": round(_peak_gib(), 3),
+        "workers": workers, "partitions": sel.partitions,
+        "partition_peak_rss_gib": [round(w["peak_rss_gib"], 3) for w in sel.partition_stats],
+        "bytes_shuffled": sum(w["bytes_shuffled"] for w in sel.partition_stats),
     }
     remaining, funnel = sel.samples, []
     for i, f in enumerate(sel.funnel):
@@ -351,10 +368,10 @@ def measure(store_dir: Path, shards: int, run_dir: Path) -> dict[str, Any]:
     return out
 
 
-def run_child(store_dir: Path, shards: int, run_dir: Path) -> dict[str, Any]:
+def run_child(store_dir: Path, shards: int, run_dir: Path, workers: int = 1) -> dict[str, Any]:
     """``measure`` in a fresh interpreter, so its peak RSS is its own."""
     proc = subprocess.run([sys.executable, __file__, "--child", str(store_dir), str(shards),
-                           str(run_dir)], capture_output=True, text=True)
+                           str(run_dir), str(workers)], capture_output=True, text=True)
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout + proc.stderr)
         raise SystemExit(f"measuring {run_dir.name} failed (exit {proc.returncode})")
@@ -363,7 +380,8 @@ def run_child(store_dir: Path, shards: int, run_dir: Path) -> dict[str, Any]:
 
 def _report(base: dict[str, Any] | None, big: dict[str, Any]) -> None:
     label = {"load": "load the store into DuckDB", "rules": "uid/error checks + 5 basic rules",
-             "top_fraction": "(a) top_fraction threshold", "metaclip": "(b) MetaCLIP pass 1+2",
+             "top_fraction": "(a) top_fraction threshold", "exact_dedup": "exact dedup",
+             "metaclip": "(b) MetaCLIP pass 1+2",
              "funnel_query": "(c) funnel/drops query", "manifest": "(d) write manifest",
              "select": "select() in all"}
     n_big = big["rows"] / 1e6
@@ -383,6 +401,10 @@ def _report(base: dict[str, Any] | None, big: dict[str, Any]) -> None:
         ratio = per_big / per_base if per_base else float("nan")
         print(f"{text:34} {s_base:9.1f} {s_big:9.1f} {per_base:7.2f} -> {per_big:6.2f} "
               f"{ratio:6.2f}")
+    if big.get("workers", 1) > 1:
+        print(f"{big['partitions']} partitions on Ray: peak RSS per partition actor "
+              f"{', '.join(f'{g:.2f}' for g in big['partition_peak_rss_gib'])} GiB; "
+              f"{big['bytes_shuffled'] / 2**20:.0f} MiB exchanged by the dedup steps")
     if base is not None:
         growth = big["peak_rss_gib"] / base["peak_rss_gib"]
         print(f"peak RSS: {base['peak_rss_gib']:.2f} GiB at {base['rows']:,} rows, "
@@ -396,8 +418,9 @@ def _report(base: dict[str, Any] | None, big: dict[str, Any]) -> None:
 
 
 def main() -> None:
-    if len(sys.argv) == 5 and sys.argv[1] == "--child":
-        print(json.dumps(measure(Path(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4]))))
+    if len(sys.argv) == 6 and sys.argv[1] == "--child":
+        print(json.dumps(measure(Path(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4]),
+                                 int(sys.argv[5]))))
         return
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=100_000_000)
@@ -407,12 +430,21 @@ def main() -> None:
     ap.add_argument("--entries", type=int, default=ENTRIES, help="MetaCLIP metadata entries")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                     help="processes generating the pool")
+    ap.add_argument("--select-workers", default="1",
+                    help="comma-separated partition counts to select with (1: in-process; "
+                    "more: Ray actors), each in its own child, e.g. 1,2")
     ap.add_argument("--workdir", type=Path, default=None,
                     help="where the pool and runs go (a temporary directory inside it)")
     ap.add_argument("--keep", action="store_true", help="keep the generated pool and runs")
     args = ap.parse_args()
     if args.rows < 1 or args.shard_rows < 1:
         ap.error("--rows and --shard-rows must be positive")
+    try:
+        counts = [int(w) for w in args.select_workers.split(",")]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        ap.error("--select-workers: positive integers separated by commas, e.g. 1,2")
     if args.workdir is not None:
         args.workdir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="curate-scale-", dir=args.workdir))
@@ -432,16 +464,30 @@ def main() -> None:
                   f"peak RSS {base['peak_rss_gib']:.2f} GiB", flush=True)
             if not args.keep:
                 shutil.rmtree(work / "run-baseline")
-        big = run_child(work / "store", len(files), work / "run")
-        print(f"load average (1 min) after the run: {os.getloadavg()[0]:.1f} on "
-              f"{os.cpu_count()} CPUs")
-        _report(base, big)
+        by_workers: dict[str, Any] = {}
+        for w in counts:
+            one = run_child(work / "store", len(files), work / f"run-{w}", w)
+            print(f"--- {w} worker{'s' if w > 1 else ''}: load average (1 min) after the run: "
+                  f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+            _report(base, one)
+            by_workers[str(w)] = {k: v for k, v in one.items() if k != "funnel"}
+            if not args.keep and w != counts[-1]:
+                shutil.rmtree(work / f"run-{w}")
+        if len(counts) > 1:
+            first = by_workers[str(counts[0])]
+            for w in counts[1:]:
+                other = by_workers[str(w)]
+                print(f"select() with {w} workers: {other['select_seconds']:.1f} s, "
+                      f"{first['select_seconds'] / other['select_seconds']:.2f}x the speed "
+                      f"of {counts[0]}; same kept: {other['kept'] == first['kept']}")
+        big = by_workers[str(counts[0])]
         result = {k: v for k, v in big.items() if k != "funnel"}
+        result["by_workers"] = by_workers
         result.update({"generate_seconds": round(gen_s, 1), "store_gib": round(size / 2**30, 3),
                        "baseline": None if base is None else {
                            k: v for k, v in base.items() if k != "funnel"}})
         if args.keep:
-            result["run_dir"] = str(work / "run")
+            result["run_dir"] = str(work / f"run-{counts[-1]}")
         print(json.dumps(result))
     finally:
         if not args.keep:

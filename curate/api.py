@@ -54,7 +54,7 @@ if TYPE_CHECKING:
     import polars
 
     from curate.audit.catalog import Run
-    from curate.runner import SelectResult
+    from curate.runner import SelectResult, WriteResult
     from curate.score.engine import ScoreResult
     from curate.validate import DryRun
 
@@ -368,6 +368,16 @@ class Result:
 
         return search(self.dir, text=text, image=image, uid=uid, k=k, column=column,
                       rows="all" if all_rows else "kept", nprobe=nprobe)
+
+    def write(self, *, dir: str | Path | None = None, address: str | None = None,
+              progress: bool = False) -> WriteResult:
+        """Write the curated webdataset shards of this selection (``curate write``): its
+        kept samples, copied from the input shards, into ``output.dir`` (or ``dir``). A
+        selection writes none unless asked."""
+        from curate.runner import write
+
+        return write(self.dir, dir=None if dir is None else str(dir), address=address,
+                     progress=progress)
 
     def close(self) -> None:
         if self._run is not None:

@@ -63,6 +63,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         overrides["input"] = {key: args.input}
     if getattr(args, "workers", None):
         overrides["run"] = {"workers": args.workers}
+    if getattr(args, "write_shards", False):
+        overrides["output"] = {"write_shards": True}
     return overrides
 
 
@@ -109,7 +111,11 @@ def _print_scoring(s: Any) -> None:
 def _print_where(sel_dir: Path, output_dir: str, output_shards: int) -> None:
     print(f"results in {sel_dir}")
     print(f"  manifest:  {sel_dir / 'manifest.parquet'}")
-    print(f"  shards:    {output_dir} ({output_shards} tar files)")
+    if output_shards:
+        print(f"  shards:    {output_dir} ({output_shards} tar files)")
+    else:
+        print(f"  shards:    none written (a selection is a query); write them with: "
+              f"curate write {sel_dir}")
     print(f"  query:     curate query {sel_dir} \"select reason, count(*) from manifest group "
           "by 1\"")
 
@@ -136,8 +142,10 @@ def _cmd_select(args: argparse.Namespace) -> int:
     selection = load_selection(args.selection)
     if args.name:
         selection.name = args.name
+    if args.write_shards:
+        selection.output = selection.output.model_copy(update={"write_shards": True})
     result = select(args.store, selection, args.out, address=args.address,
-                    progress=not args.no_progress)
+                    progress=not args.no_progress, workers=args.workers)
     print(f"selection {selection.name} of {result.store}: {result.samples} samples in "
           f"{result.shards} shards in {result.seconds:.1f}s (no scoring)")
     _print_funnel(result.samples, result.funnel, result.kept)
@@ -146,6 +154,16 @@ def _cmd_select(args: argparse.Namespace) -> int:
     if result.recaption is not None:
         _print_recaptions(result.recaption)
     _print_where(result.dir, result.output_dir, result.output_shards)
+    return 0
+
+
+def _cmd_write(args: argparse.Namespace) -> int:
+    from curate.runner import write
+
+    result = write(args.selection, dir=args.dir, samples_per_shard=args.samples_per_shard,
+                   address=args.address, progress=not args.no_progress)
+    print(f"wrote the {result.samples} kept samples of {result.dir} into {result.shards} "
+          f"shards in {result.output_dir} ({result.seconds:.1f}s)")
     return 0
 
 
@@ -537,6 +555,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="join this Ray cluster (e.g. auto, ray://head:10001)")
     p.add_argument("--workers", type=int, help="scoring workers (default: one per CPU/GPU)")
     p.add_argument("--no-progress", action="store_true", help="no progress output")
+    p.add_argument("--write-shards", action="store_true", help="also write the curated "
+                   "webdataset shards (a copy of every kept sample; default: the manifest only, "
+                   "`curate write SEL` writes them later)")
     p.add_argument("--dry-run", action="store_true", help="check everything and print the "
                    "plan (as `curate validate`); start nothing, write nothing")
     p.set_defaults(fn=_cmd_run)
@@ -568,9 +589,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("selection", help="selection YAML (select:, output:, ...), or a pipeline")
     p.add_argument("--out", required=True, help="the selection directory")
     p.add_argument("--name", help="selection name (default: the file's name:)")
-    p.add_argument("--address", help="join this Ray cluster for writing output shards")
+    p.add_argument("--address", help="join this Ray cluster: the selection runs there, in "
+                   "partitions (one per CPU unless --workers says), as does writing shards")
+    p.add_argument("--workers", type=int, help="select in this many partitions, on Ray when "
+                   "more than 1 (default: 1, in this process; the result is the same)")
+    p.add_argument("--write-shards", action="store_true", help="also write the curated "
+                   "webdataset shards (a copy of every kept sample; default: the manifest only, "
+                   "`curate write SEL` writes them later)")
     p.add_argument("--no-progress", action="store_true", help="no progress output")
     p.set_defaults(fn=_cmd_select)
+
+    p = sub.add_parser("write", help="write a selection's curated webdataset shards: its kept "
+                       "samples, copied from the input shards (a selection writes none unless "
+                       "asked)")
+    p.add_argument("selection", help="the selection directory (or the --out of `curate run`)")
+    p.add_argument("--dir", help="where to write them: a path or a URL (default: the "
+                   "selection's output.dir, else SEL/output)")
+    p.add_argument("--samples-per-shard", type=int, help="samples per output shard (default: "
+                   "the selection's output.samples_per_shard)")
+    p.add_argument("--address", help="join this Ray cluster (e.g. auto, ray://head:10001)")
+    p.add_argument("--no-progress", action="store_true", help="no progress output")
+    p.set_defaults(fn=_cmd_write)
 
     p = sub.add_parser("store", help="what a store holds: shards, scorers and their versions; "
                        "`curate store verify STORE` checks every file")

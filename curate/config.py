@@ -84,7 +84,9 @@ class InputConfig(Params):
 
 class OutputConfig(Params):
     samples_per_shard: int = Field(default=1000, gt=0)
-    write_shards: bool = True
+    # A selection is a query over the store: curated shards (a copy of every kept sample)
+    # are written only when asked (here, `--write-shards`, or `curate write SEL` later).
+    write_shards: bool = False
     split_by: str | None = None  # a column: one directory of shards per value
     # Where the shards go: None = SEL/output (in the selection's directory); a local path or an
     # fsspec URL (s3://bucket/x, gs://..., file:///shared/x = a mount at the same path on every

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import yaml
 
 from curate import __version__
@@ -204,9 +205,16 @@ def _download(p: Pipeline, store: Store, rlog: RunLog, session: RaySession) -> l
 def select(store: str | Path | Store, selection: Selection | Pipeline, out: str | Path, *,
            address: str | None = None, progress: bool | None = None,
            session: RaySession | None = None, versions: list[Version] | None = None,
-           pool: list[PoolShard] | None = None, check_inputs: bool = True) -> SelectResult:
+           pool: list[PoolShard] | None = None, check_inputs: bool = True,
+           workers: int | None = None) -> SelectResult:
     """Apply ``selection`` to the scores in ``store``, into the directory ``out``; computes
-    no score (a rule on a column no stored scorer has fails before anything is written)."""
+    no score (a rule on a column no stored scorer has fails before anything is written).
+    The pool is selected in ``workers`` partitions (``curate.select.partitioned``): in this
+    process by default; on Ray actors when more than one is asked for or a cluster is named
+    (then one per CPU of the cluster unless ``workers`` says). The manifest is the same
+    either way."""
+    if workers is not None and workers < 1:
+        raise CurateError(f"--workers {workers}: give at least 1")
     st = store if isinstance(store, Store) else Store(store)
     sel = selection.selection() if isinstance(selection, Pipeline) else selection
     out_dir = as_directory(out, "the selection directory")
@@ -238,7 +246,7 @@ def select(store: str | Path | Store, selection: Selection | Pipeline, out: str 
     try:
         _preflight(sel, session)
         with RunLock(out_dir):
-            return _select_locked(st, sel, source, out_dir, progress, session, meta)
+            return _select_locked(st, sel, source, out_dir, progress, session, meta, workers)
     finally:
         if own:
             session.close()
@@ -303,13 +311,14 @@ def _check_inputs(source: PoolSource, need: bool) -> None:
                           "rescored")
     if gone and need:
         raise CurateError(f"{len(gone)} input shards are not there to copy samples from: "
-                          f"{', '.join(gone[:5])}", "restore them, or select with "
-                          "`output: {write_shards: false}`")
+                          f"{', '.join(gone[:5])}", "restore them, or select without writing "
+                          "shards (no --write-shards, no `output: {write_shards: true}`)")
 
 
 def _select_locked(store: Store, sel: Selection, source: PoolSource, out_dir: Path,
                    progress: bool | None, session: RaySession,
-                   meta: SelectMetadata | None = None) -> SelectResult:
+                   meta: SelectMetadata | None = None,
+                   workers: int | None = None) -> SelectResult:
     t0 = time.perf_counter()
     leftovers = remove_leftovers(out_dir)
     rlog = RunLog(out_dir / "log.jsonl")
@@ -321,18 +330,31 @@ def _select_locked(store: Store, sel: Selection, source: PoolSource, out_dir: Pa
         # Paths absolute: the selection is audited (and rerun) from any directory.
         write_text(yaml.safe_dump(absolute_paths(sel.raw), sort_keys=False), out_dir / SAVED)
         record = _selection_record(store, source, out_dir)
+        # The score columns that go into each output sample's json (``curate write`` reads
+        # them here: the manifest also holds columns that are not scores).
+        record["json_columns"] = [c for c in source.columns() if c not in SAMPLE_COLUMNS] + \
+            list(sel.metadata_columns()) + list(sel.selector_columns())
         if meta is not None:
             record["metadata_files"] = file_stamps(meta.files)
         write_text(json.dumps(record, indent=1), out_dir / "selection.json")
         doing = f"the manifest in {out_dir}"
         t_sel = time.perf_counter()
-        selected = select_pool(sel.select, source, out_dir, meta, Notes(progress))
+        on_ray = (workers or 1) > 1 or session.address is not None
+        if on_ray:
+            session.ensure()
+            if workers is None:
+                import ray
+
+                workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        selected = select_pool(sel.select, source, out_dir, meta, Notes(progress),
+                               workers=workers or 1, on_ray=on_ray)
         write_parquet(_funnel_table(selected), out_dir / "funnel.parquet")
         write_parquet(_shards_table(source.shards, selected), out_dir / "shards.parquet")
         stages = stage_totals(store, source.shards, source.versions, source.reader)
         write_parquet(_stages_table(stages), out_dir / "stages.parquet")
         rlog.event("selected", samples=selected.samples, kept=selected.kept,
-                   seconds=round(time.perf_counter() - t_sel, 3), steps=selected.seconds)
+                   seconds=round(time.perf_counter() - t_sel, 3), steps=selected.seconds,
+                   partitions=selected.partitions, on_ray=selected.on_ray)
         if sel.rewrite is not None:
             doing = f"caption rewrites in {out_dir}"
             rewrite = _rewrite(sel, store, out_dir, rlog, progress, session)
@@ -346,15 +368,14 @@ def _select_locked(store: Store, sel: Selection, source: PoolSource, out_dir: Pa
         else:
             recaption = None
             (out_dir / "recaptions.parquet").unlink(missing_ok=True)  # from an earlier run
-        from curate.write.output import write_output
-
-        out_location = resolve(sel.output.dir if sel.output.dir is not None
-                               else out_dir / "output")
-        doing = f"the output shards in {out_location}"
-        columns = [c for c in source.columns() if c not in SAMPLE_COLUMNS]
-        columns += list(sel.metadata_columns()) + list(sel.selector_columns())
-        n_out = write_output(sel, columns, refs, out_dir, rlog, progress, session,
-                             sel.run.max_retries) if sel.output.write_shards else 0
+        out_location = _output_location(sel, out_dir)
+        if sel.output.write_shards:
+            doing = f"the output shards in {out_location}"
+            n_out = _write_shards(sel, record["json_columns"], refs, out_dir, rlog, progress,
+                                  session)
+        else:
+            n_out = 0
+            rlog.event("no_shards", hint=f"curate write {out_dir}")
         doing = f"the catalogue in {out_dir}"
         write_catalog(out_dir)
         result = SelectResult(
@@ -385,6 +406,18 @@ def _select_locked(store: Store, sel: Selection, source: PoolSource, out_dir: Pa
     rlog.event("select_end", samples=result.samples, kept=result.kept, seconds=result.seconds)
     rlog.close()
     return result
+
+
+def _output_location(sel: Selection, sel_dir: Path) -> str:
+    return resolve(sel.output.dir if sel.output.dir is not None else sel_dir / "output")
+
+
+def _write_shards(sel: Selection, columns: list[str], refs: list[ShardRef], sel_dir: Path,
+                  rlog: RunLog, progress: bool | None, session: RaySession) -> int:
+    from curate.write.output import write_output
+
+    return write_output(sel, columns, refs, sel_dir, rlog, progress, session,
+                        sel.run.max_retries)
 
 
 def _selection_record(store: Store, source: PoolSource, out_dir: Path) -> dict[str, Any]:
@@ -457,6 +490,92 @@ def _shards_table(shards: list[PoolShard], selected: Selected) -> pa.Table:
                      "seconds": s.seconds, "node": s.node, "digest": s.digest,
                      "error": s.error})
     return pa.Table.from_pylist(rows, schema=SHARD_SCHEMA)
+
+
+# --------------------------------------------------------------------------------------------
+# write
+
+
+@dataclass
+class WriteResult:
+    """What ``write`` did."""
+
+    dir: Path  # the selection directory
+    output_dir: str  # where the curated shards are
+    shards: int  # output shards (written now or already current)
+    samples: int  # kept samples in them
+    seconds: float
+
+
+def write(selection: str | Path, *, dir: str | None = None,
+          samples_per_shard: int | None = None, address: str | None = None,
+          progress: bool | None = None, session: RaySession | None = None) -> WriteResult:
+    """Write the curated webdataset shards of a finished selection (``curate write``): its kept
+    samples, copied from the input shards and checked against the scored bytes, into
+    ``output.dir`` of the selection (or ``dir``), as ``curate select --write-shards`` would
+    have. A selection writes no shards unless asked: it is a query over the store. Shards that
+    are already current are not written again."""
+    from curate.audit.catalog import resolve_selection
+    from curate.config import load_selection
+
+    sel_dir = resolve_selection(selection, "stats.json").absolute()
+    record = json.loads((sel_dir / "selection.json").read_text())
+    if "json_columns" not in record:
+        raise CurateError(f"{sel_dir} was selected by an older curate: its record does not say "
+                          "which columns are scores", "run its `curate select` (or "
+                          "`curate run`) command again, then write it")
+    sel = load_selection(sel_dir / SAVED)
+    update: dict[str, Any] = {"write_shards": True}
+    if dir is not None:
+        update["dir"] = dir
+    if samples_per_shard is not None:
+        update["samples_per_shard"] = samples_per_shard
+    sel.output = type(sel.output).model_validate({**sel.output.model_dump(), **update})
+    shards = pq.read_table(sel_dir / "shards.parquet",
+                           columns=["url", "shard", "failures"]).to_pylist()
+    refs = [ShardRef(r["url"], r["shard"], r["failures"]) for r in shards]
+    _check_present(refs)
+    location = _output_location(sel, sel_dir)
+    t0 = time.perf_counter()
+    own = session is None
+    session = session or RaySession(address or sel.run.address, progress)
+    try:
+        with RunLock(sel_dir):
+            rlog = RunLog(sel_dir / "log.jsonl")
+            rlog.event("write_start", dir=location, curate=__version__, pid=os.getpid())
+            try:
+                n = _write_shards(sel, record["json_columns"], refs, sel_dir, rlog, progress,
+                                  session)
+                stats = json.loads((sel_dir / "stats.json").read_text())
+                stats.update(output_shards=n, output_dir=location)
+                write_text(json.dumps(stats, indent=1), sel_dir / "stats.json")
+            except BaseException as exc:
+                full = disk_error(exc, f"the output shards in {location}")
+                rlog.event("write_failed",
+                           error=f"{type(exc).__name__}: {exc}".splitlines()[0])
+                if full is not None:
+                    raise full from exc
+                raise
+            finally:
+                rlog.close()
+    finally:
+        if own:
+            session.close()
+    samples = int(stats["kept"])
+    seconds = round(time.perf_counter() - t0, 3)
+    return WriteResult(dir=sel_dir, output_dir=location, shards=n, samples=samples,
+                       seconds=seconds)
+
+
+def _check_present(refs: list[ShardRef]) -> None:
+    """Every input tar the samples are copied from is there, before anything is written."""
+    gone = [r.shard_id for r in refs
+            if r.failures is None and shard_stamp(r.url).split("|")[0] == "absent"]
+    if gone:
+        names = ", ".join(gone[:5]) + (f" and {len(gone) - 5} more" if len(gone) > 5 else "")
+        raise CurateError(f"{len(gone)} input shards are not there to copy samples from: "
+                          f"{names}", "restore them (the selection itself needs only the "
+                          "store: query it, diff it and export its uids without them)")
 
 
 # --------------------------------------------------------------------------------------------

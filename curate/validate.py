@@ -189,7 +189,8 @@ def dry_run(pipeline: Pipeline, store: str | Path, selection_dir: str | Path) ->
             f", one directory per {out.split_by}" if out.split_by else "") + (
             f", faces in {out.blur_faces} blurred" if out.blur_faces else "")
     else:
-        output = "no shards (output.write_shards: false): manifest and catalogue only"
+        output = (f"no shards (a selection is a query): manifest and catalogue only; "
+                  f"`curate write {sel_dir}` (or --write-shards) writes them to {dest}")
     rewrite = None
     if pipeline.rewrite is not None:
         rw = pipeline.rewrite

@@ -99,11 +99,14 @@ def demo_pool(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return shared(tmp_path_factory, "demo", lambda d: make_demo_pool(d / "pool")) / "pool"
 
 
-def demo_pipeline(pool: Path, **run: object) -> object:
-    """pipelines/basic.yaml (DataComp basic filtering + exact dedup) on ``pool``."""
+def demo_pipeline(pool: Path, write_shards: bool = False, **run: object) -> object:
+    """pipelines/basic.yaml (DataComp basic filtering + exact dedup) on ``pool``; with
+    ``write_shards``, its selection writes the curated shards too."""
     from curate.config import load_pipeline
 
     overrides: dict[str, dict[str, object]] = {"input": {"shards": str(pool / "*.tar")}}
+    if write_shards:
+        overrides["output"] = {"write_shards": True}
     if run:
         overrides["run"] = dict(run)
     return load_pipeline(REPO / "pipelines" / "basic.yaml", overrides)
@@ -171,12 +174,13 @@ TRAINED_CAPTIONER_STEPS = 200
 
 @pytest.fixture(scope="session")
 def demo_run(demo_pool: Path, ray_local: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The basic pipeline run once on the demo pool through the session's local Ray: its
-    selection directory (``RUN/selections/basic``; the store is ``RUN/store``)."""
+    """The basic pipeline run once on the demo pool through the session's local Ray, curated
+    shards included (written by Ray tasks): its selection directory (``RUN/selections/basic``;
+    the store is ``RUN/store``)."""
     from curate.runner import run
 
     def build(root: Path) -> None:
-        run(demo_pipeline(demo_pool), root / "run", progress=False)
+        run(demo_pipeline(demo_pool, write_shards=True), root / "run", progress=False)
 
     return shared(tmp_path_factory, "demo_run", build) / "run" / "selections" / "basic"
 
@@ -186,10 +190,10 @@ def demo_yaml_run(demo_pool: Path, demo_filter: Path, ray_local: None,
                   tmp_path_factory: pytest.TempPathFactory) -> Path:
     """pipelines/demo.yaml itself, with its relative paths (demo/pool, demo/filter), run the
     way `make demo` runs it: from a directory holding demo/pool and demo/filter (links to the
-    session's pool and filter network), into demo/run. Its selection directory
-    (``ROOT/demo/run/selections/demo``)."""
+    session's pool and filter network), into demo/run, then `curate write demo/run`. Its
+    selection directory (``ROOT/demo/run/selections/demo``)."""
     from curate.config import load_pipeline
-    from curate.runner import run
+    from curate.runner import run, write
 
     def build(root: Path) -> None:
         (root / "demo").mkdir()
@@ -199,6 +203,7 @@ def demo_yaml_run(demo_pool: Path, demo_filter: Path, ray_local: None,
         os.chdir(root)
         try:
             run(load_pipeline(REPO / "pipelines" / "demo.yaml"), "demo/run", progress=False)
+            write("demo/run", progress=False)
         finally:
             os.chdir(before)
 

@@ -88,6 +88,7 @@ def pipeline(pool: Path, fault: dict[str, Any], output: dict[str, Any] | None = 
     raw = yaml.safe_load((REPO / "pipelines" / "basic.yaml").read_text())
     raw["score"] = [{"fault": fault}, *raw["score"]]
     raw["input"] = {"shards": str(pool / "*.tar")}
+    raw.setdefault("output", {})["write_shards"] = True  # compared with demo_run's shards
     if output:
         raw.setdefault("output", {}).update(output)
     if run:

@@ -37,7 +37,7 @@ def basic_in_python(pool: Path, **output: object) -> curate.Pipeline:
         input=str(pool / "*.tar"),
         score=[ImageInfo(), "caption_stats", curate.scorer("language"), {"exact_hash": {}}],
         select=[curate.preset("datacomp_basic"), curate.selector("exact_dedup")],
-        output={"samples_per_shard": 100, **output})
+        output={"samples_per_shard": 100, "write_shards": True, **output})
 
 
 def test_a_python_pipeline_is_the_yaml_pipeline(pool: Path, tmp_path: Path) -> None:

@@ -177,7 +177,8 @@ def test_faces_are_blurred_only_where_boxes_are(pool: DataCompPool, scored: Path
 
     sel = selection_from_dict({
         "name": "blur", "metadata": {"parquet": str(pool.metadata), **META},
-        "select": [{"preset": "datacomp_basic"}], "output": {"blur_faces": "face_bboxes"}})
+        "select": [{"preset": "datacomp_basic"}],
+        "output": {"blur_faces": "face_bboxes", "write_shards": True}})
     select(scored / "store", sel, tmp_path / "sel", progress=False)
     got = _members(sorted((tmp_path / "sel" / "output").glob("*.tar")))
     src = _members(sorted(pool.shards.glob("*.tar")))

@@ -27,7 +27,8 @@ def emb_runs(demo_pool: Path, demo_filter: Path, demo_yaml_run: Path,
         text = (REPO / "pipelines" / f"{name}.yaml").read_text().replace(
             "model: demo/filter", f"model: {demo_filter}")
         (root / f"{name}.yaml").write_text(f"{text}\nstore: {store}\n")
-        p = load_pipeline(root / f"{name}.yaml", {"input": {"shards": str(demo_pool / "*.tar")}})
+        p = load_pipeline(root / f"{name}.yaml", {"input": {"shards": str(demo_pool / "*.tar")},
+                                                  "output": {"write_shards": True}})
         assert p.store == str(store)
         result = run(p, root / "run", progress=False)
         assert result.shards_resumed == 8

@@ -27,7 +27,8 @@ BASIC = REPO / "pipelines" / "basic.yaml"
 
 def basic(shards: str, **out: object) -> Pipeline:
     """pipelines/basic.yaml on ``shards`` with ``output`` keys replaced."""
-    return load_pipeline(BASIC, {"input": {"shards": shards}, "output": dict(out)})
+    return load_pipeline(BASIC, {"input": {"shards": shards},
+                                 "output": {"write_shards": True, **out}})
 
 
 def events(run_dir: Path, name: str, log: str = "selections/basic/log.jsonl",

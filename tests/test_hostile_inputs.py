@@ -212,7 +212,7 @@ def test_basic_pipeline_records_every_hostile_sample(hostile: Pool, ray_local: N
     monkeypatch.chdir(work)  # a relative ../../x would land inside the tree we watch
     before = _tree(hostile.root)
     run_dir = hostile.root / "run_basic"
-    run(demo_pipeline(hostile.pool), run_dir, progress=False)
+    run(demo_pipeline(hostile.pool, write_shards=True), run_dir, progress=False)
     _assert_nothing_escaped(hostile, before, run_dir)
 
     rows = _manifest(run_dir)
@@ -303,7 +303,7 @@ def test_every_stage_survives_the_hostile_pool(hostile: Pool, tiny_clip: Path,
                   "caption_complexity", "image_complexity", "ocr", "parrot",
                   {"clip": {"model": str(tiny_clip), "pretrained": None, "mask_text": True,
                             "batch_size": 16}}],
-        "output": {"samples_per_shard": 10},
+        "output": {"samples_per_shard": 10, "write_shards": True},
     })
     before = _tree(hostile.root)
     run_dir = hostile.root / "run_full"

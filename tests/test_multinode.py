@@ -42,7 +42,7 @@ try:
     for out, store, out_dir in ((args["run"], None, None), (args["run"], None, args["shared"]),
                                 (args["run2"], args["shared_store"], None)):
         p = load_pipeline(args["pipeline"], {"input": {"shards": args["shards"]},
-                                             "output": {"dir": out_dir}})
+                                             "output": {"dir": out_dir, "write_shards": True}})
         p.store = store
         run(p, out, address=cluster.address, progress=False)
     print(json.dumps({"head": cluster.head_node.node_id,
@@ -95,6 +95,14 @@ def test_cluster_run_matches_single_node_run(demo_pool: Path, demo_filter: Path,
     assert tars(sel2 / "output") == reference
     assert (shared / "sizes.json").read_bytes() == (single_node_run / "output" / "sizes.json"
                                                     ).read_bytes()
+
+    # The selections ran on the cluster, in 2 partitions (one Ray actor per CPU: one per
+    # worker node), and gave the single-node run's manifest (above), which ran in one.
+    for d in (sel, sel2):
+        chosen = [e for e in log_of(d / "log.jsonl") if e["event"] == "selected"]
+        assert chosen and all(e["on_ray"] and e["partitions"] == 2 for e in chosen)
+    single = [e for e in log_of(single_node_run / "log.jsonl") if e["event"] == "selected"]
+    assert single and all(not e["on_ray"] and e["partitions"] == 1 for e in single)
 
     # Scoring ran on the workers only (the head has no CPU).
     scored_on = set(pq.read_table(sel / "shards.parquet").column("node").to_pylist())

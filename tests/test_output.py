@@ -19,7 +19,7 @@ def test_a_small_selection_is_written_by_the_driver_with_the_same_bytes(
     store = demo_run.parent.parent / "store"
     out = tmp_path / "sel"
     res = curate_cli("select", str(store), str(REPO / "pipelines" / "basic.yaml"),
-                     "--out", str(out), "--no-progress")
+                     "--out", str(out), "--no-progress", "--write-shards")
     assert res.returncode == 0, res.stderr[-2000:]
     events = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     [start] = [e for e in events if e["event"] == "writing_start"]

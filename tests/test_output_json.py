@@ -59,7 +59,7 @@ def test_url_list_json_drops_img2datasets_nulls_and_exif(tmp_path: Path,
         pipeline = pipeline_from_dict({
             "name": "urls", "input": {"urls": str(tmp_path / "urls.parquet"),
                                       "download": {"timeout": 5, "thread_count": 2}},
-            "score": ["image_info"]})
+            "score": ["image_info"], "output": {"write_shards": True}})
         result = run(pipeline, tmp_path / "run", progress=False)
     # what img2dataset stored: nulls for the sizes it did not measure, and an EXIF string
     with tarfile.open(next((tmp_path / "run" / "store" / "download").glob("*.tar"))) as tar:
@@ -78,7 +78,8 @@ def test_url_list_json_drops_img2datasets_nulls_and_exif(tmp_path: Path,
     # same directory without it writes its shards again (the option is part of their digest)
     store = tmp_path / "run" / "store"
     for keep in (True, False):
-        sel = selection_from_dict({"name": "exif", "output": {"keep_exif": keep}})
+        sel = selection_from_dict({"name": "exif", "output": {"keep_exif": keep,
+                                                              "write_shards": True}})
         done = select(store, sel, tmp_path / "exif", progress=False)
         metas = [json.loads(m["json"]) for m in samples(done.dir / "output").values()]
         assert len(metas) == 3 and all("width" not in meta for meta in metas)

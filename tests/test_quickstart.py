@@ -1,5 +1,6 @@
 """The README's quick start, run as written (its code block, line by line), in a fresh
-directory: one scoring pass, two selections over it, a diff and the store listing."""
+directory: one scoring pass, two selections over it (queries: no shards, no Ray), a diff, the
+curated shards of one selection written as an explicit step, and the store listing."""
 
 from __future__ import annotations
 
@@ -31,13 +32,19 @@ def quickstart_commands() -> list[list[str]]:
 def test_readme_quickstart(tmp_path: Path) -> None:
     commands = quickstart_commands()
     assert [c[0] for c in commands] == ["demo-data", "score", "select", "select", "diff",
-                                        "store", "store"]
+                                        "write", "store", "store"]
     out = {}
     for args in commands:
         res = curate_cli(*args, cwd=tmp_path, timeout=600)
         assert res.returncode == 0, (args, res.stderr[-2000:])
         out[" ".join(args[:2]) if args[0] == "store" else
             args[0] if args[0] != "select" else args[-1]] = res.stdout
+        if args[0] == "diff":  # before `curate write`: the selections are queries, no copies
+            for d in (tmp_path / "runs" / "basic", tmp_path / "runs" / "strict"):
+                assert not (d / "output").exists()
+                events = [json.loads(e) for e in (d / "log.jsonl").read_text().splitlines()]
+                assert not [e for e in events if e["event"] in ("ray", "writing_start")]
+                assert json.loads((d / "stats.json").read_text())["output_shards"] == 0
     # The scoring pass computed every scorer on every shard ...
     assert re.search(r"\n  image_info +8 +0\n", out["score"]), out["score"]
     # ... the selections computed nothing and each has its own directory.
@@ -49,6 +56,23 @@ def test_readme_quickstart(tmp_path: Path) -> None:
     kept_basic = sum(pq.read_table(basic / "manifest.parquet").column("kept").to_pylist())
     kept_strict = sum(pq.read_table(strict / "manifest.parquet").column("kept").to_pylist())
     assert kept_basic == 414 and 0 < kept_strict < kept_basic
+    sel_out = out["runs/strict"]
+    assert f"none written (a selection is a query); write them with: curate write " \
+        f"{strict}" in sel_out, sel_out
+    # `curate write` copied exactly the kept samples, in pool order, and says so.
+    sizes = json.loads((strict / "output" / "sizes.json").read_text())
+    assert sum(sizes.values()) == kept_strict and len(sizes) == -(-kept_strict // 100)
+    assert f"wrote the {kept_strict} kept samples of {strict} into {len(sizes)} shards" \
+        in out["write"], out["write"]
+    assert json.loads((strict / "stats.json").read_text())["output_shards"] == len(sizes)
+    written = {p.name: p.read_bytes() for p in (strict / "output").glob("*.tar")}
+    res = curate_cli("write", "runs/strict", "--no-progress", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    starts = [e for e in map(json.loads, (strict / "log.jsonl").read_text().splitlines())
+              if e["event"] == "writing_start"]
+    assert [e["todo"] for e in starts] == [len(sizes), 0]  # the second wrote nothing again
+    assert {p.name: p.read_bytes() for p in (strict / "output").glob("*.tar")} == written
+    assert not (basic / "output").exists()
     assert "dropped in B by caption_under_10_words: " in out["diff"]
     assert "select caption_under_10_words: only in B" in out["diff"]
     assert "image_info" in out["store runs/pool"] and "8/8 shards" in out["store runs/pool"]

@@ -45,6 +45,7 @@ def _pipeline(pool: Path, base_url: str, shards: int = 1, **openai: Any) -> Any:
                          "max_attempts": 2, "sampling": {"max_tokens": 24}, "batch_size": 16,
                          "openai": {"base_url": base_url, "concurrency": 2, "timeout": 30,
                                     "retries": 1, "backoff": 0.05, **openai}}
+    data["output"] = {**(data.get("output") or {}), "write_shards": True}
     return pipeline_from_dict(data)
 
 

@@ -44,6 +44,7 @@ def _pipeline(pool: Path, model: Path, clip: Path, shards: int = 1, **recaption:
     data["recaption"] = {"backend": "transformers", "model": str(model), "captions": 2,
                          "max_attempts": 2, "sampling": {"max_tokens": 24}, "batch_size": 16,
                          **recaption}
+    data["output"] = {**(data.get("output") or {}), "write_shards": True}
     return pipeline_from_dict(data)
 
 

@@ -41,6 +41,7 @@ def _pipeline(pool: Path, model: Path, base_url: str, shards: int = 2, **rewrite
     data["rewrite"] = {"backend": "openai", "model": str(model), "rewrites": 1,
                        "max_attempts": 2, "sampling": {"max_tokens": 24}, "batch_size": 16,
                        "openai": openai, **rewrite}
+    data["output"] = {**(data.get("output") or {}), "write_shards": True}
     return pipeline_from_dict(data)
 
 

@@ -32,6 +32,7 @@ def _pipeline(pool: Path, model: Path, shards: int = 1, **rewrite: Any) -> Any:
     data["rewrite"] = {"backend": "transformers", "model": str(model), "rewrites": 2,
                        "max_attempts": 2, "sampling": {"max_tokens": 16}, "batch_size": 16,
                        **rewrite}
+    data["output"] = {**(data.get("output") or {}), "write_shards": True}
     return pipeline_from_dict(data)
 
 
@@ -164,7 +165,8 @@ def test_laclip_pipeline_writes_rewrite_members(demo_pool: Path, trained_rewrite
     # two of the pool's eight shards: what is checked is per sample
     p = load_pipeline(REPO / "pipelines" / "laclip.yaml",
                       {"input": {"shards": [str(demo_pool / f"{i:05d}.tar") for i in (0, 1)]},
-                       "rewrite": {"model": str(trained_rewriter)}})
+                       "rewrite": {"model": str(trained_rewriter)},
+                       "output": {"write_shards": True}})
     result = run(p, tmp_path / "run", progress=False)
     rw = result.rewrite
     assert rw["requested"] == 2 * result.kept and rw["errors"] == 0

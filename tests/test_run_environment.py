@@ -91,7 +91,8 @@ def test_a_plain_run_never_joins_a_running_cluster_and_honours_the_umask(
     assert res.returncode == 0, res.stderr
     out = tmp_path / "run"
     res = _curate("run", str(REPO / "pipelines" / "basic.yaml"), "--out", str(out),
-                  "--input", str(tmp_path / "pool"), "--no-progress", umask=0o022)
+                  "--input", str(tmp_path / "pool"), "--no-progress", "--write-shards",
+                  umask=0o022)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "multiple active Ray" not in res.stdout + res.stderr
     assert "Connecting to" not in res.stdout + res.stderr

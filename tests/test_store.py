@@ -36,8 +36,7 @@ from conftest import curate_cli
 from curate.audit.diff import diff_runs, format_diff
 from curate.config import ConfigError, pipeline_from_dict, selection_from_dict
 from curate.errors import CurateError
-from curate.runner import RunResult, run, select
-from curate.store.store import Store
+from curate.runner import RunResult, run, select, write
 
 BASE = ["image_info", "caption_stats", "language", "exact_hash"]
 RULES = [{"preset": "datacomp_basic"}, {"selector": "exact_dedup"}]
@@ -211,10 +210,11 @@ def test_selections_score_nothing_and_diff(pool4: Path, demo_filter: Path, tmp_p
         assert record["store"] == str(store) and [s["label"] for s in record["scorers"]] == \
             sorted([*BASE, "clip"])
     assert a.kept > b.kept
-    # Each selection is its own directory: manifest, catalogue, output shards.
+    # Each selection is its own directory: manifest, catalogue; no copy of the pool.
     for d in (a.dir, b.dir):
-        assert {"manifest.parquet", "catalog.duckdb", "stats.json", "output"} <= {
-            p.name for p in d.iterdir()}
+        names = {p.name for p in d.iterdir()}
+        assert {"manifest.parquet", "catalog.duckdb", "stats.json"} <= names
+        assert "output" not in names
     res = curate_cli("query", str(b.dir), "select count(*) from kept", "--format", "csv")
     assert res.stdout.splitlines() == ["count_star()", str(b.kept)]
 
@@ -316,6 +316,7 @@ def test_a_shard_changed_in_place_is_rescored(pool4: Path, demo_filter: Path,
 
     # Every curated sample's json belongs to its own image bytes ...
     manifest = {r["uid"]: r for r in pq.read_table(again.dir / "manifest.parquet").to_pylist()}
+    write(again.dir, progress=False)
     samples = _output_samples(again.dir / "output")
     assert len(samples) == again.kept
     for image, meta in samples:
@@ -350,9 +351,8 @@ def test_a_change_the_stamp_cannot_see_fails_the_output(demo_pool: Path, tmp_pat
     shard.write_bytes(bytes(data))
     os.utime(shard, ns=(st.st_atime_ns, st.st_mtime_ns))
 
-    shutil.rmtree(first.dir / "output")
-    with pytest.raises(CurateError) as info:
-        select(Store(out / "store"), p.selection(), first.dir, progress=False)
+    with pytest.raises(CurateError) as info:  # writing the shards checks every sample
+        write(first.dir, progress=False)
     msg = str(info.value)
     assert f"sample {kept[0]['uid']} (00001.tar" in msg and "not the one that was scored" in msg
     assert "score the pool again" in msg

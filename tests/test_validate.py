@@ -63,7 +63,7 @@ def test_validate_plans_a_new_store_without_ray_or_writes(pool: Path, tmp_path: 
     assert 'caption_too_short: keep "caption_chars" > 5.0 (preset datacomp_basic)' in out
     assert "duplicate_image, duplicate_url_caption" in out
     assert f"selection: {tmp_path / 'run' / 'selections' / 'basic'}" in out
-    assert "curated shards of 100 samples" in out
+    assert "no shards (a selection is a query)" in out and "`curate write " in out
     assert "Ray: not started (a run starts it for the 2 shards to score)" in out
     assert "RAY_IMPORTED=False" in out
     assert not store.exists() and not (tmp_path / "run").exists()

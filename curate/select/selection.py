@@ -30,11 +30,13 @@ peak memory), and selectors' own arrays (numpy, Arrow) are outside it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -70,6 +72,10 @@ class Selection:
     # (a rule by its reason, a selector by its name), "count", "manifest" and "shards".
     seconds: dict[str, float] = field(default_factory=dict)
     shard_counts: dict[str, tuple[int, int]] = field(default_factory=dict)  # samples, errors
+    partitions: int = 1  # how many partitions it ran in (``curate.select.partitioned``)
+    on_ray: bool = False  # whether they were Ray actors
+    # per partition: peak RSS of its process (GiB) and bytes it sent to the dedup reducers
+    partition_stats: list[dict[str, Any]] = field(default_factory=list)
 
 
 def memory_limit() -> str:
@@ -83,19 +89,21 @@ def memory_limit() -> str:
     return f"{int(min(8 * _GIB, max(_GIB, total // 4)) // 2**20)}MiB"
 
 
-def _connect(run_dir: Path) -> duckdb.DuckDBPyConnection:
+def connect(run_dir: Path, limit: str | None = None) -> duckdb.DuckDBPyConnection:
+    """A DuckDB for the pool table in ``run_dir`` (see the module docs), under ``limit``
+    (default ``memory_limit()``)."""
     db = run_dir / DATABASE
-    _remove_database(db)
+    remove_database(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     # A directory DuckDB cannot hold a database in (a "?" in its path): the database lives
     # in memory, and still spills to run_dir/.duckdb_tmp past the memory limit.
     con = duckdb.connect(str(db) if writable_db_path(db) else ":memory:")
-    limit = memory_limit()
+    limit = limit or memory_limit()
     try:
         con.execute(f"SET memory_limit = {literal(limit)}")
     except duckdb.Error as exc:
         con.close()
-        _remove_database(db)
+        remove_database(run_dir)
         raise CurateError(f"{MEMORY_ENV}={limit!r} is not a memory size ({exc})",
                           f"set it like {MEMORY_ENV}=8GB or unset it") from exc
     con.execute(f"SET temp_directory = {literal(str(run_dir / TEMP_DIR))}")
@@ -103,7 +111,8 @@ def _connect(run_dir: Path) -> duckdb.DuckDBPyConnection:
     return con
 
 
-def _remove_database(db: Path) -> None:
+def remove_database(run_dir: Path) -> None:
+    db = run_dir / DATABASE
     for f in (db, db.with_name(db.name + ".wal")):
         f.unlink(missing_ok=True)
 
@@ -121,17 +130,113 @@ def _timed(seconds: dict[str, float], name: str) -> Iterator[None]:
 
 def select(steps: Sequence[Step], source: PoolSource, out_dir: Path,
            metadata: SelectMetadata | None = None,
-           note: Callable[[str], None] | None = None) -> Selection:
+           note: Callable[[str], None] | None = None, workers: int = 1,
+           on_ray: bool = False) -> Selection:
     """Apply ``steps`` (rules and selectors, in order) to the pool of ``source`` (with the
     columns of ``metadata`` joined on) and write ``manifest.parquet`` into ``out_dir``
     atomically. ``note`` (e.g. ``curate.runtime.Notes``) gets one line per phase and step,
-    with the samples each step dropped and those left."""
-    con = _connect(out_dir)
+    with the samples each step dropped and those left.
+
+    The pool is cut into ``workers`` partitions (``curate.select.partitioned``), run as Ray
+    actors when ``on_ray`` (Ray must be up), else in this process; a selection with a step that
+    has no partitioned form yet runs in one process, whatever ``workers`` says."""
+    from curate.select.partitioned import unsupported
+
+    why = unsupported(steps, metadata is not None)
+    if why is None:
+        return _select_partitioned(steps, source, out_dir, note, workers, on_ray)
+    if (workers > 1 or on_ray) and note is not None:
+        note(f"selecting in one process: {why}")
+    con = connect(out_dir)
     try:
         return _select(con, steps, source, out_dir, metadata, note)
     finally:
         con.close()
-        _remove_database(out_dir / DATABASE)
+        remove_database(out_dir)
+
+
+MANIFEST_SQL = """SELECT uid, shard, key, "index", reason IS NULL AS kept, reason,
+                         * EXCLUDE (_row, uid, shard, key, "index", reason)
+                  FROM {table}"""
+
+
+def _select_partitioned(steps: Sequence[Step], source: PoolSource, out_dir: Path,
+                        note: Callable[[str], None] | None, workers: int,
+                        on_ray: bool) -> Selection:
+    from curate.select.partitioned import Workers, cut, run_steps, write_manifest
+
+    seconds: dict[str, float] = {}
+    say = note or (lambda _message: None)
+    counting = bool(getattr(note, "enabled", note is not None))
+    rows = source.row_counts()
+    parts = cut(source.shards, rows, workers)
+    where = f"{len(parts)} partitions on Ray" if on_ray else (
+        f"{len(parts)} partitions in this process" if len(parts) > 1 else "")
+    say(f"selecting: loading {len(source.shards)} shards from the store"
+        f"{' in ' + where if where else ''} ...")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    limit = memory_limit()
+    if len(parts) > 1:  # the partitions of one node share its memory
+        limit = f"{max(256, _mib(limit) // min(len(parts), _cpus()))}MiB"
+    pool = Workers(source.store, source.reader, parts, source.versions, list(steps), limit,
+                   out_dir, on_ray)
+    try:
+        with _timed(seconds, "load"):
+            left = sum(pool.call("load"))
+        say(f"selecting: {left} samples loaded in {seconds['load']:.1f}s; {len(steps)} steps")
+        ctx = SelectContext(out_dir, source.sidecars(), source.versions)
+        order, stage_of = run_steps(pool, steps, ctx, lambda name: _timed(seconds, name), say,
+                                    counting)
+        order[1:1] = [f"error:{s}" for s in source.error_stages()]
+        with _timed(seconds, "count"):
+            counts: dict[str, int] = {}
+            for part in pool.call("counts"):
+                for r, n in part.items():
+                    counts[r] = counts.get(r, 0) + n
+        with _timed(seconds, "manifest"), atomic_path(out_dir / "manifest.parquet") as tmp:
+            write_manifest(pool, tmp)
+        with _timed(seconds, "shards"):
+            per_shard: dict[str, tuple[int, int]] = {}
+            for part in pool.call("shard_counts"):
+                per_shard.update(part)
+        stats = pool.call("stats")
+    finally:
+        pool.close()
+    return dataclasses.replace(_selection(counts, order, stage_of, seconds, per_shard),
+                               partitions=len(parts), on_ray=on_ray, partition_stats=stats)
+
+
+def _mib(size: str) -> int:
+    """MiB in a DuckDB memory size such as ``1500MiB`` or ``8GB``."""
+    import re
+
+    m = re.fullmatch(r"\s*([0-9.]+)\s*([KMGT]?)(i?)B?\s*", size, re.I)
+    if not m:
+        return 1024
+    unit = {"": 0, "K": 1, "M": 2, "G": 3, "T": 4}[m.group(2).upper()]
+    base = 1024 if m.group(3) else 1000
+    return int(float(m.group(1)) * base**unit / 2**20)
+
+
+def _cpus() -> int:
+    from curate.select.partitioned import cpu_count
+
+    return cpu_count()
+
+
+def _selection(counts: dict[str, int], order: list[str], stage_of: dict[str, str],
+               seconds: dict[str, float], per_shard: dict[str, tuple[int, int]]) -> Selection:
+    total = sum(counts.values())
+    kept = counts.pop("", 0)
+    for r in counts:  # reasons not announced in advance (e.g. an unexpected error stage)
+        if r not in order:
+            order.append(r)
+    funnel = [FunnelRow(r, counts.get(r, 0),
+                        stage_of.get(r, r.removeprefix("error:") if r.startswith("error:")
+                                     else "")) for r in order
+              if counts.get(r, 0) or not r.startswith(("error:", "duplicate_uid"))]
+    return Selection(samples=total, kept=kept, funnel=funnel, seconds=seconds,
+                     shard_counts=per_shard)
 
 
 def selector_columns(steps: Sequence[Step]) -> dict[str, pa.DataType]:
@@ -150,7 +255,7 @@ def _select(con: duckdb.DuckDBPyConnection, steps: Sequence[Step], source: PoolS
     counting = bool(getattr(note, "enabled", note is not None))  # counts only for the notes
     say(f"selecting: loading {len(source.shards)} shards from the store ...")
     with _timed(seconds, "load"):
-        _load(con, steps, source)
+        load(con, selector_columns(steps), source)
     left = _still_kept(con) if counting else 0
     say(f"selecting: {left} samples loaded in {seconds['load']:.1f}s; {len(steps)} steps")
     if metadata is not None:
@@ -204,29 +309,15 @@ def _select(con: duckdb.DuckDBPyConnection, steps: Sequence[Step], source: PoolS
     with _timed(seconds, "count"):
         counts = dict(con.execute(
             f"SELECT coalesce(reason, ''), count(*) FROM {TABLE} GROUP BY 1").fetchall())
-    total = sum(counts.values())
-    kept = counts.pop("", 0)
-    for r in counts:  # reasons not announced in advance (e.g. an unexpected error stage)
-        if r not in order:
-            order.append(r)
-    funnel = [FunnelRow(r, counts.get(r, 0),
-                        stage_of.get(r, r.removeprefix("error:") if r.startswith("error:")
-                                     else "")) for r in order
-              if counts.get(r, 0) or not r.startswith(("error:", "duplicate_uid"))]
     with _timed(seconds, "manifest"), atomic_path(out_dir / "manifest.parquet") as tmp:
         # The table is stored in pool order (preserve_insertion_order): no sort needed.
-        con.execute(f"""
-            COPY (SELECT uid, shard, key, "index", reason IS NULL AS kept, reason,
-                         * EXCLUDE (_row, uid, shard, key, "index", reason)
-                  FROM {TABLE})
-            TO {literal(str(tmp))} (FORMAT parquet, COMPRESSION zstd)
-        """)
+        con.execute(f"COPY ({MANIFEST_SQL.format(table=TABLE)}) TO {literal(str(tmp))} "
+                    "(FORMAT parquet, COMPRESSION zstd)")
     with _timed(seconds, "shards"):
         per_shard = {sid: (n, e) for sid, n, e in con.execute(
             f"SELECT shard, count(*), count(*) FILTER (WHERE status <> 'ok') FROM {TABLE} "
             "GROUP BY shard").fetchall()}
-    return Selection(samples=total, kept=kept, funnel=funnel, seconds=seconds,
-                     shard_counts=per_shard)
+    return _selection(counts, order, stage_of, seconds, per_shard)
 
 
 def _still_kept(con: duckdb.DuckDBPyConnection) -> int:
@@ -234,18 +325,21 @@ def _still_kept(con: duckdb.DuckDBPyConnection) -> int:
     return int(row[0]) if row else 0
 
 
-def _load(con: duckdb.DuckDBPyConnection, steps: Sequence[Step], source: PoolSource) -> None:
+def load(con: duckdb.DuckDBPyConnection, extra: dict[str, pa.DataType], source: PoolSource,
+         base: int = 0) -> None:
     """Create the pool table, in pool order, from the store's files: the base files and each
-    selected scorer's files, each list read by DuckDB in pool order and joined by position.
-    Every row's (file, row in file) must agree across them, or the load fails: a scorer file
-    with a row too many or too few can never shift scores onto other samples."""
+    selected scorer's files, each list read by DuckDB in pool order and joined by position,
+    with the selectors' ``extra`` columns (null). ``_row`` counts from ``base`` + 1 (the rows
+    of the pool before ``source``'s shards). Every row's (file, row in file) must agree across
+    them, or the load fails: a scorer file with a row too many or too few can never shift
+    scores onto other samples."""
     from curate.schema import SAMPLE_COLUMNS
     from curate.store.store import ERROR, STATUS
 
     if not source.store.dir.local:
         con.register_filesystem(source.store.dir.fs)
     base_files, score_files = source.files()
-    offsets, start = [], 0
+    offsets, start = [], base
     for n in source.row_counts():
         offsets.append(start)
         start += n
@@ -276,7 +370,6 @@ def _load(con: duckdb.DuckDBPyConnection, steps: Sequence[Step], source: PoolSou
                 "error_stage": f"CASE {' '.join(first_fail_stage)} ELSE NULL END AS error_stage",
                 "error": f"CASE {' '.join(first_fail_error)} ELSE NULL END AS error"}
     sample = [combined.get(c, f"b.{ident(c)}") for c in SAMPLE_COLUMNS]
-    extra = selector_columns(steps)
     extra_sql = "".join(f", CAST(NULL AS {_duck_type(t)}) AS {ident(c)}" for c, t in extra.items())
     check = ("WHERE CASE WHEN " + " OR ".join(aligned) + " THEN error("
              + literal("the store is inconsistent: a scorer's files do not have one row per "

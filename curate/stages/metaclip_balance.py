@@ -215,13 +215,26 @@ class MetaclipBalance(Selector):
         return {"metaclip_keep_p": pa.float64(), "metaclip_texts_kept": pa.int32()}
 
     def apply(self, con: Any, table: str, ctx: SelectContext) -> None:
+        """Count, plan, draw and report in one process: the partitioned selection
+        (``curate.select.partitioned``) runs the same pieces, ``count`` and ``draw`` once per
+        partition, ``plan`` and ``finish`` once."""
+        counted = self.count(con, table)
+        plan = self.plan([counted], ctx,
+                         lambda rows_in: [_sample_rows(con, ident(table),
+                                                       ident(self.params.column),  # type: ignore[attr-defined]
+                                                       rows_in)])
+        self.finish([self.draw(con, table, plan)], plan, ctx)
+
+    def count(self, con: Any, table: str) -> dict[str, Any]:
+        """One partition's share of pass 1: rows, rows without a match, matches per entry,
+        and the metadata digests of its kept rows."""
         prm: MetaclipBalanceParams = self.params  # type: ignore[assignment]
         t_ = ident(table)
         col = ident(prm.column)
+        have = con.sql(f"SELECT * FROM {t_} LIMIT 0").columns
         kind = con.sql(f"SELECT {col} FROM {t_} LIMIT 0").arrow().schema.field(0).type
         nested = pa.types.is_list(kind) and pa.types.is_list(kind.value_type)
         ids_sql = f"flatten({col})" if nested else col  # every text's ids: counts per text
-        names, metadata_path, digest = resolve_metadata(con, table, prm, ctx)
         rows_in, unmatched = con.execute(
             f"SELECT count(*), count(*) FILTER (WHERE coalesce(len({ids_sql}), 0) = 0) "
             f"FROM {t_} WHERE reason IS NULL").fetchall()[0]
@@ -229,21 +242,56 @@ class MetaclipBalance(Selector):
             SELECT e, count(*) FROM (SELECT unnest({ids_sql}) AS e FROM {t_}
                                      WHERE reason IS NULL)
             WHERE e IS NOT NULL GROUP BY e ORDER BY e""").fetchnumpy()
-        ids = np.asarray(pairs["e"], dtype=np.int64)
-        n_ids = int(ids.max()) + 1 if len(ids) else 0
+        digests: list[str] = []
+        if prm.metadata_column and prm.metadata_column in have:
+            mc = ident(prm.metadata_column)
+            digests = sorted(d for (d,) in con.execute(
+                f"SELECT DISTINCT {mc} FROM {t_} WHERE reason IS NULL AND {mc} IS NOT NULL"
+            ).fetchall())
+        return {"nested": nested, "rows_in": int(rows_in), "unmatched": int(unmatched),
+                "ids": np.asarray(pairs["e"], dtype=np.int64),
+                "counts": np.asarray(pairs["count_star()"], dtype=np.int64),
+                "digests": digests, "has_metadata_column": (prm.metadata_column or "") in have}
+
+    def plan(self, parts: Sequence[dict[str, Any]], ctx: SelectContext,
+             sample: Any) -> dict[str, Any]:
+        """Pass 1's sums over the partitions (in pool order), the metadata check and p.
+        ``sample(rows_in)`` gives the partitions' entry-list samples (for ``target_size``)."""
+        prm: MetaclipBalanceParams = self.params  # type: ignore[assignment]
+        nested = parts[0]["nested"]
+        digests = sorted({d for part in parts for d in part["digests"]})
+        names, metadata_path, digest = resolve_metadata(
+            all(part["has_metadata_column"] for part in parts), digests, prm, ctx)
+        rows_in = sum(part["rows_in"] for part in parts)
+        unmatched = sum(part["unmatched"] for part in parts)
+        n_ids = max((int(part["ids"].max()) + 1 for part in parts if len(part["ids"])),
+                    default=0)
         size = max(n_ids, len(names))
         before = np.zeros(size, dtype=np.int64)
-        before[ids] = np.asarray(pairs["count_star()"], dtype=np.int64)
-
+        for part in parts:
+            np.add.at(before, part["ids"], part["counts"])  # integers: any order, same sums
         t = prm.t or 20_000
         if prm.target_size is not None:
             if nested:
                 raise CurateError("target_size needs one text per row; give t",
                                   "set t: on metaclip_balance")
-            t = derive_t(_sample_rows(con, t_, col, rows_in), before,
-                         prm.target_size * min(1.0, SAMPLE_ROWS / max(rows_in, 1)))
-        p = t / np.maximum(before, t).astype(np.float64)
-        seed = prm.seed
+            rows = pa.concat_arrays([a for a in sample(rows_in) if len(a)] or
+                                    [pa.array([], type=pa.list_(pa.int32()))])
+            t = derive_t(rows, before, prm.target_size * min(1.0, SAMPLE_ROWS / max(rows_in, 1)))
+        return {"nested": nested, "names": names, "t": t, "before": before,
+                "p": t / np.maximum(before, t).astype(np.float64), "rows_in": rows_in,
+                "unmatched": unmatched, "size": size,
+                "extra": {"metadata": str(metadata_path), "metadata_digest": digest,
+                          "texts_per_row": "several" if nested else "one"}}
+
+    def draw(self, con: Any, table: str, plan: dict[str, Any]) -> dict[str, Any]:
+        """Pass 2 on one partition: each kept row's draws against p (by its uid: the same
+        whatever the partition), the rows whose texts all lost dropped; the entry counts and
+        rows kept after."""
+        prm: MetaclipBalanceParams = self.params  # type: ignore[assignment]
+        t_, col, p, seed, nested = ident(table), ident(prm.column), plan["p"], prm.seed, \
+            plan["nested"]
+        ids_sql = f"flatten({col})" if nested else col
 
         def keep_p_udf(entries: pa.ChunkedArray) -> pa.Array:
             return pa.array(row_keep_probability(entries.combine_chunks(), p))
@@ -270,13 +318,21 @@ class MetaclipBalance(Selector):
                                      WHERE reason IS NULL)
             WHERE e IS NOT NULL GROUP BY e""").fetchnumpy() if not nested else _after_nested(
             con, t_, col, seed, p)
-        after = np.zeros(size, dtype=np.int64)
-        after[np.asarray(after_pairs["e"], dtype=np.int64)] = np.asarray(
-            after_pairs["count_star()"], dtype=np.int64)
         rows_kept = con.execute(f"SELECT count(*) FROM {t_} WHERE reason IS NULL").fetchall()[0][0]
-        _write_outputs(ctx, names, before, after, t, prm, rows_in, rows_kept, unmatched,
-                       {"metadata": str(metadata_path), "metadata_digest": digest,
-                        "texts_per_row": "several" if nested else "one"})
+        return {"ids": np.asarray(after_pairs["e"], dtype=np.int64),
+                "counts": np.asarray(after_pairs["count_star()"], dtype=np.int64),
+                "rows_kept": int(rows_kept)}
+
+    def finish(self, parts: Sequence[dict[str, Any]], plan: dict[str, Any],
+               ctx: SelectContext) -> None:
+        """The entry counts after, summed, and the reports (``entry_counts.parquet``...)."""
+        prm: MetaclipBalanceParams = self.params  # type: ignore[assignment]
+        after = np.zeros(plan["size"], dtype=np.int64)
+        for part in parts:
+            np.add.at(after, part["ids"], part["counts"])
+        _write_outputs(ctx, plan["names"], plan["before"], after, plan["t"], prm,
+                       plan["rows_in"], sum(part["rows_kept"] for part in parts),
+                       plan["unmatched"], plan["extra"])
 
 
 def _after_nested(con: Any, table: str, col: str, seed: int,
@@ -304,23 +360,18 @@ def producer_of(versions: Sequence[Any], column: str) -> Any:
     return None
 
 
-def resolve_metadata(con: Any, table: str, prm: MetaclipBalanceParams,
+def resolve_metadata(has_column: bool, digests: list[str], prm: MetaclipBalanceParams,
                      ctx: SelectContext) -> tuple[list[str], Path, str | None]:
-    """(entries, path, digest) of the metadata the ids index, checked against the digest the
-    matching wrote (see the module docs); a mismatch is a ``CurateError``."""
+    """(entries, path, digest) of the metadata the ids index, checked against the digests the
+    matching wrote on the kept rows (see the module docs); a mismatch is a ``CurateError``."""
     from curate.lib.metadata import DEFAULT_METADATA, load_metadata, metadata_digest
 
-    digests: list[str] = []
     if prm.metadata_column:
-        have = con.sql(f"SELECT * FROM {ident(table)} LIMIT 0").columns
-        if prm.metadata_column not in have:
+        if not has_column:
             raise CurateError(f"metaclip_balance: the pool has no column "
                               f"{prm.metadata_column!r} (the digest of the metadata matching "
                               "used)", "score the pool with metaclip_match, or set "
                               "metadata_column: null to skip the check")
-        digests = sorted(d for (d,) in con.execute(
-            f"SELECT DISTINCT {ident(prm.metadata_column)} FROM {ident(table)} WHERE reason IS "
-            f"NULL AND {ident(prm.metadata_column)} IS NOT NULL").fetchall())
         if len(digests) > 1:
             raise CurateError(f"metaclip_balance: the rows of {prm.column!r} were matched "
                               f"against {len(digests)} different metadata files (digests "

@@ -1,0 +1,525 @@
+"""Selection in partitions: the pool cut into contiguous ranges of shards, each range's table in
+its own DuckDB, on Ray actors (a cluster, or a private local Ray) or in this process.
+
+The pool is cut into ``workers`` partitions of whole shards, in pool order, balanced by sample
+count. Each partition is one ``PartWorker``: it loads its shards' store files into a DuckDB
+table (``_row`` numbered in global pool order) and runs every step on it. Steps that see one
+row at a time (errors, ``threshold``, ``in_set``, ``sql`` and the presets' rules) run in each
+partition independently. Global steps exchange only what they need, through Ray's object store
+(or plain values in this process), and never gather rows on the driver:
+
+* ``duplicate_uid`` and ``exact_dedup`` ("keep the first in pool order"): each partition sends,
+  per key, its first row (``_row``, uid) to the reducer of ``hash(key) % workers``; each
+  reducer finds, for keys seen in several partitions, the global first and sends it to every
+  partition whose own first it is not; each partition then drops every row of such a key but
+  the global first (``duplicate_of`` = its uid), and, within itself, every row but its first.
+* ``top_fraction``: DataComp's threshold, exactly. The partitions report counts, then bucket
+  counts of the column over a narrowing bracket of values (1,024 equal-width buckets per round)
+  until the bracket holds the value at the wanted rank alone, or at most ``GATHER_MAX`` values,
+  which are then gathered and sorted; the rows scoring at least that value are kept.
+* ``metaclip_balance``: per-partition entry counts summed once, p broadcast, each row's draws
+  seeded by its uid (``curate.stages.metaclip_balance``), so the subset does not depend on the
+  partitioning.
+
+Every answer depends only on the data: the manifest is identical for any number of partitions,
+in this process or on Ray, on one node or many (tested). Selectors without a partitioned form
+yet (the embedding selectors, ``near_dedup``, ``metaclip2_balance``, ...) and selections with
+``metadata:`` run in one process (``curate.select.selection``).
+
+What the driver holds: one count per reason and partition, per global step its small
+aggregates (``top_fraction``: 1,024 counts per round; ``metaclip_balance``: one count per
+metadata entry), and the manifest's row groups one at a time while it writes them in pool order.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from curate.config import Step
+from curate.errors import CurateError
+from curate.sql import ident, literal
+from curate.stages.base import Rule, SelectContext, Selector
+from curate.store.store import PoolShard, Store, Version
+
+BUCKETS = 1024  # top_fraction: buckets per round
+GATHER_MAX = 1_000_000  # top_fraction: values gathered once the bracket holds at most this
+PARTITIONED_SELECTORS = ("exact_dedup", "metaclip_balance")
+ROW_GROUP = 122_880  # rows per row group of a partition's manifest part
+
+
+def unsupported(steps: Sequence[Step], has_metadata: bool) -> str | None:
+    """Why this selection cannot run partitioned (None: it can)."""
+    if has_metadata:
+        return "it joins metadata"
+    for step in steps:
+        st = step.stage
+        if isinstance(st, Selector) and st.name not in PARTITIONED_SELECTORS:
+            return f"selector {st.name} has no partitioned form yet"
+    return None
+
+
+@dataclass(frozen=True)
+class Part:
+    """One partition: a contiguous range of the pool's shards, and the rows before it."""
+
+    index: int
+    shards: list[PoolShard]
+    base: int
+
+
+def cut(shards: Sequence[PoolShard], rows: Sequence[int], parts: int) -> list[Part]:
+    """``parts`` contiguous ranges of ``shards`` (pool order) of about equal row counts (fewer
+    when there are fewer shards)."""
+    n = max(1, min(parts, len(shards)))
+    total = sum(rows)
+    out: list[Part] = []
+    start, seen = 0, 0
+    for k in range(n):
+        if k == n - 1:
+            end = len(shards)
+        else:
+            goal = total * (k + 1) / n
+            end, acc = start + 1, seen + rows[start]
+            while end < len(shards) - (n - k - 1) and acc + rows[end] / 2 <= goal:
+                acc += rows[end]
+                end += 1
+        out.append(Part(k, list(shards[start:end]), seen))
+        seen += sum(rows[start:end])
+        start = end
+    return out
+
+
+class PartWorker:
+    """One partition's table and the steps' work on it (a Ray actor, or a plain object)."""
+
+    def __init__(self, store: str, reader: str, part: Part, versions: list[Version],
+                 steps: list[Step], work_dir: str | None, memory: str) -> None:
+        from curate.select.pool import PoolSource
+        from curate.select.selection import TABLE, connect, selector_columns
+
+        self.table = TABLE
+        self.steps = steps
+        self.source = PoolSource(Store(store), reader, part.shards, versions)
+        self.part = part
+        self.own_dir = work_dir is None
+        self.dir = Path(work_dir or tempfile.mkdtemp(prefix="curate-select-"))
+        self.con = connect(self.dir, memory)
+        self.extra = selector_columns(steps)
+        self.shuffled = 0  # bytes this partition sent to the dedup reducers
+
+    def load(self) -> int:
+        from curate.select.selection import load
+
+        load(self.con, self.extra, self.source, self.part.base)
+        return self.kept()
+
+    def kept(self) -> int:
+        return int(self.con.execute(
+            f"SELECT count(*) FROM {self.table} WHERE reason IS NULL").fetchall()[0][0])
+
+    def drop(self, reason_sql: str, where: str) -> int:
+        row = self.con.execute(f"UPDATE {self.table} SET reason = {reason_sql} WHERE reason IS "
+                               f"NULL AND ({where})").fetchone()
+        return int(row[0]) if row else 0
+
+    def rule(self, i: int) -> int:
+        st: Rule = self.steps[i].stage  # type: ignore[assignment]
+        return self.drop(literal(st.reason),
+                         f"NOT coalesce(({st.keep_sql(self.table)})::BOOLEAN, FALSE)")
+
+    # -- keep the first in pool order -------------------------------------------------------
+
+    def firsts(self, key: str, where: str, buckets: int) -> list[pa.Table]:
+        """Per key (among rows matching ``where``), this partition's first row: split by
+        reducer (``hash(key) % buckets``)."""
+        t = self.con.sql(f"""
+            SELECT {key} AS key, min(_row) AS first_row, arg_min(uid, _row) AS first_uid,
+                   CAST({self.part.index} AS INTEGER) AS part,
+                   CAST(hash({key}) % {buckets} AS INTEGER) AS bucket
+            FROM {self.table} WHERE ({where}) AND {key} IS NOT NULL GROUP BY {key}
+        """).to_arrow_table()
+        self.shuffled += t.nbytes
+        return _split(t, "bucket", buckets)
+
+    def drop_later(self, key: str, where: str, reason: str, mark: bool,
+                   *remote: pa.Table) -> int:
+        """Drop every row matching ``where`` but the first of its key in pool order: the
+        global first from ``remote`` (keys whose first is in an earlier partition), else this
+        partition's own; ``mark`` records the first's uid in ``duplicate_of``."""
+        given = pa.concat_tables([r for r in remote if r.num_rows]) if any(
+            r.num_rows for r in remote) else None
+        t = self.table
+        join = ""
+        if given is not None:
+            self.con.register("_remote_firsts", given)
+            join = "LEFT JOIN _remote_firsts AS g ON g.key = k.key"
+        g_row = "g.first_row" if given is not None else "NULL"
+        g_uid = "g.first_uid" if given is not None else "NULL"
+        dup = ", duplicate_of = d.first_uid" if mark else ""
+        try:
+            row = self.con.execute(f"""
+                UPDATE {t} SET reason = {literal(reason)}{dup}
+                FROM (
+                    SELECT k._row, coalesce({g_row}, k.own_row) AS first_row,
+                           coalesce({g_uid}, k.own_uid) AS first_uid
+                    FROM (SELECT _row, {key} AS key,
+                                 first_value(_row) OVER w AS own_row,
+                                 first_value(uid) OVER w AS own_uid
+                          FROM {t} WHERE ({where}) AND {key} IS NOT NULL
+                          WINDOW w AS (PARTITION BY {key} ORDER BY _row)) AS k
+                    {join}
+                ) AS d
+                WHERE {t}._row = d._row AND d._row <> d.first_row AND {t}.reason IS NULL
+            """).fetchone()
+        finally:
+            if given is not None:
+                self.con.unregister("_remote_firsts")
+        return int(row[0]) if row else 0
+
+    # -- top_fraction -----------------------------------------------------------------------
+
+    def _values(self, column: str, where: str) -> np.ndarray:
+        col = ident(column)
+        got = self.con.execute(f"SELECT CAST({col} AS DOUBLE) AS v FROM {self.table} "
+                               f"WHERE {col} IS NOT NULL AND ({where})").fetchnumpy()
+        return np.asarray(got["v"], dtype=np.float64)
+
+    def value_range(self, column: str, where: str) -> tuple[int, float, float]:
+        v = self._values(column, where)
+        return (len(v), float(v.min()), float(v.max())) if len(v) else (0, math.inf, -math.inf)
+
+    def bucket_counts(self, column: str, where: str, bracket: Bracket,
+                      edges: np.ndarray) -> np.ndarray:
+        v = bracket.inside(self._values(column, where))
+        b = np.clip(np.searchsorted(edges, v, side="right") - 1, 0, len(edges) - 2)
+        return np.bincount(b, minlength=len(edges) - 1)
+
+    def values_in(self, column: str, where: str, bracket: Bracket) -> np.ndarray:
+        return bracket.inside(self._values(column, where))
+
+    # -- metaclip_balance ----------------------------------------------------------------------
+
+    def metaclip_count(self, i: int) -> dict[str, Any]:
+        return self.steps[i].stage.count(self.con, self.table)  # type: ignore[attr-defined]
+
+    def metaclip_sample(self, i: int, rows_in: int) -> pa.Array:
+        from curate.stages.metaclip_balance import _sample_rows
+
+        col = ident(self.steps[i].stage.params.column)  # type: ignore[attr-defined]
+        return _sample_rows(self.con, ident(self.table), col, rows_in)
+
+    def metaclip_draw(self, i: int, plan: dict[str, Any]) -> dict[str, Any]:
+        return self.steps[i].stage.draw(self.con, self.table, plan)  # type: ignore[attr-defined]
+
+    # -- results ---------------------------------------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        return {r: int(n) for r, n in self.con.execute(
+            f"SELECT coalesce(reason, ''), count(*) FROM {self.table} GROUP BY 1").fetchall()}
+
+    def shard_counts(self) -> dict[str, tuple[int, int]]:
+        return {sid: (int(n), int(e)) for sid, n, e in self.con.execute(
+            f"SELECT shard, count(*), count(*) FILTER (WHERE status <> 'ok') FROM {self.table} "
+            "GROUP BY shard").fetchall()}
+
+    def write_manifest(self) -> tuple[int, pa.Schema]:
+        """This partition's manifest rows, in pool order, into a local Parquet file: the
+        number of its row groups (``manifest_group`` reads them) and its schema."""
+        from curate.select.selection import MANIFEST_SQL
+
+        self.manifest = self.dir / ".manifest.part.parquet"
+        self.con.execute(f"COPY ({MANIFEST_SQL.format(table=self.table)}) TO "
+                         f"{literal(str(self.manifest))} (FORMAT parquet, COMPRESSION zstd, "
+                         f"ROW_GROUP_SIZE {ROW_GROUP})")
+        f = pq.ParquetFile(self.manifest)
+        return int(f.num_row_groups), f.schema_arrow
+
+    def manifest_group(self, i: int) -> pa.Table:
+        return pq.ParquetFile(self.manifest).read_row_group(i)
+
+    def copy_manifest(self, dest: str) -> None:
+        """This partition's manifest rows, in pool order, into ``dest`` (one partition)."""
+        from curate.select.selection import MANIFEST_SQL
+
+        self.con.execute(f"COPY ({MANIFEST_SQL.format(table=self.table)}) TO "
+                         f"{literal(dest)} (FORMAT parquet, COMPRESSION zstd)")
+
+    def stats(self) -> dict[str, Any]:
+        """This process's peak RSS (GiB) and the bytes it sent to the dedup reducers."""
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
+        return {"peak_rss_gib": peak, "bytes_shuffled": self.shuffled}
+
+    def close(self) -> None:
+        from curate.select.selection import remove_database
+
+        self.con.close()
+        (self.dir / ".manifest.part.parquet").unlink(missing_ok=True)
+        if self.own_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+        else:
+            remove_database(self.dir)
+
+
+@dataclass(frozen=True)
+class Bracket:
+    """Values v with lo <= v < hi (v <= hi when ``closed``)."""
+
+    lo: float
+    hi: float
+    closed: bool = True
+
+    def inside(self, v: np.ndarray) -> np.ndarray:
+        top = v <= self.hi if self.closed else v < self.hi
+        return v[(v >= self.lo) & top]
+
+
+def _split(t: pa.Table, column: str, n: int) -> list[pa.Table]:
+    t = t.sort_by(column) if n > 1 else t
+    ids = t.column(column).to_numpy()
+    bounds = np.searchsorted(ids, np.arange(n + 1))
+    return [t.slice(int(bounds[b]), int(bounds[b + 1] - bounds[b])).drop_columns([column])
+            for b in range(n)]
+
+
+def global_firsts(parts: int, *tables: pa.Table) -> list[pa.Table]:
+    """A reducer of ``firsts``: for each key seen in several partitions, the global first
+    (``first_row``, ``first_uid``), sent to each partition whose own first it is not."""
+    rows = [t for t in tables if t.num_rows]
+    empty = pa.table({"key": pa.array([], pa.string()), "first_row": pa.array([], pa.int64()),
+                      "first_uid": pa.array([], pa.string())})
+    if not rows:
+        return [empty] * parts
+    con = duckdb.connect()
+    try:
+        con.register("f", pa.concat_tables(rows))
+        out = con.sql("""
+            WITH g AS (SELECT key, min(first_row) AS g_row, arg_min(first_uid, first_row) AS g_uid
+                       FROM f GROUP BY key HAVING count(*) > 1)
+            SELECT f.key, g.g_row AS first_row, g.g_uid AS first_uid, f.part
+            FROM f JOIN g USING (key) WHERE f.first_row <> g.g_row
+        """).to_arrow_table()
+    finally:
+        con.close()
+    return _split(out, "part", parts)
+
+
+class Workers:
+    """The partitions' workers, in this process or as Ray actors: the same calls either way."""
+
+    def __init__(self, store: Store, reader: str, parts: list[Part], versions: list[Version],
+                 steps: list[Step], memory: str, local_dir: Path | None,
+                 on_ray: bool) -> None:
+        self.n = len(parts)
+        self.on_ray = on_ray
+        if on_ray:
+            import ray
+
+            # One CPU each, or an equal share when there are more partitions than CPUs (all
+            # of them must be placed at once); reducers take none: the actors hold the CPUs.
+            cpus = float(ray.cluster_resources().get("CPU", 1.0))
+            share = max(0.01, round(min(1.0, cpus / self.n), 4) - 0.0001) \
+                if cpus < self.n else 1.0
+            actor = ray.remote(PartWorker).options(num_cpus=share, scheduling_strategy="SPREAD",
+                                                   max_concurrency=1)
+            self.workers = [actor.remote(store.location, reader, p, versions, steps, None,
+                                         memory) for p in parts]
+        else:
+            self.workers = [PartWorker(store.location, reader, p, versions, steps,
+                                       str(local_dir) if (local_dir and self.n == 1) else None,
+                                       memory) for p in parts]
+        self._reduce: Any = None
+
+    def call(self, method: str, *args: Any) -> list[Any]:
+        """``method(*args)`` on every partition, the results in partition order."""
+        if not self.on_ray:
+            return [getattr(w, method)(*args) for w in self.workers]
+        import ray
+
+        return ray.get([getattr(w, method).remote(*args) for w in self.workers])
+
+    def call_each(self, method: str, args: Sequence[tuple[Any, ...]]) -> list[Any]:
+        if not self.on_ray:
+            return [getattr(w, method)(*a) for w, a in zip(self.workers, args, strict=True)]
+        import ray
+
+        return ray.get([getattr(w, method).remote(*a)
+                        for w, a in zip(self.workers, args, strict=True)])
+
+    def first_in_pool_order(self, key: str, where: str, reason: str, mark: bool) -> int:
+        """Drop all rows matching ``where`` but the first of each key (see the module docs);
+        the number dropped. The rows exchanged go worker to worker, never to the driver."""
+        n = self.n
+        if n == 1:  # nothing to exchange
+            return sum(self.call("drop_later", key, where, reason, mark))
+        if not self.on_ray:
+            mapped = self.call("firsts", key, where, n)
+            reduced = [global_firsts(n, *(m[b] for m in mapped)) for b in range(n)]
+            return sum(w.drop_later(key, where, reason, mark, *(r[k] for r in reduced))
+                       for k, w in enumerate(self.workers))
+        import ray
+
+        if self._reduce is None:
+            self._reduce = ray.remote(global_firsts).options(num_cpus=0, num_returns=n)
+        mapped = [w.firsts.options(num_returns=n).remote(key, where, n) for w in self.workers]
+        reduced = [self._reduce.remote(n, *(m[b] for m in mapped)) for b in range(n)]
+        return sum(ray.get([w.drop_later.remote(key, where, reason, mark,
+                                                *(r[k] for r in reduced))
+                            for k, w in enumerate(self.workers)]))
+
+    def group(self, k: int, i: int) -> pa.Table:
+        w = self.workers[k]
+        if not self.on_ray:
+            return w.manifest_group(i)  # type: ignore[no-any-return]
+        import ray
+
+        return ray.get(w.manifest_group.remote(i))  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        try:
+            self.call("close")
+        finally:
+            if self.on_ray:
+                import ray
+
+                for w in self.workers:
+                    ray.kill(w)
+
+
+def top_fraction_value(workers: Workers, column: str, where: str,
+                       fraction: float) -> float | None:
+    """The score at 0-based position int(N·f) of the descending order (DataComp), N = the rows
+    with a score among ``where``; None when there is none."""
+    ranges = workers.call("value_range", column, where)
+    total = sum(r[0] for r in ranges)
+    if total == 0:
+        return None
+    k = min(math.floor(total * fraction) + 1, total)  # 1-based rank, descending
+    bracket = Bracket(min(r[1] for r in ranges), max(r[2] for r in ranges))
+    above, inside = 0, total
+    for _round in range(64):
+        if bracket.lo == bracket.hi:
+            return bracket.lo
+        if inside <= GATHER_MAX:
+            values = np.sort(np.concatenate(workers.call("values_in", column, where, bracket)))
+            return float(values[::-1][k - above - 1])
+        edges = np.linspace(bracket.lo, bracket.hi, BUCKETS + 1)
+        edges[-1] = bracket.hi
+        counts = np.sum(workers.call("bucket_counts", column, where, bracket, edges), axis=0)
+        cum = above + np.cumsum(counts[::-1])  # from the top bucket down
+        j = BUCKETS - 1 - int(np.searchsorted(cum, k))  # the bucket holding rank k
+        above_j = above + int(counts[j + 1:].sum())
+        last = j == BUCKETS - 1
+        nxt = Bracket(float(edges[j]), float(edges[j + 1]) if not last else bracket.hi,
+                      bracket.closed if last else False)
+        if nxt == bracket:  # cannot narrow (adjacent floats): gather what is left
+            inside = 0
+            continue
+        bracket, above, inside = nxt, above_j, int(counts[j])
+    raise AssertionError("top_fraction: the bracket did not narrow")  # pragma: no cover
+
+
+def run_steps(workers: Workers, steps: Sequence[Step], ctx: SelectContext,
+              timed: Callable[[str], Any], say: Callable[[str], None],
+              counting: bool) -> tuple[list[str], dict[str, str]]:
+    """Every step on the partitions, in order (see ``curate.select.selection.select``): the
+    reasons in funnel order and the stage of each."""
+    from curate.stages.exact_dedup import _BY
+    from curate.stages.top_fraction import TopFraction
+
+    order: list[str] = []
+    stage_of: dict[str, str] = {"duplicate_uid": "uid"}
+    left = sum(workers.call("kept")) if counting else 0
+    with timed("duplicate_uid"):
+        workers.first_in_pool_order("uid", "TRUE", "duplicate_uid", False)
+    order.append("duplicate_uid")
+    with timed("errors"):
+        failed = sum(workers.call("drop", "'error:' || error_stage", "status <> 'ok'"))
+    if counting:
+        left = sum(workers.call("kept"))
+        say(f"selecting: {failed} samples failed to read or score, {left} left")
+    for i, step in enumerate(steps):
+        st = step.stage
+        n = 0
+        if isinstance(st, TopFraction):
+            prm = st.params
+            with timed(st.reason):
+                where = "reason IS NULL" if prm.over == "kept" else "TRUE"  # type: ignore[attr-defined]
+                v = top_fraction_value(workers, prm.column, where,  # type: ignore[attr-defined]
+                                       prm.fraction)  # type: ignore[attr-defined]
+                bound = "NULL" if v is None else f"CAST({literal(repr(v))} AS DOUBLE)"
+                n = sum(workers.call("drop", literal(st.reason), f"NOT coalesce(("
+                                     f"{ident(prm.column)} >= {bound})::BOOLEAN, FALSE)"))  # type: ignore[attr-defined]
+            order.append(st.reason)
+            stage_of[st.reason] = st.name
+            what = f"rule {st.name}"
+        elif isinstance(st, Rule):
+            with timed(st.reason):
+                n = sum(workers.call("rule", i))
+            order.append(st.reason)
+            stage_of[st.reason] = st.name
+            what = f"rule {st.name}"
+        else:
+            sel: Selector = st  # type: ignore[assignment]
+            say(f"selecting: step {i + 1}/{len(steps)} selector {sel.name} on {left} samples "
+                "...")
+            with timed(sel.name):
+                if sel.name == "exact_dedup":
+                    for by in sel.params.by:  # type: ignore[attr-defined]
+                        column, reason = _BY[by]
+                        col = ident(column)
+                        n += workers.first_in_pool_order(col, f"reason IS NULL AND {col} IS NOT "
+                                                         "NULL", reason, True)
+                elif sel.name == "metaclip_balance":
+                    counted = workers.call("metaclip_count", i)
+                    plan = sel.plan(counted, ctx,  # type: ignore[attr-defined]
+                                    lambda rows_in, i=i: workers.call("metaclip_sample", i,
+                                                                      rows_in))
+                    drawn = workers.call("metaclip_draw", i, plan)
+                    sel.finish(drawn, plan, ctx)  # type: ignore[attr-defined]
+                    n = left - sum(d["rows_kept"] for d in drawn) if counting else 0
+                else:  # pragma: no cover - excluded by unsupported()
+                    raise CurateError(f"selector {sel.name} has no partitioned form")
+            order.extend(sel.reasons())
+            stage_of.update({r: sel.name for r in sel.reasons()})
+            what = f"selector {sel.name}"
+        left -= n
+        say(f"selecting: step {i + 1}/{len(steps)} {st.label} ({what}): dropped {n}, "
+            f"{left} left")
+    return order, stage_of
+
+
+def write_manifest(workers: Workers, dest: Path) -> None:
+    """The partitions' manifest parts, concatenated in pool order into one Parquet file,
+    one row group at a time."""
+    if workers.n == 1 and not workers.on_ray:  # straight to the file
+        workers.workers[0].copy_manifest(str(dest))
+        return
+    parts = workers.call("write_manifest")
+    # DuckDB writes a column as required when it holds no null: a column is nullable in the
+    # whole manifest when it is in any part (as one DuckDB writing the whole table says)
+    first: pa.Schema = parts[0][1]
+    schema = pa.schema([f.with_nullable(any(s.field(i).nullable for _n, s in parts))
+                        for i, f in enumerate(first)], metadata=first.metadata)
+    with pq.ParquetWriter(dest, schema, compression="zstd") as writer:
+        for k, (groups, _schema) in enumerate(parts):
+            for i in range(groups):
+                writer.write_table(workers.group(k, i).cast(schema), row_group_size=ROW_GROUP)
+
+
+def cpu_count() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+               else (os.cpu_count() or 1))

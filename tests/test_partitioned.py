@@ -1,0 +1,130 @@
+"""Partitioned selection (curate/select/partitioned.py): the manifest, funnel, per-shard counts
+and selector outputs are identical to the one-process algorithm's, whether the pool is cut into
+1, 4 or 7 partitions in this process or run on 1, 2 or 4 Ray actors; with every global step
+that has a partitioned form (duplicate uids, top_fraction over the pool and over the kept
+rows, exact_dedup, metaclip_balance) and planted cases that cross partitions: duplicates
+whose first is in another partition, ties and nulls at the top_fraction threshold."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from storemaker import write_store
+
+from curate.config import selection_from_dict
+from curate.lib.metadata import DEFAULT_METADATA, metadata_digest
+from curate.select import partitioned, selection
+from curate.select.pool import PoolSource
+
+SHARDS, PER_SHARD = 24, 120
+
+
+def _pool(root: Path) -> PoolSource:
+    rnd = random.Random(7)
+    digest = metadata_digest(DEFAULT_METADATA)
+    rows = []
+    for s in range(SHARDS):
+        for i in range(PER_SHARD):
+            k = s * PER_SHARD + i
+            uid = hashlib.sha256(f"u{k}".encode()).hexdigest()[:32]
+            if k % 97 == 5:  # the uid of a row in an earlier shard (duplicate_uid)
+                uid = hashlib.sha256(f"u{k - 3 * PER_SHARD}".encode()).hexdigest()[:32] \
+                    if k > 3 * PER_SHARD else uid
+            image = hashlib.sha256(f"img{rnd.randrange(SHARDS * PER_SHARD * 9 // 10)}".encode())
+            score = rnd.choice([None, 0.25, 0.5]) if k % 13 == 0 else round(rnd.random(), 3)
+            rows.append({
+                "uid": uid, "shard": f"{s:05d}.tar", "key": str(k), "index": i,
+                "status": "error" if k % 89 == 3 else "ok",
+                "error_stage": "read" if k % 89 == 3 else None,
+                "image_sha256": image.hexdigest(),
+                "url_caption_sha256": hashlib.sha256(f"uc{rnd.randrange(3000)}".encode())
+                .hexdigest(),
+                "caption_chars": rnd.randrange(40),
+                "clip_score": score,
+                "metaclip_entries": rnd.sample(range(12), rnd.randrange(3)),
+                "metaclip_metadata": digest,
+            })
+    return write_store(root, rows, {
+        "url_caption_sha256": pa.string(), "caption_chars": pa.int32(),
+        "clip_score": pa.float32(), "metaclip_entries": pa.list_(pa.int32()),
+        "metaclip_metadata": pa.string()})
+
+
+STEPS = [
+    {"rule": "threshold", "column": "caption_chars", "min": 4, "reason": "short"},
+    {"rule": "top_fraction", "column": "clip_score", "fraction": 0.75, "reason": "low_pool"},
+    {"selector": "exact_dedup"},
+    {"rule": "top_fraction", "column": "clip_score", "fraction": 0.8, "over": "kept",
+     "reason": "low_kept"},
+    {"selector": "metaclip_balance", "t": 60, "seed": 3},
+]
+
+
+def _steps() -> list:
+    return selection_from_dict({"name": "t", "select": STEPS}).select
+
+
+def _one_process(source: PoolSource, out: Path) -> selection.Selection:
+    con = selection.connect(out)
+    try:
+        return selection._select(con, _steps(), source, out)
+    finally:
+        con.close()
+
+
+def _same(a: Path, b: Path) -> None:
+    for name in ("manifest.parquet", "entry_counts.parquet"):
+        ta, tb = pq.read_table(a / name), pq.read_table(b / name)
+        assert ta.schema == tb.schema, name
+        assert ta.equals(tb), name
+
+
+@pytest.mark.timeout(600)
+def test_every_partitioning_gives_the_one_process_answer(tmp_path: Path, ray_local: None,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    source = _pool(tmp_path / "store")
+    ref = _one_process(source, tmp_path / "ref")
+    funnel = {f.reason: f.dropped for f in ref.funnel}
+    # every step had work to do, across partitions
+    assert funnel["duplicate_uid"] > 0 and funnel["error:read"] > 0
+    assert min(funnel[r] for r in ("short", "low_pool", "duplicate_image",
+                                   "duplicate_url_caption", "low_kept", "metaclip_balance")) > 0
+    manifest = pq.read_table(tmp_path / "ref" / "manifest.parquet").to_pylist()
+    firsts = {r["duplicate_of"] for r in manifest if r["reason"] == "duplicate_image"}
+    shard_of = {r["uid"]: r["shard"] for r in manifest}
+    assert any(shard_of[u] != r["shard"] for r in manifest if r["reason"] == "duplicate_image"
+               for u in [r["duplicate_of"]] if u in firsts)  # a first in another shard
+    runs = [("here1", 1, False), ("here4", 4, False), ("ray1", 1, True), ("ray2", 2, True),
+            ("ray4", 4, True)]
+    for name, workers, on_ray in runs:
+        got = selection.select(_steps(), source, tmp_path / name, workers=workers,
+                               on_ray=on_ray)
+        assert (got.samples, got.kept, got.funnel, got.shard_counts) == \
+            (ref.samples, ref.kept, ref.funnel, ref.shard_counts), name
+        _same(tmp_path / "ref", tmp_path / name)
+    # top_fraction's exact search in rounds of buckets (a tiny gather limit), and 7 partitions
+    monkeypatch.setattr(partitioned, "GATHER_MAX", 20)
+    monkeypatch.setattr(partitioned, "BUCKETS", 4)
+    got = selection.select(_steps(), source, tmp_path / "here7", workers=7)
+    assert (got.kept, got.funnel) == (ref.kept, ref.funnel)
+    _same(tmp_path / "ref", tmp_path / "here7")
+
+
+def test_partitions_are_contiguous_and_balanced(tmp_path: Path) -> None:
+    from curate.store.store import PoolShard
+
+    shards = [PoolShard(shard=f"{k}", url="", stamp="", digest="d", samples=n)
+              for k, n in enumerate([10, 10, 50, 10, 10, 10, 0, 10])]
+    rows = [s.samples or 0 for s in shards]
+    for n in (1, 2, 3, 8, 20):
+        parts = partitioned.cut(shards, rows, n)
+        assert len(parts) == min(n, len(shards))
+        assert [s for p in parts for s in p.shards] == shards  # every shard once, in order
+        assert all(p.shards for p in parts)
+        assert [p.base for p in parts] == [sum(rows[:shards.index(p.shards[0])]) for p in parts]
+    assert [len(p.shards) for p in partitioned.cut(shards, rows, 2)] == [3, 5]  # 70 | 40
