@@ -190,7 +190,7 @@ def test_shard_failing_every_time_is_reported_and_the_rest_finish(
     bad.unlink()
     (tmp_path / "00005.tar.good").rename(bad)
     res = curate_cli("run", str(REPO / "pipelines" / "basic.yaml"), "--out", str(out),
-                     "--input", str(pool / "*.tar"), "--no-progress")
+                     "--input", str(pool / "*.tar"), "--no-progress", "--write-shards")
     assert res.returncode == 0, res.stderr
     assert {k: v for k, v in signal_mtimes(out).items() if k != "00005"} == finished
     assert_same_as_clean(out, demo_run)

@@ -35,7 +35,7 @@ def test_failed_shard_then_resume_equals_uninterrupted_run(
 
     shard.unlink()
     (tmp_path / "00003.tar.aside").rename(shard)
-    result = run(demo_pipeline(pool), out, progress=False)
+    result = run(demo_pipeline(pool, write_shards=True), out, progress=False)
     assert result.shards_resumed == 7
     for name, mtime in done.items():  # finished shards were not recomputed
         assert Path(name).stat().st_mtime_ns == mtime

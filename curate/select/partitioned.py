@@ -55,6 +55,7 @@ from curate.store.store import PoolShard, Store, Version
 
 BUCKETS = 1024  # top_fraction: buckets per round
 GATHER_MAX = 1_000_000  # top_fraction: values gathered once the bracket holds at most this
+KEYS_PER_BUCKET = 2_000_000  # dedup exchange: buckets hold about this many keys at most
 PARTITIONED_SELECTORS = ("exact_dedup", "metaclip_balance")
 ROW_GROUP = 122_880  # rows per row group of a partition's manifest part
 
@@ -105,11 +106,13 @@ class PartWorker:
     """One partition's table and the steps' work on it (a Ray actor, or a plain object)."""
 
     def __init__(self, store: str, reader: str, part: Part, versions: list[Version],
-                 steps: list[Step], work_dir: str | None, memory: str) -> None:
+                 steps: list[Step], work_dir: str | None, memory: str,
+                 on_ray: bool = False) -> None:
         from curate.select.pool import PoolSource
         from curate.select.selection import TABLE, connect, selector_columns
 
         self.table = TABLE
+        self.on_ray = on_ray
         self.steps = steps
         self.source = PoolSource(Store(store), reader, part.shards, versions)
         self.part = part
@@ -141,17 +144,40 @@ class PartWorker:
 
     # -- keep the first in pool order -------------------------------------------------------
 
-    def firsts(self, key: str, where: str, buckets: int) -> list[pa.Table]:
-        """Per key (among rows matching ``where``), this partition's first row: split by
-        reducer (``hash(key) % buckets``)."""
-        t = self.con.sql(f"""
-            SELECT {key} AS key, min(_row) AS first_row, arg_min(uid, _row) AS first_uid,
+    def firsts(self, key: str, where: str, buckets: int, with_uid: bool) -> list[Any]:
+        """Per key (among rows matching ``where``), this partition's first row (and its uid
+        when ``with_uid``), one table per bucket (``hash(key) % buckets``). On Ray each table
+        goes into the object store as soon as it is made (the list holds their references),
+        so this process holds one bucket at a time."""
+        uid = "arg_min(uid, _row)" if with_uid else "CAST(NULL AS VARCHAR)"
+        self.con.execute(f"""
+            CREATE OR REPLACE TEMP TABLE _firsts AS
+            SELECT {key} AS key, min(_row) AS first_row, {uid} AS first_uid,
                    CAST({self.part.index} AS INTEGER) AS part,
                    CAST(hash({key}) % {buckets} AS INTEGER) AS bucket
             FROM {self.table} WHERE ({where}) AND {key} IS NOT NULL GROUP BY {key}
-        """).to_arrow_table()
-        self.shuffled += t.nbytes
-        return _split(t, "bucket", buckets)
+        """)
+        out: list[Any] = []
+        try:
+            for b in range(buckets):
+                t = self.con.sql("SELECT key, first_row, first_uid, part FROM _firsts "
+                                 f"WHERE bucket = {b}").to_arrow_table()
+                self.shuffled += t.nbytes
+                if self.on_ray:
+                    import ray
+
+                    out.append(ray.put(t))
+                    del t
+                else:
+                    out.append(t)
+        finally:
+            self.con.execute("DROP TABLE IF EXISTS _firsts")
+        return out
+
+    def reduce_firsts(self, parts: int, *tables: pa.Table) -> list[pa.Table]:
+        """``global_firsts`` on this worker (each worker reduces its share of the buckets,
+        one at a time)."""
+        return global_firsts(parts, *tables)
 
     def drop_later(self, key: str, where: str, reason: str, mark: bool,
                    *remote: pa.Table) -> int:
@@ -336,12 +362,12 @@ class Workers:
             actor = ray.remote(PartWorker).options(num_cpus=share, scheduling_strategy="SPREAD",
                                                    max_concurrency=1)
             self.workers = [actor.remote(store.location, reader, p, versions, steps, None,
-                                         memory) for p in parts]
+                                         memory, True) for p in parts]
         else:
             self.workers = [PartWorker(store.location, reader, p, versions, steps,
                                        str(local_dir) if (local_dir and self.n == 1) else None,
                                        memory) for p in parts]
-        self._reduce: Any = None
+        self.rows = sum(sum(s.samples or 0 for s in p.shards) for p in parts)
 
     def call(self, method: str, *args: Any) -> list[Any]:
         """``method(*args)`` on every partition, the results in partition order."""
@@ -365,17 +391,21 @@ class Workers:
         n = self.n
         if n == 1:  # nothing to exchange
             return sum(self.call("drop_later", key, where, reason, mark))
+        # enough buckets that one holds at most about KEYS_PER_BUCKET keys; worker b % n
+        # reduces bucket b
+        buckets = max(n, math.ceil(self.rows / KEYS_PER_BUCKET))
         if not self.on_ray:
-            mapped = self.call("firsts", key, where, n)
-            reduced = [global_firsts(n, *(m[b] for m in mapped)) for b in range(n)]
+            mapped = self.call("firsts", key, where, buckets, mark)
+            reduced = [global_firsts(n, *(m[b] for m in mapped)) for b in range(buckets)]
             return sum(w.drop_later(key, where, reason, mark, *(r[k] for r in reduced))
                        for k, w in enumerate(self.workers))
         import ray
 
-        if self._reduce is None:
-            self._reduce = ray.remote(global_firsts).options(num_cpus=0, num_returns=n)
-        mapped = [w.firsts.options(num_returns=n).remote(key, where, n) for w in self.workers]
-        reduced = [self._reduce.remote(n, *(m[b] for m in mapped)) for b in range(n)]
+        mapped = ray.get([w.firsts.remote(key, where, buckets, mark) for w in self.workers])
+        reduced = [self.workers[b % n].reduce_firsts.options(num_returns=n).remote(
+            n, *(m[b] for m in mapped)) for b in range(buckets)]
+        if n == 1:  # pragma: no cover - n > 1 here; num_returns=1 gives one reference
+            reduced = [[r] for r in reduced]
         return sum(ray.get([w.drop_later.remote(key, where, reason, mark,
                                                 *(r[k] for r in reduced))
                             for k, w in enumerate(self.workers)]))
@@ -389,14 +419,19 @@ class Workers:
         return ray.get(w.manifest_group.remote(i))  # type: ignore[no-any-return]
 
     def close(self) -> None:
-        try:
-            self.call("close")
-        finally:
-            if self.on_ray:
-                import ray
+        if not self.on_ray:
+            for w in self.workers:
+                w.close()
+            return
+        import ray
 
-                for w in self.workers:
-                    ray.kill(w)
+        try:  # an actor that died (the error being raised now) has nothing left to close
+            ray.get([w.close.remote() for w in self.workers])
+        except Exception:  # noqa: BLE001 - the selection's own error is the one to report
+            pass
+        finally:
+            for w in self.workers:
+                ray.kill(w)
 
 
 def top_fraction_value(workers: Workers, column: str, where: str,
