@@ -375,7 +375,29 @@ class Workers:
             return [getattr(w, method)(*args) for w in self.workers]
         import ray
 
-        return ray.get([getattr(w, method).remote(*args) for w in self.workers])
+        shared = [ray.put(a) for a in args]  # each argument sent once, whatever the count
+        return ray.get([getattr(w, method).remote(*shared) for w in self.workers])
+
+    def fold(self, method: str, args: tuple[Any, ...],
+             combine: Callable[[Any, Any], Any]) -> Any:
+        """``method(*args)`` on every partition, combined as the results arrive (the driver
+        holds one result and the running total, not one per partition)."""
+        if not self.on_ray:
+            total: Any = None
+            for w in self.workers:
+                one = getattr(w, method)(*args)
+                total = one if total is None else combine(total, one)
+            return total
+        import ray
+
+        shared = [ray.put(a) for a in args]
+        pending = [getattr(w, method).remote(*shared) for w in self.workers]
+        total = None
+        while pending:
+            [ready], pending = ray.wait(pending, num_returns=1)
+            one = ray.get(ready)
+            total = one if total is None else combine(total, one)
+        return total
 
     def call_each(self, method: str, args: Sequence[tuple[Any, ...]]) -> list[Any]:
         if not self.on_ray:
@@ -519,13 +541,16 @@ def run_steps(workers: Workers, steps: Sequence[Step], ctx: SelectContext,
                         n += workers.first_in_pool_order(col, f"reason IS NULL AND {col} IS NOT "
                                                          "NULL", reason, True)
                 elif sel.name == "metaclip_balance":
-                    counted = workers.call("metaclip_count", i)
-                    plan = sel.plan(counted, ctx,  # type: ignore[attr-defined]
+                    merge = sel.merge  # type: ignore[attr-defined]
+                    counted = workers.fold("metaclip_count", (i,), merge)
+                    plan = sel.plan([counted], ctx,  # type: ignore[attr-defined]
                                     lambda rows_in, i=i: workers.call("metaclip_sample", i,
                                                                       rows_in))
-                    drawn = workers.call("metaclip_draw", i, plan)
-                    sel.finish(drawn, plan, ctx)  # type: ignore[attr-defined]
-                    n = left - sum(d["rows_kept"] for d in drawn) if counting else 0
+                    # the partitions need p only (not the entry names)
+                    drawn = workers.fold("metaclip_draw", (i, {"p": plan["p"],
+                                                               "nested": plan["nested"]}), merge)
+                    sel.finish([drawn], plan, ctx)  # type: ignore[attr-defined]
+                    n = left - drawn["rows_kept"] if counting else 0
                 else:  # pragma: no cover - excluded by unsupported()
                     raise CurateError(f"selector {sel.name} has no partitioned form")
             order.extend(sel.reasons())

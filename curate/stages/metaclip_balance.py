@@ -253,6 +253,25 @@ class MetaclipBalance(Selector):
                 "counts": np.asarray(pairs["count_star()"], dtype=np.int64),
                 "digests": digests, "has_metadata_column": (prm.metadata_column or "") in have}
 
+    @staticmethod
+    def merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+        """Two partitions' ``count`` (or ``draw``) results as one: sums, entry counts added
+        by id (so the driver holds one array of the metadata's size, however many
+        partitions report)."""
+        size = max([int(x["ids"].max()) + 1 for x in (a, b) if len(x["ids"])], default=0)
+        dense = np.zeros(size, dtype=np.int64)
+        for x in (a, b):
+            np.add.at(dense, x["ids"], x["counts"])
+        ids = np.flatnonzero(dense)
+        out = {"ids": ids.astype(np.int64), "counts": dense[ids]}
+        for k in ("rows_in", "unmatched", "rows_kept"):
+            if k in a:
+                out[k] = a[k] + b[k]
+        if "digests" in a:
+            out.update(nested=a["nested"], digests=sorted(set(a["digests"]) | set(b["digests"])),
+                       has_metadata_column=a["has_metadata_column"] and b["has_metadata_column"])
+        return out
+
     def plan(self, parts: Sequence[dict[str, Any]], ctx: SelectContext,
              sample: Any) -> dict[str, Any]:
         """Pass 1's sums over the partitions (in pool order), the metadata check and p.
