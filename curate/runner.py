@@ -214,7 +214,9 @@ def select(store: str | Path | Store, selection: Selection | Pipeline, out: str 
     (then one per CPU of the cluster unless ``workers`` says). The manifest is the same
     either way."""
     if workers is not None and workers < 1:
-        raise CurateError(f"--workers {workers}: give at least 1")
+        raise CurateError(f"--workers {workers}: give at least 1",
+                          "1 selects in this process; more select in that many partitions "
+                          "on Ray")
     st = store if isinstance(store, Store) else Store(store)
     sel = selection.selection() if isinstance(selection, Pipeline) else selection
     out_dir = as_directory(out, "the selection directory")

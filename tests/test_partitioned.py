@@ -129,3 +129,35 @@ def test_partitions_are_contiguous_and_balanced(tmp_path: Path) -> None:
         assert all(p.shards for p in parts)
         assert [p.base for p in parts] == [sum(rows[:shards.index(p.shards[0])]) for p in parts]
     assert [len(p.shards) for p in partitioned.cut(shards, rows, 2)] == [3, 5]  # 70 | 40
+
+
+def test_the_demo_pool_selected_on_two_ray_actors_is_the_one_process_selection(
+        demo_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`curate select --workers 2` on the demo pool (basic pipeline; the command run in this
+    process, on the session's Ray): the manifest of ``demo_run`` (one partition, in-process),
+    row for row; the log says where each ran."""
+    import json
+
+    from conftest import REPO
+
+    from curate.cli import main
+
+    store = demo_run.parent.parent / "store"
+    basic = str(REPO / "pipelines" / "basic.yaml")
+    assert main(["select", str(store), basic, "--out", str(tmp_path / "sel"), "--workers", "2"]
+                ) == 0
+    assert "selecting: loading 8 shards from the store in 2 partitions on Ray" in \
+        capsys.readouterr().err
+    got = pq.read_table(tmp_path / "sel" / "manifest.parquet")
+    want = pq.read_table(demo_run / "manifest.parquet")
+    assert got.schema == want.schema and got.equals(want)
+    [selected] = [e for e in map(json.loads, (tmp_path / "sel" / "log.jsonl").read_text()
+                                 .splitlines()) if e["event"] == "selected"]
+    assert selected["partitions"] == 2 and selected["on_ray"]
+    [single] = [e for e in map(json.loads, (demo_run / "log.jsonl").read_text().splitlines())
+                if e["event"] == "selected"]
+    assert single["partitions"] == 1 and not single["on_ray"]
+    assert main(["select", str(store), basic, "--out", str(tmp_path / "bad"), "--workers", "0"]
+                ) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "error: --workers 0: give at least 1" and err[1].startswith("hint: ")
