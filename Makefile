@@ -43,9 +43,9 @@ demo: $(STAMP)
 	$(BIN)/curate query $(DEMO_DIR)/run "select reason, count(*) as samples from manifest group by 1 order by 2 desc"
 	@echo
 	@echo "CLIP drops by sample kind (the generator's ground truth):"
-	@$(BIN)/python -c "import duckdb; duckdb.sql(\"select g.kind, count(*) as dropped_by_clip from '$(DEMO_DIR)/run/selections/demo/manifest.parquet' m join '$(DEMO_DIR)/pool/ground_truth.parquet' g using (uid) where m.reason = 'clip_score_too_low' group by 1 order by 2 desc\").show()"
+	@$(BIN)/python -c "import duckdb; duckdb.sql(\"select g.kind, count(*) as dropped_by_clip from '$(DEMO_DIR)/run/selections/demo/manifest/*.parquet' m join '$(DEMO_DIR)/pool/ground_truth.parquet' g using (uid) where m.reason = 'clip_score_too_low' group by 1 order by 2 desc\").show()"
 	@echo "The demo run is in $(DEMO_DIR)/run: store/ (every score, reused by later runs) and"
-	@echo "selections/demo/: manifest.parquet (one row per input sample), output/*.tar (curated"
+	@echo "selections/demo/: manifest/ (one row per input sample), output/*.tar (curated"
 	@echo "shards), catalog.duckdb (views). Try:"
 	@echo "  $(BIN)/curate stats $(DEMO_DIR)/run"
 	@echo "  $(BIN)/curate query $(DEMO_DIR)/run \"select * from drops limit 10\""
@@ -71,7 +71,7 @@ demo-recaption: $(STAMP)
 	@test -f $(DEMO_DIR)/captioner/config.json || \
 	  $(BIN)/python -m curate.demo.captioner $(DEMO_DIR)/captioner --steps 200
 	$(BIN)/curate run pipelines/recaption.yaml --out $(DEMO_DIR)/recaption
-	@$(BIN)/python -c "import duckdb; d = '$(DEMO_DIR)/recaption/selections/recaption/'; duckdb.sql(f\"select m.caption as original, r.syn, coalesce(r.text, r.status || ': ' || r.reason) as synthetic_caption, round(r.image_sim, 3) as image_sim, round(r.text_sim, 3) as text_sim from '{d}recaptions.parquet' r join '{d}manifest.parquet' m using (uid) order by m.shard, m.index, r.syn limit 12\").show(max_width=250)"
+	@$(BIN)/python -c "import duckdb; d = '$(DEMO_DIR)/recaption/selections/recaption/'; duckdb.sql(f\"select m.caption as original, r.syn, coalesce(r.text, r.status || ': ' || r.reason) as synthetic_caption, round(r.image_sim, 3) as image_sim, round(r.text_sim, 3) as text_sim from '{d}recaptions.parquet' r join '{d}manifest/*.parquet' m using (uid) order by m.shard, m.index, r.syn limit 12\").show(max_width=250)"
 
 lint: $(STAMP)
 	$(BIN)/ruff check curate tests benchmarks

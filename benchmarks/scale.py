@@ -362,7 +362,8 @@ def measure(store_dir: Path, shards: int, run_dir: Path, workers: int = 1) -> di
     out["funnel_matches_manifest"] = bool(
         all(d == n for _, _, d, n in steps) and kept == sel.kept and total == sel.samples)
     out["funnel"] = {r: d for _, r, d, _ in steps}
-    out["manifest_gib"] = round((run_dir / "manifest.parquet").stat().st_size / 2**30, 3)
+    out["manifest_gib"] = round(sum(f.stat().st_size for f in (run_dir / "manifest").iterdir())
+                                / 2**30, 3)
     out["duckdb_memory_limit"] = memory_limit()
     out["peak_rss_gib"] = round(_peak_gib(), 3)
     return out

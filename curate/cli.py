@@ -110,7 +110,7 @@ def _print_scoring(s: Any) -> None:
 
 def _print_where(sel_dir: Path, output_dir: str, output_shards: int) -> None:
     print(f"results in {sel_dir}")
-    print(f"  manifest:  {sel_dir / 'manifest.parquet'}")
+    print(f"  manifest:  {sel_dir / 'manifest'}/ (Parquet, one table)")
     if output_shards:
         print(f"  shards:    {output_dir} ({output_shards} tar files)")
     else:

@@ -19,7 +19,8 @@ A selection directory::
     selection.json       the store it selects from and the scorer versions it uses
     pipeline.yaml        the selection (or pipeline) as run, its paths absolute
     log.jsonl            machine-readable events of its runs (one JSON object per line)
-    manifest.parquet     one row per input sample: scores, kept, reason
+    manifest/            one row per input sample: scores, kept, reason (a Parquet
+                         dataset: part-00000.parquet, ... in pool order; read it as one table)
     funnel.parquet       the selection funnel; stages.parquet: per-scorer counters
     shards.parquet       per input shard: identity, status, counts, last scoring
     output/*.tar         curated webdataset shards (+ sizes.json)

@@ -4,9 +4,9 @@ Tables (all Parquet, one row per input sample unless said otherwise):
 
 * the store's base files (``curate.store.store``): ``SAMPLE_COLUMNS``, what the shard reader
   found; each scorer's files: its own columns beside ``__status`` and ``__error``;
-* a selection's ``manifest.parquet``: ``SAMPLE_COLUMNS``, every selected scorer's columns (in
-  selection order), ``MANIFEST_COLUMNS`` (kept, reason) and the columns selectors add (e.g.
-  ``duplicate_of``);
+* a selection's manifest (``manifest/``, a dataset of parts): ``SAMPLE_COLUMNS``, every
+  selected scorer's columns (in selection order), ``MANIFEST_COLUMNS`` (kept, reason) and the
+  columns selectors add (e.g. ``duplicate_of``);
 * a selection's ``shards.parquet``: one row per input shard (``SHARD_COLUMNS``).
 
 A sample's ``status`` is ``ok`` or ``error``; on error, ``error_stage`` names where it failed

@@ -30,7 +30,12 @@ def path_literal(path: object) -> str:
     ``[...]`` in a path as a glob, so a directory called ``sel *`` would read its neighbours'
     files too; each such character is put in a class of its own (``[*]``), which matches only
     itself."""
-    return literal(_GLOB.sub(r"[\1]", str(path)))
+    return literal(glob_escape(path))
+
+
+def glob_escape(path: object) -> str:
+    """``path`` with each glob character in a class of its own, for ``read_parquet``."""
+    return _GLOB.sub(r"[\1]", str(path))
 
 
 # DuckDB cuts a writable database's path at "?" (URL-style options) when it names the

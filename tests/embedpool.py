@@ -39,7 +39,7 @@ def run_select(run_dir: Path, source: PoolSource, steps: list[dict[str, object]]
                ) -> tuple[Selection, list[dict[str, object]], Pipeline]:
     p = pipeline_from_dict({"input": {"shards": "x"}, "score": [CLIP], "select": steps})
     sel = select(p.select, source, run_dir)
-    rows = pq.read_table(run_dir / "manifest.parquet").to_pylist()
+    rows = pq.read_table(run_dir / "manifest").to_pylist()
     return sel, sorted(rows, key=lambda r: r["uid"]), p
 
 

@@ -253,7 +253,7 @@ def test_a_pipeline_reads_the_stored_embeddings(tmp_path: Path) -> None:
     assert second.scorers["clip_l14"].samples == 0  # no CLIP forward pass at all
     assert second.scorers["aesthetic"].computed == 2
     sel = select(store, pipeline([clip, head]), tmp_path / "sel", progress=False)
-    rows = pq.read_table(sel.dir / "manifest.parquet").to_pylist()
+    rows = pq.read_table(sel.dir / "manifest").to_pylist()
     torch.manual_seed(0)
     ref = AuthorsMLP(256).eval()
     ref.load_state_dict(torch.load(tmp_path / "aes.pth"))

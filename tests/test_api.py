@@ -62,8 +62,8 @@ def test_a_python_pipeline_is_the_yaml_pipeline(pool: Path, tmp_path: Path) -> N
     assert all(c.computed == 0 and c.reused == 2 for c in scored.scorers.values())
     a = ym.select(store, tmp_path / "yaml")
     b = py.select(store, tmp_path / "python")
-    assert pq.read_table(a.dir / "manifest.parquet").equals(
-        pq.read_table(b.dir / "manifest.parquet"))
+    assert pq.read_table(a.dir / "manifest").equals(
+        pq.read_table(b.dir / "manifest"))
     assert a.funnel == b.funnel and a.kept == b.kept
 
 

@@ -40,7 +40,7 @@ def test_bad_samples_are_recorded_and_the_run_continues(bad_pool: Path, tmp_path
     result = run(demo_pipeline(bad_pool), tmp_path / "run", progress=False)
     con = duckdb.connect()
     rows = {r[0]: r[1:] for r in con.execute(f"""
-        SELECT key, reason, error FROM '{result.dir}/manifest.parquet'
+        SELECT key, reason, error FROM '{result.dir}/manifest/*.parquet'
         WHERE shard = '00000.tar'""").fetchall()}
     assert rows["ok1"][0] is None
     assert rows["corrupt"][0] == "error:image_info"
@@ -53,7 +53,7 @@ def test_bad_samples_are_recorded_and_the_run_continues(bad_pool: Path, tmp_path
         """).fetchall())
     assert shards == {"00000.tar": "done", "00001.tar": "truncated", "00002.tar": "done"}
     truncated = con.execute(f"""SELECT count(*), count(*) FILTER (WHERE reason IS NULL)
-        FROM '{result.dir}/manifest.parquet' WHERE shard = '00001.tar'""").fetchone()
+        FROM '{result.dir}/manifest/*.parquet' WHERE shard = '00001.tar'""").fetchone()
     assert truncated is not None and 2 <= truncated[0] < 6 and truncated[1] == truncated[0] - 1
     assert result.kept == 1 + truncated[1] + 3
 

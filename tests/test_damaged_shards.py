@@ -102,7 +102,7 @@ def test_a_damaged_shard_in_a_run(tmp_path: Path, ray_local: None) -> None:
     assert shards["00000.tar"]["status"] == "damaged"
     assert shards["00000.tar"]["read_error"].startswith(f"corrupt tar data at byte {m.offset}")
     assert shards["00001.tar"]["status"] == "done"
-    manifest = {r["key"]: r for r in pq.read_table(result.dir / "manifest.parquet").to_pylist()}
+    manifest = {r["key"]: r for r in pq.read_table(result.dir / "manifest").to_pylist()}
     assert manifest["000003"]["reason"] == "error:read"
     assert manifest["000004"]["kept"] and manifest["000005"]["kept"]
 

@@ -49,7 +49,7 @@ def released(pool: DataCompPool) -> pd.DataFrame:
 
 
 def kept_uids(selection_dir: Path) -> set[str]:
-    m = pq.read_table(selection_dir / "manifest.parquet").to_pandas()
+    m = pq.read_table(selection_dir / "manifest").to_pandas()
     return set(m[m.kept].uid)
 
 
@@ -77,7 +77,7 @@ def test_basic_filter_equals_datacomps(pool: DataCompPool, scored: Path) -> None
     got = kept_uids(scored / "selections" / "basic")
     assert got == expected
     # The pool holds images that only the original sizes keep (1500x500 stored as 512x171)
-    m = pq.read_table(scored / "selections" / "basic" / "manifest.parquet").to_pandas()
+    m = pq.read_table(scored / "selections" / "basic" / "manifest").to_pandas()
     rescued = m[(m.height < 200) & (m.original_height >= 200) & m.kept]
     assert len(rescued) > 0
     assert set(m.uid) == set(pool.uids)
@@ -103,7 +103,7 @@ def test_l14_top_fraction_over_released_scores(pool: DataCompPool, scored: Path,
     record = json.loads((out / "selection.json").read_text())
     assert [Path(f["file"]).name for f in record["metadata_files"]] == [
         "part-0.parquet", "part-1.parquet", "part-2.parquet"]
-    m = pq.read_table(out / "manifest.parquet")
+    m = pq.read_table(out / "manifest")
     assert str(m.schema.field("face_bboxes").type) == "list<element: list<element: double>>"
     faces = dict(zip(df.uid, df.face_bboxes.apply(lambda b: [list(x) for x in b]),
                      strict=True))
@@ -151,7 +151,7 @@ def test_metadata_mistakes_fail_before_writing(pool: DataCompPool, scored: Path,
     pq.write_table(t.slice(0, 1), dup / "b.parquet")
     with pytest.raises(CurateError, match="rows for uid"):
         attempt({"parquet": str(dup), "columns": {"text": "string"}})
-    assert not (tmp_path / "sel" / "manifest.parquet").exists()
+    assert not (tmp_path / "sel" / "manifest").exists()
 
 
 def _members(paths: list[Path]) -> dict[str, dict[str, bytes]]:

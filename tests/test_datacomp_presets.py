@@ -114,7 +114,7 @@ def kept(pool: dict[str, Any], tmp_path: Path, step: dict[str, Any]) -> np.ndarr
                                         "wordnet": str(pool["wordnet"])}},
         {"nearest_centroid": {"centroids": pool["assets"]["centroids"]}}], "select": [step]})
     select(p.select, pool["source"], tmp_path)
-    m = pq.read_table(tmp_path / "manifest.parquet").to_pandas()
+    m = pq.read_table(tmp_path / "manifest").to_pandas()
     out = np.zeros(len(pool["captions"]), dtype=bool)
     out[[int(u, 16) for u in m[m.kept].uid]] = True
     return out

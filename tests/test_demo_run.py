@@ -14,7 +14,7 @@ from conftest import curate_cli
 
 def test_manifest_has_one_row_per_input_sample(demo_pool: Path, demo_run: Path) -> None:
     truth = pq.read_table(demo_pool / "ground_truth.parquet")
-    manifest = pq.read_table(demo_run / "manifest.parquet")
+    manifest = pq.read_table(demo_run / "manifest")
     assert manifest.num_rows == truth.num_rows == 512
     uids = manifest.column("uid").to_pylist()
     assert len(set(uids)) == len(uids)
@@ -27,7 +27,7 @@ def test_every_drop_reason_matches_ground_truth(demo_pool: Path, demo_run: Path)
     con = duckdb.connect()
     wrong = con.execute(f"""
         SELECT g.kind, g.expected_reason, m.reason, count(*)
-        FROM '{demo_pool}/ground_truth.parquet' g JOIN '{demo_run}/manifest.parquet' m USING (uid)
+        FROM '{demo_pool}/ground_truth.parquet' g JOIN '{demo_run}/manifest/*.parquet' m USING (uid)
         WHERE g.expected_reason IS DISTINCT FROM m.reason GROUP BY ALL""").fetchall()
     assert wrong == []
     expected = dict(con.execute(f"""SELECT coalesce(expected_reason, 'kept'), count(*)
@@ -37,14 +37,14 @@ def test_every_drop_reason_matches_ground_truth(demo_pool: Path, demo_run: Path)
     got["kept"] = stats["kept"]
     assert got == expected
     # Duplicates name the sample they duplicate.
-    dup = con.execute(f"""SELECT count(*) FROM '{demo_run}/manifest.parquet'
+    dup = con.execute(f"""SELECT count(*) FROM '{demo_run}/manifest/*.parquet'
         WHERE reason LIKE 'duplicate%' AND duplicate_of IS NULL""").fetchone()
     assert dup == (0,)
 
 
 def test_kept_samples_are_byte_identical_and_open_clip_readable(demo_pool: Path,
                                                                 demo_run: Path) -> None:
-    manifest = pq.read_table(demo_run / "manifest.parquet").to_pylist()
+    manifest = pq.read_table(demo_run / "manifest").to_pylist()
     kept = {r["uid"]: r for r in manifest if r["kept"]}
     originals: dict[tuple[str, str], bytes] = {}
     for tar_path in sorted(demo_pool.glob("*.tar")):

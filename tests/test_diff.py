@@ -34,9 +34,9 @@ def test_diff_names_the_steps_that_differ(demo_run: Path, demo_pool: Path, ray_l
     assert {p: p.stat().st_mtime_ns for p in store.rglob("*") if p.is_file()} == before
     d = diff_runs(demo_run, b, tmp_path / "d.parquet")
     con = duckdb.connect()
-    ka = {u for (u,) in con.execute(f"SELECT uid FROM '{demo_run}/manifest.parquet' WHERE kept"
+    ka = {u for (u,) in con.execute(f"SELECT uid FROM '{demo_run}/manifest/*.parquet' WHERE kept"
                                     ).fetchall()}
-    kb = {u for (u,) in con.execute(f"SELECT uid FROM '{b}/manifest.parquet' WHERE kept"
+    kb = {u for (u,) in con.execute(f"SELECT uid FROM '{b}/manifest/*.parquet' WHERE kept"
                                     ).fetchall()}
     assert d.kept_both == len(ka & kb) and d.only_a == len(ka - kb) and d.only_b == len(kb - ka)
     assert d.only_a > 0 and set(d.only_a_by_reason) <= {"caption_too_few_words", "narrow",

@@ -38,7 +38,7 @@ def emb_runs(demo_pool: Path, demo_filter: Path, demo_yaml_run: Path,
 
 @pytest.mark.slow
 def test_clipcov_keeps_its_budget_and_reports(emb_runs: dict[str, Path]) -> None:
-    rows = pq.read_table(emb_runs["clipcov"] / "manifest.parquet").to_pylist()
+    rows = pq.read_table(emb_runs["clipcov"] / "manifest").to_pylist()
     report = json.loads((emb_runs["clipcov"] / "reports" / "clipcov.json").read_text())
     kept = sum(r["kept"] for r in rows)
     assert kept == report["selected"] == report["candidates"] // 2
@@ -48,7 +48,7 @@ def test_clipcov_keeps_its_budget_and_reports(emb_runs: dict[str, Path]) -> None
 
 @pytest.mark.slow
 def test_semdedup_links_point_at_kept_samples(emb_runs: dict[str, Path]) -> None:
-    rows = pq.read_table(emb_runs["semdedup"] / "manifest.parquet").to_pylist()
+    rows = pq.read_table(emb_runs["semdedup"] / "manifest").to_pylist()
     kept = {r["uid"] for r in rows if r["kept"]}
     dups = [r for r in rows if r["reason"] == "semantic_duplicate"]
     assert dups and all(r["semantic_duplicate_of"] in kept for r in dups)
@@ -57,7 +57,7 @@ def test_semdedup_links_point_at_kept_samples(emb_runs: dict[str, Path]) -> None
 @pytest.mark.slow
 def test_mode_splits_the_output_per_coarse_cluster(emb_runs: dict[str, Path]) -> None:
     out = emb_runs["mode"] / "output"
-    rows = pq.read_table(emb_runs["mode"] / "manifest.parquet").to_pylist()
+    rows = pq.read_table(emb_runs["mode"] / "manifest").to_pylist()
     kept = [r for r in rows if r["kept"]]
     dirs = sorted(d.name for d in out.iterdir() if d.is_dir() and not d.name.startswith("."))
     assert dirs == [f"cluster_coarse={c}" for c in range(4)]

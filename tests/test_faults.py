@@ -45,8 +45,8 @@ def selection(run_dir: Path) -> Path:
 def assert_same_as_clean(run_dir: Path, clean: Path) -> None:
     """Manifest and output shards equal the clean run's; no uid twice; no temp file left."""
     out = selection(run_dir)
-    ours = pq.read_table(out / "manifest.parquet")
-    theirs = pq.read_table(clean / "manifest.parquet")
+    ours = pq.read_table(out / "manifest")
+    theirs = pq.read_table(clean / "manifest")
     assert ours.schema.names == theirs.schema.names
     assert [c for c in ours.schema.names if not ours[c].equals(theirs[c])] == []
     uids = ours.column("uid").to_pylist()
@@ -145,7 +145,7 @@ def test_killed_driver_resumes_without_redoing_finished_shards(
     assert proc.returncode == -signal.SIGKILL
     finished = signal_mtimes(out)
     files = store_files(out)
-    assert 3 <= len(finished) < 8 and not (selection(out) / "manifest.parquet").exists()
+    assert 3 <= len(finished) < 8 and not (selection(out) / "manifest").exists()
     # What a write cut short leaves behind (never taken for a finished shard).
     [base] = (out / "store" / "base").glob("*")
     (base / ".00007.x1y2.parquet.tmp").write_bytes(b"PAR1 half a file")
@@ -184,7 +184,7 @@ def test_shard_failing_every_time_is_reported_and_the_rest_finish(
     assert status == {s: "failed" if s == "00005.tar" else "done" for s in SHARDS}
     failed = next(r for r in shards if r["status"] == "failed")
     assert failed["attempts"] == 3 and "not a tar archive" in failed["error"]
-    assert len(signal_mtimes(out)) == 7 and not (selection(out) / "manifest.parquet").exists()
+    assert len(signal_mtimes(out)) == 7 and not (selection(out) / "manifest").exists()
     finished = signal_mtimes(out)
 
     bad.unlink()
@@ -263,8 +263,8 @@ def test_full_disk_while_writing_output(demo_pool: Path, demo_run: Path, small_d
     _resize(small_disk, "64m")
     result = run(p, out, progress=False)
     assert result.shards_resumed == 8 and signal_mtimes(out) == scored
-    assert pq.read_table(result.dir / "manifest.parquet").equals(
-        pq.read_table(demo_run / "manifest.parquet"))
+    assert pq.read_table(result.dir / "manifest").equals(
+        pq.read_table(demo_run / "manifest"))
     for tar in sorted((demo_run / "output").glob("*.tar")):
         assert (small_disk / "out" / tar.name).read_bytes() == tar.read_bytes()
 
@@ -316,8 +316,8 @@ def test_full_disk_under_duckdb_while_selecting(demo_pool: Path, demo_run: Path,
         assert store_files(demo_run.parent.parent) == before  # the store is untouched
     _resize(small_disk, "64m")
     result = select(store, sel, small_disk / "sel", progress=False)
-    assert pq.read_table(result.dir / "manifest.parquet").equals(
-        pq.read_table(demo_run / "manifest.parquet"))
+    assert pq.read_table(result.dir / "manifest").equals(
+        pq.read_table(demo_run / "manifest"))
 
 
 def test_a_refused_run_names_the_holder_and_its_command(tmp_path: Path) -> None:
@@ -486,8 +486,8 @@ def test_paths_with_glob_and_sql_characters_work_everywhere(demo_run: Path, tmp_
     neighbour = tmp_path / "sel odd x.wal1x 'q'"  # what `*`, `?` and `[x]` would match
     select(store, sel, neighbour, progress=False)
     select(store, sel, out, progress=False)
-    clean = pq.read_table(demo_run / "manifest.parquet")
-    ours = pq.read_table(out / "manifest.parquet")
+    clean = pq.read_table(demo_run / "manifest")
+    ours = pq.read_table(out / "manifest")
     assert ours.num_rows == 8 * 64
     assert [c for c in clean.schema.names if not ours[c].equals(clean[c])] == []
     capsys.readouterr()
@@ -525,8 +525,8 @@ def test_a_read_only_store_scores_what_it_holds_and_runs(demo_pool: Path, demo_r
     p = dataclasses.replace(demo_pipeline(demo_pool), store=str(store))
     ran = run(p, tmp_path / "run", progress=False)
     assert ran.samples == 8 * 64
-    ours = pq.read_table(selection(tmp_path / "run") / "manifest.parquet")
-    clean = pq.read_table(demo_run / "manifest.parquet")
+    ours = pq.read_table(selection(tmp_path / "run") / "manifest")
+    clean = pq.read_table(demo_run / "manifest")
     assert [c for c in clean.schema.names if not ours[c].equals(clean[c])] == []
     more = dataclasses.replace(p, scorers=[*p.scorers, *load_steps(["phash"])])
     with pytest.raises(CurateError) as info:

@@ -73,8 +73,8 @@ def test_run_with_file_urls_equals_local_run(demo_pool: Path, demo_run: Path, ra
     p.store = f"file://{tmp_path}/store"
     result = run(p, tmp_path / "run", progress=False)
     assert result.output_shards == 5
-    assert pq.read_table(result.dir / "manifest.parquet").equals(
-        pq.read_table(demo_run / "manifest.parquet"))
+    assert pq.read_table(result.dir / "manifest").equals(
+        pq.read_table(demo_run / "manifest"))
     urls = pq.read_table(result.dir / "shards.parquet").column("url").to_pylist()
     assert all(u.startswith("file:///") for u in urls)
     # A store on a URL is shared storage: every worker committed its own shards.
@@ -102,7 +102,7 @@ def test_memory_output_and_input_in_process(demo_pool: Path, demo_run: Path, mem
     refs = {r.shard_id: r for r in list_shards(f"{mem}/pool/*.tar")}
     assert all(r.url.startswith("memory://") for r in refs.values())
     rows = duckdb.connect().sql(f"""
-        SELECT uid, shard, "index", image_member FROM '{demo_run}/manifest.parquet'
+        SELECT uid, shard, "index", image_member FROM '{demo_run}/manifest/*.parquet'
         WHERE kept AND shard IN ('00000.tar', '00001.tar') ORDER BY shard, "index" """
                                 ).fetchall()
     items = [{"uid": u, "shard": s, "index": i, "image_member": m, "scores": {"n": i}}

@@ -1401,7 +1401,7 @@ def test_scoring_damaged_shards_accounts_for_every_sample(first: tuple[str, Any]
             "output": {"write_shards": False}, "run": {"batch_size": 3}})
         score(pipeline, root / "store", local=True, progress=False)
         result = select(root / "store", pipeline, root / "sel", progress=False)
-        manifest = pq.read_table(result.dir / "manifest.parquet").to_pylist()
+        manifest = pq.read_table(result.dir / "manifest").to_pylist()
         got = Counter((r["shard"], r["index"], r["key"]) for r in manifest)
         assert got == seen
         assert result.samples == len(manifest) == sum(seen.values())

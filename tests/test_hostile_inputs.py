@@ -162,13 +162,14 @@ def _tree(root: Path) -> set[str]:
 
 def _selection(run_dir: Path) -> Path:
     from curate.audit.catalog import resolve_selection
+    from curate.io.dataset import MANIFEST
 
-    return resolve_selection(run_dir, "manifest.parquet")
+    return resolve_selection(run_dir, MANIFEST)
 
 
 def _manifest(run_dir: Path) -> dict[tuple[str, int], dict[str, Any]]:
     con = duckdb.connect()
-    cur = con.execute(f"SELECT * FROM '{_selection(run_dir)}/manifest.parquet'")
+    cur = con.execute(f"SELECT * FROM '{_selection(run_dir)}/manifest/*.parquet'")
     names = [d[0] for d in cur.description]
     return {(r["shard"], r["index"]): r for r in (dict(zip(names, row, strict=True))
                                                    for row in cur.fetchall())}
@@ -670,5 +671,5 @@ def test_oversized_members_are_skipped_unread(tmp_path: Path, ray_local: None) -
     p.input = p.input.model_copy(update={"max_member_bytes": 2**20})
     result = run(p, tmp_path / "run", progress=False)
     con = duckdb.connect()
-    got = dict(con.sql(f"SELECT key, reason FROM '{result.dir}/manifest.parquet'").fetchall())
+    got = dict(con.sql(f"SELECT key, reason FROM '{result.dir}/manifest/*.parquet'").fetchall())
     assert got["huge"] == "error:read" and result.samples == 3

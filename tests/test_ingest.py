@@ -47,7 +47,7 @@ def manifest(result_dir: Path) -> dict[str, tuple]:
     """uid → (url, reason, error_stage, error) of a selection's manifest."""
     con = duckdb.connect()
     return {r[0]: r[1:] for r in con.execute(f"""
-        SELECT uid, url, reason, error_stage, error FROM '{result_dir}/manifest.parquet'
+        SELECT uid, url, reason, error_stage, error FROM '{result_dir}/manifest/*.parquet'
         """).fetchall()}
 
 

@@ -81,7 +81,7 @@ def kept(pool: dict[str, Any], tmp_path: Path, step: dict[str, Any]) -> set[str]
                             "select": [step]})
     meta = SelectMetadata(p.metadata, metadata_files(p.metadata))
     select(p.select, pool["source"], tmp_path, metadata=meta)
-    m = pq.read_table(tmp_path / "manifest.parquet").to_pandas()
+    m = pq.read_table(tmp_path / "manifest").to_pandas()
     return set(m[m.kept].uid)
 
 
@@ -127,7 +127,7 @@ def test_laion_improved_aesthetics_equals_the_model_card(pool: dict[str, Any],
     want &= (df.width >= 512) & (df.height >= 512)
     assert 10 < want.sum()
     assert kept(pool, tmp_path, {"preset": "laion_improved_aesthetics"}) == set(df.uid[want])
-    m = pq.read_table(tmp_path / "manifest.parquet").to_pandas()
+    m = pq.read_table(tmp_path / "manifest").to_pandas()
     assert set(m.reason.dropna()) == {"image_under_512", "aesthetic_too_low", "watermarked"}
 
 

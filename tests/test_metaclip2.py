@@ -428,7 +428,7 @@ def test_balancing_reads_the_matching_metadata_dir_and_refuses_another(tmp_path:
     source = _matched_store(tmp_path / "store", scorer, rows)
     step = Step(Metaclip2Balance(Metaclip2Balance.Params(t_en=2)), "test")
     select([step], source, tmp_path / "sel")
-    manifest = pq.read_table(tmp_path / "sel" / "manifest.parquet").to_pylist()
+    manifest = pq.read_table(tmp_path / "sel" / "manifest").to_pylist()
     assert {r["reason"] for r in manifest[3::4]} == {"metaclip2_balance"}  # no match
     ec = pq.read_table(tmp_path / "sel" / "entry_counts.parquet").to_pylist()
     names = {(r["lang"], r["entry_id"]): (r["entry"], r["count_before"]) for r in ec}

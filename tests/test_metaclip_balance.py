@@ -195,7 +195,7 @@ def _matched_store(root: Path, rows: list[dict[str, object]], scorer: MetaclipMa
 def _select(source: PoolSource, out: Path, **params: object) -> pa.Table:
     step = Step(MetaclipBalance(MetaclipBalance.Params(**params)), "test")
     select([step], source, out)
-    return pq.read_table(out / "manifest.parquet")
+    return pq.read_table(out / "manifest")
 
 
 OWN = [f"w{i}" for i in range(90_000)]
@@ -232,7 +232,7 @@ def test_a_metadata_mismatch_is_refused_before_anything_is_written(tmp_path: Pat
     with pytest.raises(CurateError, match="misnamed"):  # told another file
         _select(source, tmp_path / "a", t=100, metadata=str(DEFAULT_METADATA))
     assert not (tmp_path / "a" / "entry_counts.parquet").exists()
-    assert not (tmp_path / "a" / "manifest.parquet").exists()
+    assert not (tmp_path / "a" / "manifest").exists()
     meta.write_text(json.dumps(OWN[::-1]), encoding="utf-8")  # the file changed since matching
     with pytest.raises(CurateError, match="misnamed"):
         _select(source, tmp_path / "b", t=100)

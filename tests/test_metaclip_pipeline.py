@@ -29,7 +29,7 @@ def _pipeline(shards: str, workers: int | None = None) -> object:
 def _kept(run_dir: Path) -> list[tuple[str, list[int], float | None]]:
     return duckdb.connect().execute(
         f"SELECT uid, metaclip_entries, metaclip_keep_p FROM read_parquet("
-        f"'{run_dir / 'manifest.parquet'}') WHERE kept ORDER BY uid").fetchall()
+        f"'{run_dir / 'manifest'}/*.parquet') WHERE kept ORDER BY uid").fetchall()
 
 
 def _one_shard(pool: Path, out: Path) -> Path:
@@ -61,7 +61,7 @@ def metaclip_run(demo_pool: Path, ray_local: None,
 
 def test_balancing_bites_and_reports(metaclip_run: Path) -> None:
     con = duckdb.connect()
-    m = f"read_parquet('{metaclip_run / 'manifest.parquet'}')"
+    m = f"read_parquet('{metaclip_run / 'manifest'}/*.parquet')"
     dropped = con.execute(f"SELECT count(*) FROM {m} WHERE reason = 'metaclip_balance'"
                           ).fetchone()[0]
     kept = con.execute(f"SELECT count(*) FROM {m} WHERE kept").fetchone()[0]
@@ -124,7 +124,7 @@ def test_metaclip2_pipeline_on_the_demo_pool(demo_pool: Path, ray_local: None,
             item["metaclip2_match"]["metadata_dir"] = str(mdir)
     sel = run(pipeline_from_dict(raw), tmp_path / "run", progress=False).dir
     con = duckdb.connect()
-    m = f"read_parquet('{sel / 'manifest.parquet'}')"
+    m = f"read_parquet('{sel / 'manifest'}/*.parquet')"
     kept, dropped, english = con.execute(
         f"SELECT count(*) FILTER (WHERE kept), count(*) FILTER (WHERE reason = "
         f"'metaclip2_balance'), count(*) FILTER (WHERE kept AND metaclip2_lang = 'en') "

@@ -85,9 +85,9 @@ def test_cluster_run_matches_single_node_run(demo_pool: Path, demo_filter: Path,
     sel, sel2 = out / "selections" / "demo", run2 / "selections" / "demo"
 
     # Same selection, same bytes, in every output location.
-    reference_manifest = pq.read_table(single_node_run / "manifest.parquet")
-    assert pq.read_table(sel / "manifest.parquet").equals(reference_manifest)
-    assert pq.read_table(sel2 / "manifest.parquet").equals(reference_manifest)
+    reference_manifest = pq.read_table(single_node_run / "manifest")
+    assert pq.read_table(sel / "manifest").equals(reference_manifest)
+    assert pq.read_table(sel2 / "manifest").equals(reference_manifest)
     reference = tars(single_node_run / "output")
     assert len(reference) == 4  # 387 kept, 100 per shard
     assert tars(sel / "output") == reference

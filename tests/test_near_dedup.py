@@ -147,7 +147,7 @@ def planted_run(tmp_path_factory: pytest.TempPathFactory, ray_local: None,
 
 
 def manifest(sel: Path) -> dict[str, dict[str, Any]]:
-    return {r["key"]: r for r in pq.read_table(sel / "manifest.parquet").to_pylist()}
+    return {r["key"]: r for r in pq.read_table(sel / "manifest").to_pylist()}
 
 
 @pytest.mark.parametrize("keep", ["largest", "first"])

@@ -81,7 +81,7 @@ def test_audit_notebook_runs_on_a_basic_run(run_copy: Path,
     nb = execute("audit_run.ipynb", run_copy, monkeypatch)
     out = "\n".join(text_of(c) for c in nb.cells)
     funnel = pq.read_table(run_copy / "funnel.parquet").to_pylist()
-    kept = sum(pq.read_table(run_copy / "manifest.parquet", columns=["kept"])
+    kept = sum(pq.read_table(run_copy / "manifest", columns=["kept"])
                .column("kept").to_pylist())
     assert f"samples in 512, kept {kept} " in out
     for step in funnel:  # every funnel row, with its count, as a printed table row
@@ -100,7 +100,7 @@ def test_thresholds_notebook_rethresholds_and_reshards(run_copy: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     nb = execute("choose_thresholds.ipynb", run_copy, monkeypatch)
     out = "\n".join(text_of(c) for c in nb.cells)
-    kept = sum(pq.read_table(run_copy / "manifest.parquet", columns=["kept"])
+    kept = sum(pq.read_table(run_copy / "manifest", columns=["kept"])
                .column("kept").to_pylist())
     assert "score column: caption_words; pipeline rule: caption_too_few_words (> 2)" in out
     # at the current bound, the query reproduces the run's kept count
@@ -162,7 +162,7 @@ def test_thresholds_notebook_on_the_demo_pipeline(demo_yaml_copy: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     nb = execute("choose_thresholds.ipynb", demo_yaml_copy, monkeypatch)
     out = "\n".join(text_of(c) for c in nb.cells)
-    kept = sum(pq.read_table(demo_yaml_copy / "manifest.parquet", columns=["kept"])
+    kept = sum(pq.read_table(demo_yaml_copy / "manifest", columns=["kept"])
                .column("kept").to_pylist())
     assert "score column: clip_score; pipeline rule: clip_score_too_low (≥ 0.45)" in out
     assert f"at the current bound: {kept} (kept now: {kept})" in out
@@ -182,14 +182,14 @@ def test_python_api_notebook_runs_on_the_demo_pool(demo_pool: Path, tmp_path: Pa
     assert "pipeline basic (<python: basic>): valid" in out
     assert "Ray: not started (a run starts it for the 8 shards to score)" in out
     sel = tmp_path / "out" / "selections"
-    kept = sum(pq.read_table(sel / "basic" / "manifest.parquet", columns=["kept"])
+    kept = sum(pq.read_table(sel / "basic" / "manifest", columns=["kept"])
                .column("kept").to_pylist())
     assert f"Result('{sel / 'basic'}': {kept} of 512 samples kept)" in out
     assert f"manifest: 512 rows, {kept} kept" in out
     for name, computed, reused in (("image_info", 0, 8), ("caption_digits", 8, 0),
                                    ("caption_quotes_text", 8, 0)):
         assert f"  {name:<20} computed {computed}, reused {reused}" in out
-    strict = pq.read_table(sel / "no_parrots" / "manifest.parquet").to_pylist()
+    strict = pq.read_table(sel / "no_parrots" / "manifest").to_pylist()
     for r in strict:  # the two rules over the new scorers' columns, as written in the notebook
         if r["kept"]:
             assert not r["caption_quotes_text"] and r["caption_digit_share"] <= 0.3

@@ -374,7 +374,7 @@ def test_a_pipeline_reads_the_stored_embeddings(tmp_path: Path) -> None:
     again = score(pipeline([clip, head]), store, local=True, progress=False)
     assert again.scorers["clip_l14"].samples == 0 and again.scorers["nsfw"].computed == 2
     rows = pq.read_table(select(store, pipeline([clip, head]), tmp_path / "sel",
-                                progress=False).dir / "manifest.parquet").to_pylist()
+                                progress=False).dir / "manifest").to_pylist()
     assert len(rows) == 12
     for r in rows:
         [npy] = (store / "scores" / "clip_l14").glob(

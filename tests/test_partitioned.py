@@ -4,7 +4,8 @@ into 1, 4 or 7 partitions in this process or run on 4 Ray actors (2 on the demo 
 every global step that has a partitioned form (duplicate uids, top_fraction over the pool and
 over the kept rows, exact_dedup, metaclip_balance) and planted cases that cross partitions:
 duplicates whose first is in another partition, ties and nulls at the top_fraction threshold;
-with more dedup buckets than partitions, and top_fraction's search in rounds."""
+with more dedup buckets than partitions, and top_fraction's search in rounds. The manifest is a
+dataset of one part per partition that DuckDB, pyarrow and Ray Data read as one table."""
 
 from __future__ import annotations
 
@@ -79,7 +80,7 @@ def _one_process(source: PoolSource, out: Path) -> selection.Selection:
 
 
 def _same(a: Path, b: Path) -> None:
-    for name in ("manifest.parquet", "entry_counts.parquet"):
+    for name in ("manifest", "entry_counts.parquet"):
         ta, tb = pq.read_table(a / name), pq.read_table(b / name)
         assert ta.schema == tb.schema, name
         assert ta.equals(tb), name
@@ -96,7 +97,7 @@ def test_every_partitioning_gives_the_one_process_answer(tmp_path: Path, ray_loc
     assert funnel["duplicate_uid"] > 0 and funnel["error:read"] > 0
     assert min(funnel[r] for r in ("short", "low_pool", "duplicate_image",
                                    "duplicate_url_caption", "low_kept", "metaclip_balance")) > 0
-    manifest = pq.read_table(tmp_path / "ref" / "manifest.parquet").to_pylist()
+    manifest = pq.read_table(tmp_path / "ref" / "manifest").to_pylist()
     firsts = {r["duplicate_of"] for r in manifest if r["reason"] == "duplicate_image"}
     shard_of = {r["uid"]: r["shard"] for r in manifest}
     assert any(shard_of[u] != r["shard"] for r in manifest if r["reason"] == "duplicate_image"
@@ -149,9 +150,24 @@ def test_the_demo_pool_selected_on_two_ray_actors_is_the_one_process_selection(
                 ) == 0
     assert "selecting: loading 8 shards from the store in 2 partitions on Ray" in \
         capsys.readouterr().err
-    got = pq.read_table(tmp_path / "sel" / "manifest.parquet")
-    want = pq.read_table(demo_run / "manifest.parquet")
+    got = pq.read_table(tmp_path / "sel" / "manifest")
+    want = pq.read_table(demo_run / "manifest")
     assert got.schema == want.schema and got.equals(want)
+    # one part per partition, read as one table by DuckDB (the catalogue's view) and Ray Data
+    assert sorted(p.name for p in (tmp_path / "sel" / "manifest").iterdir()) == [
+        "part-00000.parquet", "part-00001.parquet"]
+    assert main(["query", str(tmp_path / "sel"), "select count(*) as n, count(distinct uid) "
+                 "as u from manifest", "--format", "csv"]) == 0
+    assert capsys.readouterr().out.split() == ["n,u", f"{want.num_rows},{want.num_rows}"]
+    import ray
+    import ray.data
+
+    refs = ray.data.read_parquet(str(tmp_path / "sel" / "manifest")).to_arrow_refs()
+    via_ray = pa.concat_tables(ray.get(refs)).sort_by([("shard", "ascending"),
+                                                       ("index", "ascending")])
+    assert via_ray.select(["uid", "kept", "reason"]).equals(
+        want.select(["uid", "kept", "reason"]))
+    capsys.readouterr()  # Ray Data's log lines
     [selected] = [e for e in map(json.loads, (tmp_path / "sel" / "log.jsonl").read_text()
                                  .splitlines()) if e["event"] == "selected"]
     assert selected["partitions"] == 2 and selected["on_ray"]

@@ -86,7 +86,7 @@ def test_a_file_plugin_scores_on_ray_workers(small_pool: Path, tmp_path: Path,
     result = run(pipeline, tmp_path / "out", progress=False)
     assert result.scoring is not None and result.scoring.workers >= 1  # on Ray, not local
     assert result.scoring.scorers["caption_digits"].computed == 2
-    rows = pq.read_table(result.dir / "manifest.parquet",
+    rows = pq.read_table(result.dir / "manifest",
                          columns=["caption", "caption_digits", "caption_digit_share", "reason"]
                          ).to_pylist()
     assert len(rows) == 32
@@ -162,7 +162,7 @@ def test_an_entry_point_plugin_scores_on_ray_workers(small_pool: Path, tmp_path:
                                               "(curate-ep-upper 0.1)")
     result = run(pipeline, tmp_path / "out", progress=False)
     assert result.scoring is not None and result.scoring.workers >= 1
-    rows = pq.read_table(result.dir / "manifest.parquet",
+    rows = pq.read_table(result.dir / "manifest",
                          columns=["caption", "ep_upper_share"]).to_pylist()
     assert len(rows) == 32
     for r in rows:

@@ -53,8 +53,8 @@ def test_readme_quickstart(tmp_path: Path) -> None:
         assert "(no scoring)" in out[str(d.relative_to(tmp_path))]
         record = json.loads((d / "selection.json").read_text())
         assert record["store"] == str(tmp_path / "runs" / "pool")
-    kept_basic = sum(pq.read_table(basic / "manifest.parquet").column("kept").to_pylist())
-    kept_strict = sum(pq.read_table(strict / "manifest.parquet").column("kept").to_pylist())
+    kept_basic = sum(pq.read_table(basic / "manifest").column("kept").to_pylist())
+    kept_strict = sum(pq.read_table(strict / "manifest").column("kept").to_pylist())
     assert kept_basic == 414 and 0 < kept_strict < kept_basic
     sel_out = out["runs/strict"]
     assert f"none written (a selection is a query); write them with: curate write " \

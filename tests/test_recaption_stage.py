@@ -49,7 +49,7 @@ def _pipeline(pool: Path, model: Path, clip: Path, shards: int = 1, **recaption:
 
 
 def _manifest(sel: Path) -> list[dict[str, Any]]:
-    rel = duckdb.connect().execute(f"SELECT * FROM read_parquet('{sel / 'manifest.parquet'}')")
+    rel = duckdb.connect().execute(f"SELECT * FROM read_parquet('{sel / 'manifest'}/*.parquet')")
     names = [d[0] for d in rel.description]
     return [dict(zip(names, r, strict=True)) for r in rel.fetchall()]
 
@@ -231,7 +231,7 @@ def test_signals_as_rules_in_a_second_selection(trained_run: tuple[Path, Any],
 
     out, result = trained_run
     sel = selection_from_dict({
-        "name": "alip", "metadata": {"parquet": str(result.dir / "manifest.parquet"),
+        "name": "alip", "metadata": {"parquet": str(result.dir / "manifest"),
                                      "columns": {"syn_text_sim": "float32"}},
         "select": [{"rule": "threshold", "column": "syn_text_sim", "min": 0.0,
                     "reason": "synthetic_caption_disagrees"}],

@@ -50,7 +50,7 @@ def test_report_is_written_with_its_plots(demo_run: Path, report: Path) -> None:
 def test_header_and_funnel_numbers(demo_run: Path, report: Path) -> None:
     text = report.read_text()
     funnel = pq.read_table(demo_run / "funnel.parquet").to_pylist()
-    manifest = pq.read_table(demo_run / "manifest.parquet")
+    manifest = pq.read_table(demo_run / "manifest")
     kept = sum(manifest.column("kept").to_pylist())
     assert "<h1>basic</h1>" in text
     assert "DataComp basic filtering and exact dedup" in text
@@ -90,7 +90,7 @@ def test_data_uris_decode(report: Path) -> None:
 
 
 def test_gallery_spreads_over_reasons(demo_run: Path, report: Path) -> None:
-    manifest = pq.read_table(demo_run / "manifest.parquet")
+    manifest = pq.read_table(demo_run / "manifest")
     reasons = [r["reason"] for r in pq.read_table(demo_run / "funnel.parquet").to_pylist()]
     kept, dropped = pick_gallery(manifest, reasons, 12)
     assert len(kept) == 12 and len(dropped) == 12
@@ -154,7 +154,7 @@ def test_cli(demo_run: Path, tmp_path: Path) -> None:
     text = out.read_text()
     assert len(_cards(text.split("<h2>Samples</h2>", 1)[1])) == 6
     # one page of at most 5 per reason and for the kept samples
-    reasons = {r["reason"] for r in pq.read_table(demo_run / "manifest.parquet").to_pylist()}
+    reasons = {r["reason"] for r in pq.read_table(demo_run / "manifest").to_pylist()}
     pages = sorted((out.parent / "gallery").glob("*.html"))
     assert len(pages) == len(reasons) and all(len(_cards(p.read_text())) <= 5 for p in pages)
     r = curate_cli("report", str(demo_run), "--out", str(out), "--per-page", "0")
@@ -218,7 +218,7 @@ def damaged_run(demo_pool: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 def test_every_reason_and_the_kept_samples_have_paged_galleries(demo_yaml_run: Path,
                                                                 demo_report: Path) -> None:
-    manifest = pq.read_table(demo_yaml_run / "manifest.parquet").to_pylist()
+    manifest = pq.read_table(demo_yaml_run / "manifest").to_pylist()
     totals: dict[str, int] = {}
     for r in manifest:
         totals[r["reason"] or "kept"] = totals.get(r["reason"] or "kept", 0) + 1
@@ -255,7 +255,7 @@ def test_every_reason_and_the_kept_samples_have_paged_galleries(demo_yaml_run: P
 def test_cards_show_the_scores_of_the_step_that_dropped_them(demo_yaml_run: Path,
                                                              demo_report: Path) -> None:
     manifest = {r["uid"][:12]: r for r in
-                pq.read_table(demo_yaml_run / "manifest.parquet").to_pylist()}
+                pq.read_table(demo_yaml_run / "manifest").to_pylist()}
     folder = demo_report.parent / "gallery"
     low = [c for p in sorted(folder.glob("*_clip_score_too_low_*.html"))
            for c in _cards(p.read_text())]
@@ -278,7 +278,7 @@ def test_cards_show_the_scores_of_the_step_that_dropped_them(demo_yaml_run: Path
 def test_duplicates_are_shown_beside_their_originals(demo_yaml_run: Path,
                                                      demo_report: Path) -> None:
     manifest = {r["uid"]: r for r in
-                pq.read_table(demo_yaml_run / "manifest.parquet").to_pylist()}
+                pq.read_table(demo_yaml_run / "manifest").to_pylist()}
     folder = demo_report.parent / "gallery"
     for reason in ("duplicate_image", "duplicate_url_caption"):
         page = next(folder.glob(f"*_{reason}_1.html")).read_text()
@@ -299,7 +299,7 @@ def test_kept_vs_threshold_curves(demo_yaml_run: Path, demo_report: Path) -> Non
     from curate.saved import saved_selection
     from curate.stages.threshold import Threshold
 
-    kept = sum(pq.read_table(demo_yaml_run / "manifest.parquet", columns=["kept"])
+    kept = sum(pq.read_table(demo_yaml_run / "manifest", columns=["kept"])
                .column("kept").to_pylist())
     index = demo_report.read_text()
     section = index.split("<h2>Kept vs threshold</h2>", 1)[1].split("</section>", 1)[0]
@@ -313,11 +313,11 @@ def test_kept_vs_threshold_curves(demo_yaml_run: Path, demo_report: Path) -> Non
     assert (demo_report.parent / "curve_00_caption_chars_gt.png").is_file()
     rule = next(s.stage for s in saved_selection(demo_yaml_run / "pipeline.yaml").select
                 if isinstance(s.stage, Threshold) and s.stage.reason == "clip_score_too_low")
-    con = _manifest_view(demo_yaml_run / "manifest.parquet")
+    con = _manifest_view(demo_yaml_run / "manifest")
     grid, counts, chosen, candidates = _threshold_curve(con, rule, "min", 0.45)
     assert chosen == kept and counts == sorted(counts, reverse=True) and counts[0] == candidates
     # each point is the kept count of that threshold, counted here in Python
-    rows = [r for r in pq.read_table(demo_yaml_run / "manifest.parquet").to_pylist()
+    rows = [r for r in pq.read_table(demo_yaml_run / "manifest").to_pylist()
             if r["reason"] in (None, "clip_score_too_low")]
     for t, n in zip(grid[::10], counts[::10], strict=True):
         assert n == sum(r["clip_score"] is not None and np.float32(r["clip_score"])
@@ -343,7 +343,7 @@ def test_shard_errors_are_listed(damaged_run: Path, tmp_path: Path) -> None:
 def test_plot_text_is_readable(demo_yaml_run: Path) -> None:
     from curate.audit.report import FONT, _column_hist, _histogram, _manifest_view
 
-    con = _manifest_view(demo_yaml_run / "manifest.parquet")
+    con = _manifest_view(demo_yaml_run / "manifest")
     fig = _histogram(_column_hist(con, '"clip_score"'), "clip_score", [])
     ax = fig.axes[0]
     legend = ax.get_legend()

@@ -40,8 +40,8 @@ def test_failed_shard_then_resume_equals_uninterrupted_run(
     for name, mtime in done.items():  # finished shards were not recomputed
         assert Path(name).stat().st_mtime_ns == mtime
 
-    assert pq.read_table(result.dir / "manifest.parquet").equals(
-        pq.read_table(demo_run / "manifest.parquet"))
+    assert pq.read_table(result.dir / "manifest").equals(
+        pq.read_table(demo_run / "manifest"))
     ours = sorted((result.dir / "output").glob("*.tar"))
     theirs = sorted((demo_run / "output").glob("*.tar"))
     assert [p.name for p in ours] == [p.name for p in theirs]

@@ -68,7 +68,7 @@ def test_export_of_a_selection_with_ivfpq(demo_yaml_run: Path, tmp_path: Path) -
     out = tmp_path / "r"
     res = curate_cli("export-retrieval", str(demo_yaml_run), str(out), "--index", "ivfpq")
     assert res.returncode == 0, res.stderr
-    kept = pq.read_table(demo_yaml_run / "manifest.parquet", columns=["uid", "kept"])
+    kept = pq.read_table(demo_yaml_run / "manifest", columns=["uid", "kept"])
     kept_uids = [u for u, k in zip(kept.column("uid").to_pylist(),
                                    kept.column("kept").to_pylist(), strict=True) if k]
     meta = pq.read_table(out / "metadata" / "metadata_0.parquet")

@@ -59,10 +59,11 @@ def _input_captions(pool: Path) -> dict[str, bytes]:
 
 def _manifest(run_dir: Path) -> list[dict[str, Any]]:
     from curate.audit.catalog import resolve_selection
+    from curate.io.dataset import MANIFEST
 
-    sel = resolve_selection(run_dir, "manifest.parquet")
+    sel = resolve_selection(run_dir, MANIFEST)
     con = duckdb.connect()
-    rel = con.execute(f"SELECT * FROM read_parquet('{sel / 'manifest.parquet'}')")
+    rel = con.execute(f"SELECT * FROM read_parquet('{sel / 'manifest'}/*.parquet')")
     names = [d[0] for d in rel.description]
     return [dict(zip(names, r, strict=True)) for r in rel.fetchall()]
 

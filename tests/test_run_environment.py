@@ -108,7 +108,7 @@ def test_a_plain_run_never_joins_a_running_cluster_and_honours_the_umask(
     # Everything the run wrote is readable by the others the umask admits (0644, 0755).
     written = [p for p in (*out.rglob("*"), tmp_path / "uids.txt")]
     names = {p.name for p in written}
-    for expected in ("pipeline.yaml", "stats.json", "shards.parquet", "manifest.parquet",
+    for expected in ("pipeline.yaml", "stats.json", "shards.parquet", "part-00000.parquet",
                      "store.json", "pool.parquet", "00000.tar"):
         assert expected in names, expected
     modes = {str(p.relative_to(tmp_path)): stat.S_IMODE(p.stat().st_mode) for p in written

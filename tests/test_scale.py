@@ -46,7 +46,7 @@ def test_scale_benchmark_small(tmp_path: Path) -> None:
     assert {"clip_score", "caption_chars", "lang", "metaclip_entries", "__status"} <= names
 
     # Recount from the manifest it wrote: every sample once, in pool order, kept as reported.
-    manifest = Path(result["run_dir"]) / "manifest.parquet"
+    manifest = Path(result["run_dir"]) / "manifest"
     con = duckdb.connect()
     rows, kept, uids, out_of_order = con.sql(f"""
         SELECT count(*), count(*) FILTER (WHERE kept), count(DISTINCT uid),

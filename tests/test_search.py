@@ -58,7 +58,7 @@ def test_text_query_ranks_the_concept_first(demo: SimpleNamespace) -> None:
 
 
 def test_uid_query_finds_itself(demo: SimpleNamespace) -> None:
-    kept = duckdb.sql(f"SELECT uid FROM '{demo.sel}/manifest.parquet' WHERE kept "
+    kept = duckdb.sql(f"SELECT uid FROM '{demo.sel}/manifest/*.parquet' WHERE kept "
                       "ORDER BY uid LIMIT 3").fetchall()
     for (uid,) in kept:
         hits = search(demo.sel, uid=uid, k=5)
@@ -74,7 +74,7 @@ def test_image_file_query_finds_that_photo(demo: SimpleNamespace, tmp_path: Path
     (the same bytes) come first with a cosine of ~1, then more of the same source photo."""
     from curate.io.shards import ShardRef, read_members
 
-    row = duckdb.sql(f"""SELECT uid, shard, index, image_sha256 FROM '{demo.sel}/manifest.parquet'
+    row = duckdb.sql(f"""SELECT uid, shard, index, image_sha256 FROM '{demo.sel}/manifest/*.parquet'
         WHERE kept AND image_member = 'jpg' ORDER BY uid LIMIT 1""").fetchall()[0]
     uid, shard, index, sha = row
     url = duckdb.sql(f"SELECT url FROM '{demo.sel}/shards.parquet' WHERE shard = "
@@ -127,7 +127,7 @@ def test_index_reused_then_rebuilt_when_the_store_changes(demo: SimpleNamespace,
 
 
 def test_selection_all_rows_show_the_drops(demo: SimpleNamespace) -> None:
-    (uid,) = duckdb.sql(f"SELECT uid FROM '{demo.sel}/manifest.parquet' WHERE reason = "
+    (uid,) = duckdb.sql(f"SELECT uid FROM '{demo.sel}/manifest/*.parquet' WHERE reason = "
                         "'duplicate_image' LIMIT 1").fetchall()[0]
     hits = search(demo.sel, uid=uid, k=5, rows="all")
     assert hits["uid"][0] == uid and hits["kept"][0] is False
@@ -268,7 +268,7 @@ def test_a_read_only_store_is_searched_without_saving_its_index(
     try:
         shutil.copytree(demo.store, disk / "store", ignore=shutil.ignore_patterns("search"))
         subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
-        [(uid,)] = duckdb.sql(f"SELECT uid FROM '{demo.sel}/manifest.parquet' WHERE kept "
+        [(uid,)] = duckdb.sql(f"SELECT uid FROM '{demo.sel}/manifest/*.parquet' WHERE kept "
                               "ORDER BY uid LIMIT 1").fetchall()
         with caplog.at_level(logging.WARNING, logger="curate"):
             hits = search(disk / "store", uid=uid, k=5)

@@ -39,7 +39,7 @@ def test_steps_run_in_order_and_the_first_drop_wins(tmp_path: Path) -> None:
     assert source.error_stages() == ["download", "read", "caption_stats", "exact_hash",
                                      "image_info"]
     sel = select(p.select, source, run_dir)
-    manifest = pq.read_table(run_dir / "manifest.parquet").to_pylist()
+    manifest = pq.read_table(run_dir / "manifest").to_pylist()
     assert [(r["key"], r["reason"]) for r in manifest] == [
         ("a", None), ("b", "duplicate_uid"), ("c", "short"), ("d", "error:image_info"),
         ("e", "duplicate_image")]
@@ -83,7 +83,7 @@ def test_pool_order_is_shard_then_index(tmp_path: Path) -> None:
                 ("c.tar", 0, None), ("c.tar", 1, None)]
     source = _store(tmp_path / "store", shards)
     sel = select(steps, source, tmp_path / "sel")
-    table = pq.read_table(tmp_path / "sel" / "manifest.parquet")
+    table = pq.read_table(tmp_path / "sel" / "manifest")
     assert [(r["shard"], r["index"], r["reason"]) for r in table.to_pylist()] == expected
     assert (sel.samples, sel.kept) == (7, 3)
     assert not (tmp_path / "sel" / ".selection.duckdb").exists()

@@ -134,7 +134,7 @@ def test_adding_a_scorer_computes_only_that_scorer(pool4: Path, demo_filter: Pat
     assert files(store, "scores/clip") | files(store, "base") == before  # untouched
     assert second.shards_resumed == 0 and first.kept == second.kept
 
-    manifest = pq.read_table(second.dir / "manifest.parquet").to_pylist()
+    manifest = pq.read_table(second.dir / "manifest").to_pylist()
     want = reference_head(store, manifest, head_weights)
     got = {r["uid"]: r["head_aes"] for r in manifest if r["head_aes"] is not None}
     assert got.keys() == want.keys() and len(got) > 0.75 * 64 * NS
@@ -147,8 +147,8 @@ def test_adding_a_scorer_computes_only_that_scorer(pool4: Path, demo_filter: Pat
     # The same columns as one pass that scores everything at once into a new store.
     together = run(pipeline(pool4, [*BASE, clip(demo_filter), head(head_weights)]),
                    tmp_path / "together", progress=False)
-    a = pq.read_table(second.dir / "manifest.parquet")
-    b = pq.read_table(together.dir / "manifest.parquet")
+    a = pq.read_table(second.dir / "manifest")
+    b = pq.read_table(together.dir / "manifest")
     assert a.schema.names == b.schema.names
     assert [c for c in a.schema.names if not a[c].equals(b[c])] == []
 
@@ -173,7 +173,7 @@ def test_adding_a_scorer_computes_only_that_scorer(pool4: Path, demo_filter: Pat
     heads = files(store, "scores/embedding_head_aes")
     sixth = run(pipeline(pool4, BASE), out, progress=False)
     assert all(c == 0 for c, _ in computed(sixth).values())
-    assert "head_aes" not in pq.read_schema(sixth.dir / "manifest.parquet").names
+    assert "head_aes" not in pq.ParquetDataset(sixth.dir / "manifest").schema.names
     assert files(store, "scores/embedding_head_aes") == heads
     res = curate_cli("store", str(store))
     assert res.returncode == 0, res.stderr
@@ -202,7 +202,7 @@ def test_selections_score_nothing_and_diff(pool4: Path, demo_filter: Path, tmp_p
     assert len(events(store / "log.jsonl", "score_start")) == scorings
     con = duckdb.connect()
     for sel, t in ((a, 0.0), (b, 0.3)):
-        kept = con.execute(f"""SELECT count(*) FROM '{scored.dir}/manifest.parquet'
+        kept = con.execute(f"""SELECT count(*) FROM '{scored.dir}/manifest/*.parquet'
             WHERE kept AND clip_score >= {t}""").fetchone()
         assert (sel.kept,) == kept, t
         record = json.loads((sel.dir / "selection.json").read_text())
@@ -213,7 +213,7 @@ def test_selections_score_nothing_and_diff(pool4: Path, demo_filter: Path, tmp_p
     # Each selection is its own directory: manifest, catalogue; no copy of the pool.
     for d in (a.dir, b.dir):
         names = {p.name for p in d.iterdir()}
-        assert {"manifest.parquet", "catalog.duckdb", "stats.json"} <= names
+        assert {"manifest", "catalog.duckdb", "stats.json"} <= names
         assert "output" not in names
     res = curate_cli("query", str(b.dir), "select count(*) from kept", "--format", "csv")
     assert res.stdout.splitlines() == ["count_star()", str(b.kept)]
@@ -315,7 +315,7 @@ def test_a_shard_changed_in_place_is_rescored(pool4: Path, demo_filter: Path,
         (pool / "00003.tar").read_bytes()).hexdigest()
 
     # Every curated sample's json belongs to its own image bytes ...
-    manifest = {r["uid"]: r for r in pq.read_table(again.dir / "manifest.parquet").to_pylist()}
+    manifest = {r["uid"]: r for r in pq.read_table(again.dir / "manifest").to_pylist()}
     write(again.dir, progress=False)
     samples = _output_samples(again.dir / "output")
     assert len(samples) == again.kept
@@ -326,8 +326,8 @@ def test_a_shard_changed_in_place_is_rescored(pool4: Path, demo_filter: Path,
         assert meta["scores"]["width"] == row["width"]
     # ... and the selection equals a fresh run over the changed pool.
     fresh = run(p, tmp_path / "fresh", progress=False)
-    a = pq.read_table(again.dir / "manifest.parquet")
-    b = pq.read_table(fresh.dir / "manifest.parquet")
+    a = pq.read_table(again.dir / "manifest")
+    b = pq.read_table(fresh.dir / "manifest")
     assert [c for c in a.schema.names if not a[c].equals(b[c])] == []
 
 
@@ -341,7 +341,7 @@ def test_a_change_the_stamp_cannot_see_fails_the_output(demo_pool: Path, tmp_pat
     shard = pool / "00001.tar"
     st = shard.stat()
     data = bytearray(shard.read_bytes())
-    kept = [r for r in pq.read_table(first.dir / "manifest.parquet").to_pylist()
+    kept = [r for r in pq.read_table(first.dir / "manifest").to_pylist()
             if r["kept"] and r["shard"] == "00001.tar"]
     # Flip bytes in the middle of a kept sample's image: same size, mtime put back.
     with tarfile.open(shard) as tar:
@@ -401,7 +401,7 @@ def test_a_scorer_reads_another_scorers_stored_columns(demo_pool: Path, tmp_path
     assert second.reader.computed == 0  # no tar was read: its input is a stored column
     sel = selection_from_dict({"name": "all", "select": [], "output": {"write_shards": False}})
     out = select(store, sel, tmp_path / "sel")
-    rows = pq.read_table(out.dir / "manifest.parquet").to_pylist()
+    rows = pq.read_table(out.dir / "manifest").to_pylist()
     assert all(r["doubled_words"] == 2 * r["caption_words"] for r in rows
                if r["caption_words"] is not None)
     # A scorer depends on its inputs only: a sample image_info failed (a broken image) still
@@ -430,7 +430,7 @@ def test_the_manifest_does_not_depend_on_the_order_scorers_were_added(
         for name in order:
             score(pipeline(pool, [name], []), store, local=True)
         out = select(store, sel, tmp_path / f"sel-{order[0]}")
-        manifests.append(pq.read_table(out.dir / "manifest.parquet"))
+        manifests.append(pq.read_table(out.dir / "manifest"))
     first, second = manifests
     assert first.schema.names == second.schema.names
     assert [c for c in first.schema.names if not first[c].equals(second[c])] == []

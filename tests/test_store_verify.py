@@ -58,7 +58,7 @@ def scored(demo_pool: Path, tmp_path_factory: pytest.TempPathFactory,
     p = pipeline(pool, random_clip_dir(root / "clip"))
     score(p, root / "store", local=True)
     out = select(root / "store", selection_from_dict(SELECTION), root / "sel")
-    return pool, root / "store", p, pq.read_table(out.dir / "manifest.parquet").to_pylist()
+    return pool, root / "store", p, pq.read_table(out.dir / "manifest").to_pylist()
 
 
 def copy_store(scored: tuple[Path, Path, object, list[dict[str, object]]],
@@ -126,7 +126,7 @@ def test_a_damaged_file_is_refused_then_recomputed(
     assert f"store file {name} " in err.value.message
     assert err.value.hint is not None and f"curate store verify --repair {store}" in (
         err.value.hint)
-    assert not (tmp_path / "sel" / "manifest.parquet").exists()
+    assert not (tmp_path / "sel" / "manifest").exists()
     found = verify_store(Store(store))
     assert name in [d.name for d in found.damage]
     result = score(scored[2], store, local=True)
@@ -134,7 +134,7 @@ def test_a_damaged_file_is_refused_then_recomputed(
     assert computed(result) == {recomputed: 1}  # that shard's file only; the rest is reused
     assert verify_store(Store(store)).damage == []
     out = select(store, sel, tmp_path / "sel")
-    assert pq.read_table(out.dir / "manifest.parquet").to_pylist() == scored[3]
+    assert pq.read_table(out.dir / "manifest").to_pylist() == scored[3]
 
 
 def test_the_cli_names_the_file_and_verify_repairs(
@@ -196,7 +196,7 @@ def test_damaged_records_are_an_error_then_rebuilt_by_score(
     result = score(scored[2], store, local=True)
     assert computed(result) == {}  # nothing is recomputed: every score file is intact
     out = select(store, selection_from_dict(SELECTION), tmp_path / "sel")
-    assert pq.read_table(out.dir / "manifest.parquet").to_pylist() == scored[3]
+    assert pq.read_table(out.dir / "manifest").to_pylist() == scored[3]
     if record == "store.json":
         assert (store / "store.json.damaged").read_bytes().startswith(b"not what")
 
@@ -211,8 +211,8 @@ def test_damaged_selection_files_are_named_and_rewritten_by_select(
     sel_dir = tmp_path / "sel"
     sel = selection_from_dict(SELECTION)
     select(scored[1], sel, sel_dir)
-    for name in ("manifest.parquet", "funnel.parquet", "shards.parquet", "stages.parquet",
-                 "stats.json", "selection.json", "catalog.duckdb"):
+    for name in ("manifest/part-00000.parquet", "funnel.parquet", "shards.parquet",
+                 "stages.parquet", "stats.json", "selection.json", "catalog.duckdb"):
         garbage(sel_dir / name)
         for argv in (["stats", str(sel_dir)], ["query", str(sel_dir), "select 1"],
                      ["export", str(sel_dir), "--out", str(tmp_path / "uids.npy")],
@@ -224,4 +224,4 @@ def test_damaged_selection_files_are_named_and_rewritten_by_select(
             assert "hint: run the `curate select`" in err
         select(scored[1], sel, sel_dir)
         assert main(["stats", str(sel_dir)]) == 0
-    assert pq.read_table(sel_dir / "manifest.parquet").to_pylist() == scored[3]
+    assert pq.read_table(sel_dir / "manifest").to_pylist() == scored[3]

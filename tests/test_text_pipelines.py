@@ -31,7 +31,7 @@ def text_runs(demo_pool: Path, text_run: Path) -> dict[str, object]:
     for name in TEXT_PIPELINES:
         sel = text_run / "selections" / name
         results[name] = (SimpleNamespace(dir=sel, shards_resumed=resumed[name]), con.sql(
-            f"SELECT m.*, truth.kind, truth.source FROM '{sel}/manifest.parquet' m "
+            f"SELECT m.*, truth.kind, truth.source FROM '{sel}/manifest/*.parquet' m "
             "JOIN truth USING (uid)").to_arrow_table())
     return results
 

@@ -49,7 +49,7 @@ def test_equals_datacomp_on_distinct_scores(tmp_path: Path, n_rows: int, fractio
         {"rule": "top_fraction", "column": "caption_chars", "fraction": fraction,
          "reason": "not_top"}]})
     sel = select(p.select, files, tmp_path)
-    kept = pq.read_table(tmp_path / "manifest.parquet").to_pandas()
+    kept = pq.read_table(tmp_path / "manifest").to_pandas()
     expected = datacomp_keeps(scores, fraction)
     assert sel.kept == int(expected.sum())
     assert {int(u, 16) for u in kept[kept.kept].uid} == set(np.flatnonzero(expected))
@@ -99,7 +99,7 @@ def test_over_kept_ranks_only_surviving_rows(tmp_path: Path) -> None:
         {"rule": "top_fraction", "column": "caption_chars", "fraction": 0.4, "over": "kept",
          "reason": "not_top"}]})
     select(p.select, files, tmp_path)
-    m = pq.read_table(tmp_path / "manifest.parquet").to_pandas()
+    m = pq.read_table(tmp_path / "manifest").to_pandas()
     # 5 rows survive (0..4); n = int(5 * 0.4) = 2: the threshold is the third best, 2.
     assert sorted(m[m.kept].caption_chars) == [2, 3, 4]
 

@@ -28,7 +28,7 @@ def test_filter_network_separates_mismatched_pairs(demo_pool: Path,
     con = duckdb.connect()
     rows = con.execute(f"""
         SELECT g.kind, g.expected_reason, m.reason, m.clip_score
-        FROM '{clip_demo_run}/manifest.parquet' m
+        FROM '{clip_demo_run}/manifest/*.parquet' m
         JOIN '{demo_pool}/ground_truth.parquet' g USING (uid)""").fetchall()
     scored = [(k, s) for k, _, _, s in rows if s is not None]
     pos = np.array([s for k, s in scored if k in ("photo", "scene")])

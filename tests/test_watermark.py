@@ -280,7 +280,7 @@ def test_pipeline_run_through_ray(weights: Path, expected: np.ndarray, tmp_path:
         "select": [{"rule": "threshold", "column": "pwatermark", "lt": 0.8,
                     "reason": "watermarked"}]})
     result = run(p, tmp_path / "run", progress=False)
-    rows = {r["key"]: r for r in pq.read_table(result.dir / "manifest.parquet").to_pylist()}
+    rows = {r["key"]: r for r in pq.read_table(result.dir / "manifest").to_pylist()}
     assert result.samples == 4
     for k, i in enumerate(picks):
         assert abs(rows[f"s{k}"]["pwatermark"] - expected[i]) < 1e-5

@@ -47,12 +47,20 @@ import pyarrow.parquet as pq
 
 from curate.errors import CurateError
 from curate.io.atomic import atomic_path
+from curate.io.dataset import (
+    LEGACY_MANIFEST,
+    MANIFEST,
+    has_manifest,
+    manifest_path,
+    part_files,
+    scan_sql,
+)
 from curate.sql import literal, path_literal, writable_db_path
 
 CATALOG = "catalog.duckdb"
 
 VIEWS: dict[str, str] = {
-    "manifest": "SELECT * FROM read_parquet('manifest.parquet')",
+    "manifest": "SELECT * FROM read_parquet('manifest/part-*.parquet')",
     "funnel": "SELECT * FROM read_parquet('funnel.parquet')",
     "kept": "SELECT * FROM manifest WHERE kept",
     "drops": "SELECT m.uid, m.shard, m.key, m.caption, f.stage, m.reason, m.error_stage, "
@@ -89,6 +97,8 @@ def _build_catalog(path: Path, run_dir: Path) -> None:
     con = duckdb.connect(str(path))
     con.execute(f"SET file_search_path = {literal(str(run_dir.resolve()))}")
     for name, sql in VIEWS.items():
+        if name == "manifest" and manifest_path(run_dir).is_file():  # an older selection
+            sql = f"SELECT * FROM read_parquet({literal(LEGACY_MANIFEST)})"
         con.execute(f"CREATE VIEW {name} AS {sql}")
     for name, (file, sql) in OPTIONAL_VIEWS.items():
         if (run_dir / file).is_file():
@@ -100,9 +110,13 @@ def resolve_selection(path: str | Path, need: str = CATALOG) -> Path:
     """The selection directory ``path`` names: itself when it holds ``need``, or the one
     selection under ``path/selections/`` (the ``--out`` of ``curate run``)."""
     run = Path(path)
-    if (run / need).is_file():
+
+    def has(d: Path) -> bool:
+        return (d / need).is_file() or (need == MANIFEST and has_manifest(d))
+
+    if has(run):
         return check_selection_files(run)
-    under = sorted(d for d in (run / "selections").glob("*") if (d / need).is_file()) \
+    under = sorted(d for d in (run / "selections").glob("*") if has(d)) \
         if (run / "selections").is_dir() else []
     if len(under) == 1:
         return check_selection_files(under[0])
@@ -127,7 +141,7 @@ def resolve_selection(path: str | Path, need: str = CATALOG) -> Path:
                       "or a directory `curate select` wrote")
 
 
-SELECTION_TABLES = ("manifest.parquet", "funnel.parquet", "shards.parquet", "stages.parquet",
+SELECTION_TABLES = ("funnel.parquet", "shards.parquet", "stages.parquet",
                     "rewrites.parquet", "recaptions.parquet", "entry_counts.parquet")
 SELECTION_RECORDS = ("stats.json", "selection.json")
 
@@ -142,7 +156,8 @@ def check_selection_files(run: Path) -> Path:
                            f"{run} again: it rewrites the selection from the store's scores, "
                            "computing none")
 
-    for name in SELECTION_TABLES:
+    parts = [str(f.relative_to(run)) for f in part_files(manifest_path(run))]
+    for name in (*parts, *SELECTION_TABLES):
         if (run / name).is_file():
             try:
                 pq.read_metadata(run / name)
@@ -171,9 +186,10 @@ def _first_line(exc: BaseException) -> str:
 
 def _started_selection(run: Path) -> bool:
     """Whether ``run`` is a selection directory whose selection started: it holds the files
-    a selection writes first (``selection.json``, ``pipeline.yaml``, ``manifest.parquet``), or a
+    a selection writes first (``selection.json``, ``pipeline.yaml``, the manifest), or a
     ``log.jsonl`` whose first event is a selection's."""
-    if any((run / f).is_file() for f in ("selection.json", "pipeline.yaml", "manifest.parquet")):
+    if any((run / f).is_file() for f in ("selection.json", "pipeline.yaml", LEGACY_MANIFEST)) \
+            or (run / MANIFEST).is_dir():
         return True
     try:
         with open(run / "log.jsonl", encoding="utf-8") as f:
@@ -240,12 +256,16 @@ def open_runs(runs: dict[str, str | Path]) -> duckdb.DuckDBPyConnection:
 
     con = duckdb.connect()
     for alias, path in runs.items():
-        run = resolve_selection(path, "manifest.parquet").resolve()
+        run = resolve_selection(path, MANIFEST).resolve()
         schema = ident(alias)
         con.execute(f"CREATE SCHEMA {schema}")
         views = dict(VIEWS)
         views.update({n: sql for n, (f, sql) in OPTIONAL_VIEWS.items() if (run / f).is_file()})
         for name, sql in views.items():
+            if name == "manifest":
+                con.execute(f"CREATE VIEW {schema}.manifest AS SELECT * FROM "
+                            f"{scan_sql(manifest_path(run))}")
+                continue
             sql = re.sub(r"read_parquet\('([^']+)'",
                          lambda m, r=run: "read_parquet(" + path_literal(r / m.group(1)), sql)
             sql = re.sub(r"\b(FROM|JOIN) (manifest|funnel)\b", rf"\1 {schema}.\2", sql)

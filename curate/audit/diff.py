@@ -22,6 +22,7 @@ import yaml
 
 from curate.errors import CurateError
 from curate.io.atomic import atomic_path
+from curate.io.dataset import MANIFEST, manifest_path, scan_sql
 from curate.sql import literal
 
 
@@ -64,10 +65,6 @@ class RunDiff:
 
 def _short(d: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in d.items() if v is not None)
-
-
-def _manifest(run: Path) -> Path:
-    return run / "manifest.parquet"
 
 
 def _steps(run: Path) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
@@ -114,18 +111,18 @@ def _changes(a: Path, b: Path) -> list[StepChange]:
 def diff_runs(a: str | Path, b: str | Path, out: str | Path | None = None) -> RunDiff:
     from curate.audit.catalog import resolve_selection
 
-    ra = resolve_selection(a, "manifest.parquet")
-    rb = resolve_selection(b, "manifest.parquet")
-    ma, mb = literal(str(_manifest(ra))), literal(str(_manifest(rb)))
+    ra = resolve_selection(a, MANIFEST)
+    rb = resolve_selection(b, MANIFEST)
+    ma, mb = scan_sql(manifest_path(ra)), scan_sql(manifest_path(rb))
     con = duckdb.connect()
     con.execute(f"""CREATE TEMP TABLE d AS
         SELECT coalesce(x.uid, y.uid) AS uid, x.kept AS kept_a, y.kept AS kept_b,
                x.reason AS reason_a, y.reason AS reason_b, coalesce(x.caption, y.caption)
                AS caption
-        FROM (SELECT DISTINCT ON (uid) uid, kept, reason, caption FROM read_parquet({ma})
+        FROM (SELECT DISTINCT ON (uid) uid, kept, reason, caption FROM {ma}
               ORDER BY uid, kept DESC) x
         FULL OUTER JOIN (SELECT DISTINCT ON (uid) uid, kept, reason, caption
-                         FROM read_parquet({mb}) ORDER BY uid, kept DESC) y USING (uid)""")
+                         FROM {mb} ORDER BY uid, kept DESC) y USING (uid)""")
     count = con.execute("""SELECT count(*) FILTER (WHERE kept_a IS NOT NULL),
         count(*) FILTER (WHERE kept_b IS NOT NULL), count(*) FILTER (WHERE kept_a AND kept_b),
         count(*) FILTER (WHERE kept_a AND NOT coalesce(kept_b, FALSE)),

@@ -17,7 +17,7 @@ by relative paths, and the plots are also written as PNG files next to the index
 are re-encoded as small JPEGs for the report only; the run's shards are never touched.
 
 The manifest is never loaded whole: histograms, curves, language counts and the galleries'
-samples are aggregations and ``LIMIT`` queries in DuckDB over ``manifest.parquet``, so a
+samples are aggregations and ``LIMIT`` queries in DuckDB over the manifest dataset, so a
 100M-row run's report needs about as much memory as the demo's, and its size is bounded by
 ``per_page`` × ``max_pages`` thumbnails per reason.
 
@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from curate.errors import CurateError
+from curate.io.dataset import MANIFEST, manifest_path, num_rows, read_schema, scan_sql
 from curate.saved import SAVED, saved_selection
 
 if TYPE_CHECKING:
@@ -139,7 +140,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, gallery: in
 
     if per_page <= 0 or max_pages < 0:
         raise CurateError("per_page must be 1 or more and max_pages 0 or more")
-    run = resolve_selection(run_dir, "manifest.parquet")
+    run = resolve_selection(run_dir, MANIFEST)
     if not (run / "funnel.parquet").is_file():
         raise CurateError(f"{run} is not a finished selection (no funnel.parquet)",
                           "run the same command again to resume it")
@@ -212,7 +213,7 @@ class _RunData:
     funnel: list[dict[str, Any]]
     samples: int
     kept: int
-    con: duckdb.DuckDBPyConnection  # view ``manifest`` over manifest.parquet
+    con: duckdb.DuckDBPyConnection  # view ``manifest`` over the manifest dataset
     schema: pa.Schema  # the manifest's columns
     bounds: dict[str, list[Bound]]
     selection: Selection | None = None  # the saved pipeline's steps (None: they do not load)
@@ -235,10 +236,9 @@ class _RunData:
                 loaded = None
             raw = loaded if isinstance(loaded, dict) else {}
         funnel = pq.read_table(run / "funnel.parquet").to_pylist()
-        con = _manifest_view(run / "manifest.parquet")
-        schema = pq.read_schema(run / "manifest.parquet")
-        samples = int(stats["samples"]) if "samples" in stats else int(
-            pq.read_metadata(run / "manifest.parquet").num_rows)
+        con = _manifest_view(manifest_path(run))
+        schema = read_schema(manifest_path(run))
+        samples = int(stats["samples"]) if "samples" in stats else num_rows(manifest_path(run))
         kept = int(stats["kept"]) if "kept" in stats else int(
             con.sql("SELECT count(*) FILTER (WHERE kept) FROM manifest").fetchall()[0][0])
         selection, error = None, None
@@ -256,15 +256,13 @@ class _RunData:
 
 
 def _manifest_view(source: Path | pa.Table) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with a view ``manifest`` over ``source`` (a Parquet file
-    or an Arrow table)."""
+    """An in-memory DuckDB connection with a view ``manifest`` over ``source`` (a Parquet
+    dataset or file, or an Arrow table)."""
     import duckdb
-
-    from curate.sql import path_literal
 
     con = duckdb.connect()
     if isinstance(source, Path):
-        con.execute(f"CREATE VIEW manifest AS SELECT * FROM read_parquet({path_literal(source)})")
+        con.execute(f"CREATE VIEW manifest AS SELECT * FROM {scan_sql(source)}")
     else:
         con.register("manifest", source)
     return con

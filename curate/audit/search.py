@@ -61,6 +61,7 @@ from curate.audit.knn_index import (
     search_index,
 )
 from curate.errors import CurateError
+from curate.io.dataset import manifest_path, read_table, scan_sql
 from curate.io.fsdir import FsDir, is_url
 from curate.io.rundir import READ_ONLY
 from curate.store.store import Store, Version, shard_key
@@ -135,8 +136,7 @@ class Corpus:
 
     def _read_candidates(self) -> pa.Table:
         if self.sel_dir is not None:
-            t = pq.read_table(self.sel_dir / "manifest.parquet",
-                              columns=["uid", "shard", "index", "kept"])
+            t = read_table(manifest_path(self.sel_dir), ["uid", "shard", "index", "kept"])
             if self.rows == "kept":
                 t = t.filter(t.column("kept"))
             return t.select(["uid", "shard", "index"])
@@ -159,13 +159,11 @@ class Corpus:
         rows of the store, in rank order."""
         import duckdb
 
-        from curate.sql import path_literal
-
         con = duckdb.connect()
         try:
             con.register("hits", hits)
             if self.sel_dir is not None:
-                src = f"read_parquet({path_literal(self.sel_dir / 'manifest.parquet')})"
+                src = scan_sql(manifest_path(self.sel_dir))
                 lead = "m.uid, m.kept, m.reason, m.caption"
                 rest = "m.* EXCLUDE (uid, kept, reason, caption)"
             else:
@@ -187,8 +185,7 @@ class Corpus:
         """(shard, index) of the sample ``uid`` anywhere in the pool searched."""
         t = self.candidates()
         if self.sel_dir is not None and self.rows == "kept":
-            t = pq.read_table(self.sel_dir / "manifest.parquet", columns=["uid", "shard",
-                                                                          "index"])
+            t = read_table(manifest_path(self.sel_dir), ["uid", "shard", "index"])
         import pyarrow.compute as pc
 
         at = pc.index(t.column("uid"), uid).as_py()

@@ -9,8 +9,9 @@ leftovers of a killed run removed, and disk errors turned into messages a user c
   running). A directory that cannot be written is a one-line error, not a crash.
 * ``remove_leftovers``: a run killed while writing leaves ``.<name>.<random>.tmp`` files (every
   write goes to such a file and is renamed into place only when complete, see
-  ``curate.io.atomic``), selection's working database and DuckDB spill files. They are never
-  mistaken for finished work; a new run deletes them before it starts.
+  ``curate.io.atomic``; a dataset such as the manifest is written in a ``.<name>.<random>.tmp``
+  directory, see ``curate.io.dataset``), selection's working database and DuckDB spill
+  files. They are never mistaken for finished work; a new run deletes them before it starts.
 * ``disk_error``: ``ENOSPC``, ``EDQUOT`` and ``EFBIG`` (also when raised inside a Ray task, or
   reported by DuckDB for its own database and spill files) →
   a ``CurateError`` saying which file could not be written and that rerunning resumes.
@@ -30,6 +31,7 @@ from pathlib import Path
 from types import TracebackType
 
 from curate.errors import CurateError
+from curate.io.dataset import leftover_dirs
 
 DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _LEFTOVER_DIRS = (".duckdb_tmp",)
@@ -151,6 +153,9 @@ def remove_leftovers(run_dir: Path) -> int:
         if d.is_dir():
             shutil.rmtree(d, ignore_errors=True)
             removed += 1
+    for d in leftover_dirs(run_dir):  # a dataset (the manifest) half written or swapped out
+        shutil.rmtree(d, ignore_errors=True)
+        removed += 1
     return removed
 
 

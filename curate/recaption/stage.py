@@ -41,7 +41,8 @@ import duckdb
 import pyarrow as pa
 
 from curate.errors import CurateError
-from curate.io.atomic import atomic_path, write_parquet
+from curate.io.atomic import write_parquet
+from curate.io.dataset import manifest_path, rewrite_parts, scan_sql
 from curate.io.shards import ShardRef, read_members
 from curate.recaption.config import RecaptionConfig
 from curate.rewrite.backends import Backend, GenRequest, model_identity
@@ -58,7 +59,7 @@ from curate.rewrite.engine import (
 )
 from curate.rewrite.engine import preflight as engine_preflight
 from curate.rewrite.validate import caption_rejection
-from curate.sql import literal, path_literal
+from curate.sql import path_literal
 
 log = logging.getLogger("curate")
 
@@ -200,7 +201,7 @@ class _Job:
 def _kept_rows(manifest: Path) -> list[tuple[Any, ...]]:
     con = duckdb.connect()
     rows = con.execute(f"""SELECT uid, shard, "index", image_member, image_sha256 FROM
-        read_parquet({path_literal(manifest)}) WHERE kept ORDER BY shard, "index" """).fetchall()
+        {scan_sql(manifest)} WHERE kept ORDER BY shard, "index" """).fetchall()
     con.close()
     return rows
 
@@ -212,7 +213,7 @@ def recaption_kept(cfg: RecaptionConfig, run_dir: Path, refs: list[ShardRef], *,
                    cache: Path | None = None) -> RecaptionSummary:
     """Caption the kept images of the selection in ``run_dir`` (its manifest must exist),
     reading them from ``refs``; writes ``recaptions.parquet`` and adds the recaption columns to
-    ``manifest.parquet``. ``source`` (the selection's ``PoolSource``) gives the stored clip
+    the manifest. ``source`` (the selection's ``PoolSource``) gives the stored clip
     embeddings for the signals. The generation cache is ``cache``, else ``recaption.cache``,
     else ``run_dir/rewrite_cache.sqlite``."""
     from curate.recaption.signals import ClipSignals
@@ -224,7 +225,7 @@ def recaption_kept(cfg: RecaptionConfig, run_dir: Path, refs: list[ShardRef], *,
         # A local model is resolved here, on the driver: workers may run in another directory.
         cfg = cfg.model_copy(update={"model": str(Path(cfg.model).resolve())})
     signals = ClipSignals.find(cfg.clip, source)  # a wrong clip label fails before any work
-    rows = _kept_rows(run_dir / "manifest.parquet")
+    rows = _kept_rows(manifest_path(run_dir))
     cache_path = cache if cache is not None else (
         Path(cfg.cache) if cfg.cache else run_dir / "rewrite_cache.sqlite")
     generations = GenerationCache(cache_path)
@@ -295,29 +296,25 @@ def _write(slots: list[_Slot], cfg: RecaptionConfig, model: str, run_dir: Path) 
         for s in slots], schema=RECAPTION_SCHEMA)
     recaptions = run_dir / "recaptions.parquet"
     write_parquet(table, recaptions)
-    manifest = run_dir / "manifest.parquet"
     con = duckdb.connect()
-    with atomic_path(manifest) as tmp:
-        con.execute(f"""
-            COPY (
-              SELECT m.*, r.recaptions,
-                     CASE WHEN m.kept THEN coalesce(r.recaptions_ok, 0) END AS recaptions_ok,
-                     r.syn_image_sim, r.syn_text_sim
-              FROM read_parquet({path_literal(manifest)}) m
-              LEFT JOIN (
-                SELECT uid, shard, "index",
-                       list(struct_pack(syn, text, status, reason, attempts, seed, image_sim,
-                                        text_sim, model, backend, prompt, prompt_format,
-                                        sampling) ORDER BY syn) AS recaptions,
-                       count(*) FILTER (WHERE status = 'ok')::INTEGER AS recaptions_ok,
-                       avg(image_sim) FILTER (WHERE status = 'ok')::FLOAT AS syn_image_sim,
-                       avg(text_sim) FILTER (WHERE status = 'ok')::FLOAT AS syn_text_sim
-                FROM read_parquet({path_literal(recaptions)}) GROUP BY ALL
-              ) r USING (uid, shard, "index")
-              ORDER BY m.shard, m."index"
-            ) TO {literal(str(tmp))} (FORMAT parquet, COMPRESSION zstd)
-        """)
-    con.close()
+    try:
+        con.execute(f"""CREATE TEMP TABLE r AS
+            SELECT uid, shard, "index",
+                   list(struct_pack(syn, text, status, reason, attempts, seed, image_sim,
+                                    text_sim, model, backend, prompt, prompt_format,
+                                    sampling) ORDER BY syn) AS recaptions,
+                   count(*) FILTER (WHERE status = 'ok')::INTEGER AS recaptions_ok,
+                   avg(image_sim) FILTER (WHERE status = 'ok')::FLOAT AS syn_image_sim,
+                   avg(text_sim) FILTER (WHERE status = 'ok')::FLOAT AS syn_text_sim
+            FROM read_parquet({path_literal(recaptions)}) GROUP BY ALL""")
+        rewrite_parts(manifest_path(run_dir), lambda part: f"""
+            SELECT m.*, r.recaptions,
+                   CASE WHEN m.kept THEN coalesce(r.recaptions_ok, 0) END AS recaptions_ok,
+                   r.syn_image_sim, r.syn_text_sim
+            FROM {part} m LEFT JOIN r USING (uid, shard, "index")
+            ORDER BY m.shard, m."index" """, con)
+    finally:
+        con.close()
 
 
 def recaptions_json(items: list[dict[str, Any]] | None) -> list[dict[str, Any]]:

@@ -29,7 +29,8 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from curate.io.atomic import atomic_path, write_parquet
+from curate.io.atomic import write_parquet
+from curate.io.dataset import manifest_path, rewrite_parts, scan_sql
 from curate.rewrite.backends import GenRequest, make_backend, model_identity
 from curate.rewrite.cache import GenerationCache, request_key
 from curate.rewrite.config import RewriteConfig
@@ -53,7 +54,7 @@ from curate.rewrite.prompts import (
     pick_examples,
 )
 from curate.rewrite.validate import rejection
-from curate.sql import literal, path_literal
+from curate.sql import path_literal
 
 log = logging.getLogger("curate")
 
@@ -152,8 +153,8 @@ def _no_language(_: str) -> str | None:
 
 def _kept_rows(manifest: Path) -> list[tuple[str, str, int, str | None]]:
     con = duckdb.connect()
-    rows = con.execute(f"""SELECT uid, shard, "index", caption FROM read_parquet(
-        {path_literal(manifest)}) WHERE kept ORDER BY shard, "index" """).fetchall()
+    rows = con.execute(f"""SELECT uid, shard, "index", caption FROM {scan_sql(manifest)}
+        WHERE kept ORDER BY shard, "index" """).fetchall()
     con.close()
     return rows
 
@@ -164,7 +165,7 @@ def rewrite_kept(cfg: RewriteConfig, run_dir: Path, *, max_retries: int = 2,
                  lang_of: Callable[[str], str | None] | None = None,
                  cache: Path | None = None) -> RewriteSummary:
     """Rewrite the kept captions of the selection in ``run_dir`` (its manifest must exist);
-    writes ``rewrites.parquet`` and adds the rewrite columns to ``manifest.parquet``. The
+    writes ``rewrites.parquet`` and adds the rewrite columns to the manifest. The
     generation cache is ``cache`` (``curate run`` passes the store's, so every selection of a
     store shares it), else ``rewrite.cache``, else ``run_dir/rewrite_cache.sqlite``."""
     t0 = time.perf_counter()
@@ -173,8 +174,7 @@ def rewrite_kept(cfg: RewriteConfig, run_dir: Path, *, max_retries: int = 2,
         # A local model is made absolute here, on the driver: workers may run in another
         # directory (a Ray started before the driver changed directory, or another node).
         cfg = cfg.model_copy(update={"model": str(Path(cfg.model).absolute())})
-    manifest = run_dir / "manifest.parquet"
-    rows = _kept_rows(manifest)
+    rows = _kept_rows(manifest_path(run_dir))
     cache_path = cache if cache is not None else (
         Path(cfg.cache) if cfg.cache else run_dir / "rewrite_cache.sqlite")
     generations = GenerationCache(cache_path)
@@ -243,26 +243,22 @@ def _write(slots: list[_Slot], cfg: RewriteConfig, model: str, run_dir: Path) ->
         for s in slots], schema=REWRITE_SCHEMA)
     rewrites = run_dir / "rewrites.parquet"
     write_parquet(table, rewrites)
-    manifest = run_dir / "manifest.parquet"
     con = duckdb.connect()
-    with atomic_path(manifest) as tmp:
-        con.execute(f"""
-            COPY (
-              SELECT m.*, r.rewrites, CASE WHEN m.kept THEN coalesce(r.rewrites_ok, 0) END
-                     AS rewrites_ok
-              FROM read_parquet({path_literal(manifest)}) m
-              LEFT JOIN (
-                SELECT uid, shard, "index",
-                       list(struct_pack(rewrite, text, status, reason, attempts, seed,
-                                        example_ids, model, backend, prompt_format, sampling)
-                            ORDER BY rewrite) AS rewrites,
-                       count(*) FILTER (WHERE status = 'ok')::INTEGER AS rewrites_ok
-                FROM read_parquet({path_literal(rewrites)}) GROUP BY ALL
-              ) r USING (uid, shard, "index")
-              ORDER BY m.shard, m."index"
-            ) TO {literal(str(tmp))} (FORMAT parquet, COMPRESSION zstd)
-        """)
-    con.close()
+    try:
+        con.execute(f"""CREATE TEMP TABLE r AS
+            SELECT uid, shard, "index",
+                   list(struct_pack(rewrite, text, status, reason, attempts, seed,
+                                    example_ids, model, backend, prompt_format, sampling)
+                        ORDER BY rewrite) AS rewrites,
+                   count(*) FILTER (WHERE status = 'ok')::INTEGER AS rewrites_ok
+            FROM read_parquet({path_literal(rewrites)}) GROUP BY ALL""")
+        rewrite_parts(manifest_path(run_dir), lambda part: f"""
+            SELECT m.*, r.rewrites, CASE WHEN m.kept THEN coalesce(r.rewrites_ok, 0) END
+                   AS rewrites_ok
+            FROM {part} m LEFT JOIN r USING (uid, shard, "index")
+            ORDER BY m.shard, m."index" """, con)
+    finally:
+        con.close()
 
 
 def rewrites_json(rewrites: list[dict[str, Any]] | None) -> list[dict[str, Any]]:

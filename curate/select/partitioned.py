@@ -28,7 +28,8 @@ yet (the embedding selectors, ``near_dedup``, ``metaclip2_balance``, ...) and se
 
 What the driver holds: one count per reason and partition, per global step its small
 aggregates (``top_fraction``: 1,024 counts per round; ``metaclip_balance``: one count per
-metadata entry), and the manifest's row groups one at a time while it writes them in pool order.
+metadata entry). Each partition writes its own part of the manifest dataset
+(``SEL/manifest/part-NNNNN.parquet``, ``curate.io.dataset``) straight from its DuckDB.
 """
 
 from __future__ import annotations
@@ -45,10 +46,10 @@ from typing import Any
 import duckdb
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from curate.config import Step
 from curate.errors import CurateError
+from curate.io.dataset import part_name, write_query
 from curate.sql import ident, literal
 from curate.stages.base import Rule, SelectContext, Selector
 from curate.store.store import PoolShard, Store, Version
@@ -260,27 +261,13 @@ class PartWorker:
             f"SELECT shard, count(*), count(*) FILTER (WHERE status <> 'ok') FROM {self.table} "
             "GROUP BY shard").fetchall()}
 
-    def write_manifest(self) -> tuple[int, pa.Schema]:
-        """This partition's manifest rows, in pool order, into a local Parquet file: the
-        number of its row groups (``manifest_group`` reads them) and its schema."""
+    def write_manifest(self, directory: str, k: int, parts: int) -> None:
+        """This partition's manifest rows, in pool order, as part ``k`` of the manifest
+        dataset being written in ``directory`` (a file system every partition can reach)."""
         from curate.select.selection import MANIFEST_SQL
 
-        self.manifest = self.dir / ".manifest.part.parquet"
-        self.con.execute(f"COPY ({MANIFEST_SQL.format(table=self.table)}) TO "
-                         f"{literal(str(self.manifest))} (FORMAT parquet, COMPRESSION zstd, "
-                         f"ROW_GROUP_SIZE {ROW_GROUP})")
-        f = pq.ParquetFile(self.manifest)
-        return int(f.num_row_groups), f.schema_arrow
-
-    def manifest_group(self, i: int) -> pa.Table:
-        return pq.ParquetFile(self.manifest).read_row_group(i)
-
-    def copy_manifest(self, dest: str) -> None:
-        """This partition's manifest rows, in pool order, into ``dest`` (one partition)."""
-        from curate.select.selection import MANIFEST_SQL
-
-        self.con.execute(f"COPY ({MANIFEST_SQL.format(table=self.table)}) TO "
-                         f"{literal(dest)} (FORMAT parquet, COMPRESSION zstd)")
+        write_query(self.con, MANIFEST_SQL.format(table=self.table),
+                    Path(directory) / part_name(k, parts), row_group=ROW_GROUP)
 
     def stats(self) -> dict[str, Any]:
         """This process's peak RSS (GiB) and the bytes it sent to the dedup reducers."""
@@ -293,7 +280,6 @@ class PartWorker:
         from curate.select.selection import remove_database
 
         self.con.close()
-        (self.dir / ".manifest.part.parquet").unlink(missing_ok=True)
         if self.own_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
         else:
@@ -432,14 +418,6 @@ class Workers:
                                                 *(r[k] for r in reduced))
                             for k, w in enumerate(self.workers)]))
 
-    def group(self, k: int, i: int) -> pa.Table:
-        w = self.workers[k]
-        if not self.on_ray:
-            return w.manifest_group(i)  # type: ignore[no-any-return]
-        import ray
-
-        return ray.get(w.manifest_group.remote(i))  # type: ignore[no-any-return]
-
     def close(self) -> None:
         if not self.on_ray:
             for w in self.workers:
@@ -562,22 +540,11 @@ def run_steps(workers: Workers, steps: Sequence[Step], ctx: SelectContext,
     return order, stage_of
 
 
-def write_manifest(workers: Workers, dest: Path) -> None:
-    """The partitions' manifest parts, concatenated in pool order into one Parquet file,
-    one row group at a time."""
-    if workers.n == 1 and not workers.on_ray:  # straight to the file
-        workers.workers[0].copy_manifest(str(dest))
-        return
-    parts = workers.call("write_manifest")
-    # DuckDB writes a column as required when it holds no null: a column is nullable in the
-    # whole manifest when it is in any part (as one DuckDB writing the whole table says)
-    first: pa.Schema = parts[0][1]
-    schema = pa.schema([f.with_nullable(any(s.field(i).nullable for _n, s in parts))
-                        for i, f in enumerate(first)], metadata=first.metadata)
-    with pq.ParquetWriter(dest, schema, compression="zstd") as writer:
-        for k, (groups, _schema) in enumerate(parts):
-            for i in range(groups):
-                writer.write_table(workers.group(k, i).cast(schema), row_group_size=ROW_GROUP)
+def write_manifest(workers: Workers, directory: Path) -> None:
+    """Each partition writes its part of the manifest dataset into ``directory``, at once:
+    nothing passes through the driver."""
+    workers.call_each("write_manifest", [(str(directory), k, workers.n)
+                                         for k in range(workers.n)])
 
 
 def cpu_count() -> int:

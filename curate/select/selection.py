@@ -25,6 +25,9 @@ peak memory), and selectors' own arrays (numpy, Arrow) are outside it.
 
 **Pool order without a sort.** The pool is streamed shard by shard in pool order with ``_row``
 (1-based pool order) already numbered, and the table keeps that order.
+
+**The manifest** is a Parquet dataset, ``SEL/manifest/part-NNNNN.parquet``: one part per
+partition, each written by its partition (``curate.io.dataset``); one part in one process.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ import pyarrow as pa
 
 from curate.config import Step
 from curate.errors import CurateError
-from curate.io.atomic import atomic_path
+from curate.io.dataset import LEGACY_MANIFEST, MANIFEST, atomic_dir, part_name, write_query
 from curate.select.metadata import SelectMetadata, check_metadata, join_metadata
 from curate.select.pool import PoolSource
 from curate.sql import ident, literal, path_literal, writable_db_path
@@ -133,9 +136,9 @@ def select(steps: Sequence[Step], source: PoolSource, out_dir: Path,
            note: Callable[[str], None] | None = None, workers: int = 1,
            on_ray: bool = False) -> Selection:
     """Apply ``steps`` (rules and selectors, in order) to the pool of ``source`` (with the
-    columns of ``metadata`` joined on) and write ``manifest.parquet`` into ``out_dir``
-    atomically. ``note`` (e.g. ``curate.runtime.Notes``) gets one line per phase and step,
-    with the samples each step dropped and those left.
+    columns of ``metadata`` joined on) and write the manifest (``manifest/``, a Parquet
+    dataset) into ``out_dir`` atomically. ``note`` (e.g. ``curate.runtime.Notes``) gets one
+    line per phase and step, with the samples each step dropped and those left.
 
     The pool is cut into ``workers`` partitions (``curate.select.partitioned``), run as Ray
     actors when ``on_ray`` (Ray must be up), else in this process; a selection with a step that
@@ -193,8 +196,9 @@ def _select_partitioned(steps: Sequence[Step], source: PoolSource, out_dir: Path
             for part in pool.call("counts"):
                 for r, n in part.items():
                     counts[r] = counts.get(r, 0) + n
-        with _timed(seconds, "manifest"), atomic_path(out_dir / "manifest.parquet") as tmp:
+        with _timed(seconds, "manifest"), atomic_dir(out_dir / MANIFEST) as tmp:
             write_manifest(pool, tmp)
+        _remove_legacy_manifest(out_dir)
         with _timed(seconds, "shards"):
             per_shard: dict[str, tuple[int, int]] = {}
             for part in pool.call("shard_counts"):
@@ -204,6 +208,12 @@ def _select_partitioned(steps: Sequence[Step], source: PoolSource, out_dir: Path
         pool.close()
     return dataclasses.replace(_selection(counts, order, stage_of, seconds, per_shard),
                                partitions=len(parts), on_ray=on_ray, partition_stats=stats)
+
+
+def _remove_legacy_manifest(out_dir: Path) -> None:
+    """A selection written again by this curate into the directory of one written by an older
+    one: its one-file manifest goes (readers prefer the dataset, but it is stale)."""
+    (out_dir / LEGACY_MANIFEST).unlink(missing_ok=True)
 
 
 def _mib(size: str) -> int:
@@ -309,10 +319,10 @@ def _select(con: duckdb.DuckDBPyConnection, steps: Sequence[Step], source: PoolS
     with _timed(seconds, "count"):
         counts = dict(con.execute(
             f"SELECT coalesce(reason, ''), count(*) FROM {TABLE} GROUP BY 1").fetchall())
-    with _timed(seconds, "manifest"), atomic_path(out_dir / "manifest.parquet") as tmp:
+    with _timed(seconds, "manifest"), atomic_dir(out_dir / MANIFEST) as tmp:
         # The table is stored in pool order (preserve_insertion_order): no sort needed.
-        con.execute(f"COPY ({MANIFEST_SQL.format(table=TABLE)}) TO {literal(str(tmp))} "
-                    "(FORMAT parquet, COMPRESSION zstd)")
+        write_query(con, MANIFEST_SQL.format(table=TABLE), tmp / part_name(0, 1))
+    _remove_legacy_manifest(out_dir)
     with _timed(seconds, "shards"):
         per_shard = {sid: (n, e) for sid, n, e in con.execute(
             f"SELECT shard, count(*), count(*) FILTER (WHERE status <> 'ok') FROM {TABLE} "

@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 
 from curate.errors import CurateError
 from curate.io.atomic import atomic_path, write_parquet, write_text
+from curate.io.dataset import MANIFEST, manifest_path, scan_sql
 from curate.sql import ident, path_literal
 
 # Exactly DataComp's dtype, ``np.dtype("u8,u8")`` (fields f0, f1): its resharder asserts
@@ -36,16 +37,12 @@ DATACOMP_DTYPE = np.dtype("u8,u8")
 def _manifest(run_dir: str | Path) -> Path:
     from curate.audit.catalog import resolve_selection
 
-    path = resolve_selection(run_dir, "manifest.parquet") / "manifest.parquet"
-    if not path.is_file():
-        raise CurateError(f"{run_dir} has no manifest.parquet: not a finished selection",
-                          "run `curate run PIPELINE.yaml --out DIR` first")
-    return path
+    return manifest_path(resolve_selection(run_dir, MANIFEST))
 
 
 def kept_uids(run_dir: str | Path) -> list[str]:
     rows = duckdb.connect().execute(
-        f"SELECT uid FROM read_parquet({path_literal(_manifest(run_dir))}) WHERE kept "
+        f"SELECT uid FROM {scan_sql(_manifest(run_dir))} WHERE kept "
         "ORDER BY shard, \"index\"").fetchall()
     return [u for (u,) in rows]
 
@@ -88,7 +85,7 @@ def export_uids(run_dir: str | Path, out: str | Path) -> int:
 def export_parquet(run_dir: str | Path, out: str | Path) -> int:
     manifest = _manifest(run_dir)
     con = duckdb.connect()
-    src = f"read_parquet({path_literal(manifest)})"
+    src = scan_sql(manifest)
     cols = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()}
     rewrites = ", [r.text FOR r IN rewrites IF r.status = 'ok'] AS rewrites" \
         if "rewrites" in cols else ""
@@ -144,7 +141,7 @@ def reshard(uids: list[str], out: str | Path, *, run_dir: str | Path | None = No
         blur_sql = ""
         if blur_faces is not None:
             names = {r[0] for r in con.execute(
-                f"DESCRIBE SELECT * FROM read_parquet({path_literal(manifest)})").fetchall()}
+                f"DESCRIBE SELECT * FROM {scan_sql(manifest)}").fetchall()}
             if blur_faces not in names:
                 raise CurateError(f"{run_dir} has no column {blur_faces!r} to blur faces from",
                                   "declare the pool's face boxes as metadata columns of the "
@@ -153,7 +150,7 @@ def reshard(uids: list[str], out: str | Path, *, run_dir: str | Path | None = No
         locations = con.execute(f"""
             SELECT m.uid, m.shard, m."index", m.image_member, m.key, m.image_sha256, m.caption
                    {blur_sql}
-            FROM read_parquet({path_literal(manifest)}) m SEMI JOIN wanted USING (uid)
+            FROM {scan_sql(manifest)} m SEMI JOIN wanted USING (uid)
             WHERE m.status = 'ok' QUALIFY row_number() OVER (PARTITION BY m.uid
                                                         ORDER BY m.shard, m."index") = 1
             ORDER BY m.shard, m."index" """).fetchall()

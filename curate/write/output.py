@@ -67,12 +67,13 @@ from typing import IO, TYPE_CHECKING, Any, Literal
 import duckdb
 
 from curate.errors import CurateError
+from curate.io.dataset import manifest_path, scan_sql
 from curate.io.fsdir import PROCESS_LOCAL, FsDir, is_url, protocols, resolve
 from curate.io.shards import ShardRef, read_members
 from curate.recaption.stage import recaptions_json
 from curate.rewrite.stage import rewrites_json
 from curate.runtime import Progress, RaySession, RunLog
-from curate.sql import ident, path_literal
+from curate.sql import ident
 
 if TYPE_CHECKING:
     from curate.config import Selection
@@ -110,12 +111,13 @@ class OutputShard:
 def plan(manifest: Path, score_columns: list[str], samples_per_shard: int,
          split_by: str | None = None, blur_faces: str | None = None,
          blur_quality: int = 100, keep_exif: bool = False) -> list[OutputShard]:
-    """Cut the kept rows of ``manifest`` into output shards, in pool order; with ``split_by``,
-    each value of that column gets its own directory ``<column>=<value>/`` of shards. With
-    ``blur_faces``, the boxes in that column are blurred (``curate.write.blur``); with
-    ``keep_exif``, the json keeps img2dataset's ``exif``."""
+    """Cut the kept rows of ``manifest`` (a dataset or a file) into output shards, in pool
+    order; with ``split_by``, each value of that column gets its own directory
+    ``<column>=<value>/`` of shards. With ``blur_faces``, the boxes in that column are
+    blurred (``curate.write.blur``); with ``keep_exif``, the json keeps img2dataset's
+    ``exif``."""
     con = duckdb.connect()
-    src = f"read_parquet({path_literal(manifest)})"
+    src = scan_sql(manifest)
     names = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()}
     has_rw = "rewrites" in names
     has_syn = "recaptions" in names
@@ -432,7 +434,7 @@ def write_output(sel: Selection, columns: list[str], refs: list[ShardRef], sel_d
     in those cases the driver writes the shards itself."""
     p = sel
     out = resolve_dir(p.output.dir if p.output.dir is not None else sel_dir / "output")
-    shards = plan(sel_dir / "manifest.parquet", columns, p.output.samples_per_shard,
+    shards = plan(manifest_path(sel_dir), columns, p.output.samples_per_shard,
                   p.output.split_by, p.output.blur_faces, p.output.blur_quality,
                   p.output.keep_exif)
     todo = stale(out, shards)

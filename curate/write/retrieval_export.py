@@ -144,9 +144,9 @@ def _metadata(corpus: Any, table: pa.Table, duckdb: Any) -> pa.Table:
     try:
         con.register("r", hits)
         if corpus.sel_dir is not None:
-            from curate.sql import path_literal
+            from curate.io.dataset import manifest_path, scan_sql
 
-            src = f"read_parquet({path_literal(corpus.sel_dir / 'manifest.parquet')})"
+            src = scan_sql(manifest_path(corpus.sel_dir))
         else:
             from curate.store.store import Store, shard_key
 
@@ -158,7 +158,7 @@ def _metadata(corpus: Any, table: pa.Table, duckdb: Any) -> pa.Table:
         have = [d[0] for d in con.sql(f"SELECT * FROM {src} LIMIT 0").description]
         cols = [c for c in METADATA_COLUMNS if c in have]
         cols += [c for c in have if c.startswith("clip_score") and c not in cols]
-        from curate.sql import ident, path_literal
+        from curate.sql import ident
 
         picked = ", ".join(f"m.{ident(c)}" for c in cols)
         return con.sql(f"SELECT {picked} FROM r JOIN {src} m USING (uid) ORDER BY r.row"
