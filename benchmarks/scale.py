@@ -333,6 +333,7 @@ def measure(store_dir: Path, shards: int, run_dir: Path, workers: int = 1) -> di
         "peak_rss_gib_select": round(_peak_gib(), 3),
         "workers": workers, "partitions": sel.partitions,
         "partition_peak_rss_gib": [round(w["peak_rss_gib"], 3) for w in sel.partition_stats],
+        "partition_peak_after": [w.get("peak_after", {}) for w in sel.partition_stats],
         "bytes_shuffled": sum(w["bytes_shuffled"] for w in sel.partition_stats),
     }
     remaining, funnel = sel.samples, []
@@ -406,6 +407,9 @@ def _report(base: dict[str, Any] | None, big: dict[str, Any]) -> None:
         print(f"{big['partitions']} partitions on Ray: peak RSS per partition actor "
               f"{', '.join(f'{g:.2f}' for g in big['partition_peak_rss_gib'])} GiB; "
               f"{big['bytes_shuffled'] / 2**20:.0f} MiB exchanged by the dedup steps")
+        for k, after in enumerate(big.get("partition_peak_after", [])):
+            print(f"  partition {k}: peak RSS (GiB) after each step: "
+                  + ", ".join(f"{step} {gib:.2f}" for step, gib in after.items()))
     if base is not None:
         growth = big["peak_rss_gib"] / base["peak_rss_gib"]
         print(f"peak RSS: {base['peak_rss_gib']:.2f} GiB at {base['rows']:,} rows, "

@@ -442,3 +442,29 @@ def test_balancing_reads_the_matching_metadata_dir_and_refuses_another(tmp_path:
         select([bad], source, tmp_path / "sel2")
     assert not (tmp_path / "sel2" / "entry_counts.parquet").exists()
     assert registered("selector")["metaclip2_balance"] is Metaclip2Balance
+
+
+def test_partitions_counted_apart_give_the_one_table_subset(tmp_path: Path) -> None:
+    """count on each partition, merge + plan once, draw on each, finish once (what a
+    partitioned selection runs): the same rows, choices, probabilities, entry counts and
+    report as ``apply`` on the whole table."""
+    root, rows = _synthetic(tmp_path)
+    digest = MetadataDir(root).digest()
+    params = {"t_en": 300, "seed": 4, "metadata_dir": str(root)}
+    whole = _balance(_pool(rows, digest), tmp_path / "whole", **params)
+    step = Metaclip2Balance(Metaclip2Balance.Params(**params))
+    cons = []
+    for lo, hi in ((0, 1000), (1000, 3400), (3400, len(rows))):  # cut inside each language
+        con = _pool(rows, digest)
+        con.execute(f"DELETE FROM pool WHERE _row < {lo} OR _row >= {hi}")
+        cons.append(con)
+    ctx = SelectContext(tmp_path / "parts")
+    plan = step.plan([step.count(con, "pool") for con in cons], ctx)
+    step.finish([step.draw(con, "pool", {"probs": plan["probs"]}) for con in cons], plan, ctx)
+    parts = [r for con in cons for r in con.execute(
+        "SELECT _row, reason, metaclip2_text, metaclip2_lang, metaclip2_keep_p FROM pool "
+        "ORDER BY _row").fetchall()]
+    assert parts == whole
+    for name in ("entry_counts.parquet", "reports/metaclip2_balance.json"):
+        assert (tmp_path / "parts" / name).read_bytes() == (tmp_path / "whole" / name
+                                                             ).read_bytes(), name

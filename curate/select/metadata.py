@@ -133,29 +133,43 @@ def check_metadata(con: duckdb.DuckDBPyConnection, cfg: MetadataConfig, files: l
     if dup is not None:
         raise CurateError(f"the metadata has {dup[1]} rows for {cfg.on} {dup[0]!r}: its columns "
                           "could not be told apart", "give each sample one metadata row")
+    _check_values(con, cfg, src)
 
 
-def join_metadata(con: duckdb.DuckDBPyConnection, table: str, cfg: MetadataConfig,
-                  files: list[str]) -> None:
-    """Replace ``table`` by itself LEFT JOINed with the declared columns, in ``_row`` order."""
+def _norm_key(cfg: MetadataConfig) -> str:
     key = ident(cfg.on)
-    norm = f"lower(trim(m.{key}))" if cfg.on == "uid" else f"m.{key}"
-    picked = ", ".join(f"TRY_CAST(m.{ident(c)} AS {parse_type(t)[1]}) AS {ident(c)}, "
-                       f"m.{ident(c)} IS NOT NULL AS {ident('__given_' + c)}"
-                       for c, t in cfg.columns.items())
-    src = _source_sql(cfg, files)
-    con.execute(f"""CREATE TEMP TABLE __meta AS
-                    SELECT {norm} AS __mkey, {picked} FROM {src} AS m
-                    WHERE m.{key} IS NOT NULL""")
-    for c in cfg.columns:
-        bad = con.execute(f"SELECT __mkey FROM __meta WHERE {ident('__given_' + c)} AND "
-                          f"{ident(c)} IS NULL LIMIT 1").fetchone()
+    return f"lower(trim(m.{key}))" if cfg.on == "uid" else f"m.{key}"
+
+
+def _check_values(con: duckdb.DuckDBPyConnection, cfg: MetadataConfig, src: str) -> None:
+    """Every given value of a declared column casts to its declared type (any row of the
+    metadata, in the pool or not: the answer does not depend on the pool's partitioning)."""
+    key = ident(cfg.on)
+    for c, t in cfg.columns.items():
+        bad = con.execute(f"""SELECT {_norm_key(cfg)} FROM {src} AS m
+            WHERE m.{key} IS NOT NULL AND m.{ident(c)} IS NOT NULL
+              AND TRY_CAST(m.{ident(c)} AS {parse_type(t)[1]}) IS NULL LIMIT 1""").fetchone()
         if bad is not None:
             raise CurateError(f"metadata column {c!r} holds a value that is not "
                               f"{cfg.columns[c]} (for {cfg.on} {bad[0]!r})",
                               "declare the column with the type the file holds")
-    cols = ", ".join(f"__meta.{ident(c)}" for c in cfg.columns)
+
+
+def join_metadata(con: duckdb.DuckDBPyConnection, table: str, cfg: MetadataConfig,
+                  files: list[str]) -> None:
+    """Replace ``table`` by itself LEFT JOINed with the declared columns, in ``_row`` order
+    (``check_metadata`` has checked the metadata first). Only the metadata rows whose key is
+    in ``table`` are read into the join, so a partition of the pool joins its own rows."""
+    key = ident(cfg.on)
+    norm = _norm_key(cfg)
+    picked = ", ".join(f"TRY_CAST(m.{ident(c)} AS {parse_type(t)[1]}) AS {ident(c)}"
+                       for c, t in cfg.columns.items())
+    src = _source_sql(cfg, files)
     t = ident(table)
+    con.execute(f"""CREATE TEMP TABLE __meta AS
+                    SELECT {norm} AS __mkey, {picked} FROM {src} AS m
+                    WHERE m.{key} IS NOT NULL AND {norm} IN (SELECT {key} FROM {t})""")
+    cols = ", ".join(f"__meta.{ident(c)}" for c in cfg.columns)
     con.execute(f"""CREATE TABLE __joined AS
                     SELECT {t}.*, {cols} FROM {t} LEFT JOIN __meta
                     ON {t}.{key} = __meta.__mkey ORDER BY {t}._row""")

@@ -8,23 +8,29 @@ row at a time (errors, ``threshold``, ``in_set``, ``sql`` and the presets' rules
 partition independently. Global steps exchange only what they need, through Ray's object store
 (or plain values in this process), and never gather rows on the driver:
 
-* ``duplicate_uid`` and ``exact_dedup`` ("keep the first in pool order"): each partition sends,
-  per key, its first row (``_row``, uid) to the reducer of ``hash(key) % workers``; each
-  reducer finds, for keys seen in several partitions, the global first and sends it to every
-  partition whose own first it is not; each partition then drops every row of such a key but
-  the global first (``duplicate_of`` = its uid), and, within itself, every row but its first.
+* ``duplicate_uid`` and ``exact_dedup`` ("keep the first in pool order"): each partition finds,
+  per key, its first row (``_row``, uid) and its bucket ``hash(key) % B`` (B: the partitions,
+  or more so that a bucket holds at most ``KEYS_PER_BUCKET`` keys); bucket b is reduced on
+  partition ``b % workers``, in waves of one bucket per partition: the reducer finds, for keys
+  seen in several partitions, the global first and sends it to every partition whose own first
+  it is not, which keeps it in its DuckDB. Each partition then drops every row of such a key
+  but the global first (``duplicate_of`` = its uid), and, within itself, every row but its
+  first. A wave's objects are gone before the next is made, so what a partition holds of the
+  exchange is bounded by the bucket size, not by the pool.
 * ``top_fraction``: DataComp's threshold, exactly. The partitions report counts, then bucket
   counts of the column over a narrowing bracket of values (1,024 equal-width buckets per round)
   until the bracket holds the value at the wanted rank alone, or at most ``GATHER_MAX`` values,
   which are then gathered and sorted; the rows scoring at least that value are kept.
 * ``metaclip_balance``: per-partition entry counts summed once, p broadcast, each row's draws
   seeded by its uid (``curate.stages.metaclip_balance``), so the subset does not depend on the
-  partitioning.
+  partitioning. ``metaclip2_balance`` the same, per language (entry counts per language
+  summed, t and p per language computed once, each row's text choice and keep draw by uid).
 
 Every answer depends only on the data: the manifest is identical for any number of partitions,
 in this process or on Ray, on one node or many (tested). Selectors without a partitioned form
-yet (the embedding selectors, ``near_dedup``, ``metaclip2_balance``, ...) and selections with
-``metadata:`` run in one process (``curate.select.selection``).
+yet (the embedding selectors and ``near_dedup``) run in one process
+(``curate.select.selection``). ``metadata:`` is joined per partition (each reads the metadata
+rows of its own uids; the checks of the metadata itself run once, on the first partition).
 
 What the driver holds: one count per reason and partition, per global step its small
 aggregates (``top_fraction``: 1,024 counts per round; ``metaclip_balance``: one count per
@@ -38,7 +44,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +56,7 @@ import pyarrow as pa
 from curate.config import Step
 from curate.errors import CurateError
 from curate.io.dataset import part_name, write_query
+from curate.select.metadata import SelectMetadata
 from curate.sql import ident, literal
 from curate.stages.base import Rule, SelectContext, Selector
 from curate.store.store import PoolShard, Store, Version
@@ -57,14 +64,13 @@ from curate.store.store import PoolShard, Store, Version
 BUCKETS = 1024  # top_fraction: buckets per round
 GATHER_MAX = 1_000_000  # top_fraction: values gathered once the bracket holds at most this
 KEYS_PER_BUCKET = 2_000_000  # dedup exchange: buckets hold about this many keys at most
-PARTITIONED_SELECTORS = ("exact_dedup", "metaclip_balance")
+PARTITIONED_SELECTORS = ("exact_dedup", "metaclip_balance", "metaclip2_balance")
 ROW_GROUP = 122_880  # rows per row group of a partition's manifest part
+VALUE_CHUNK = 1 << 20  # rows per batch when top_fraction reads a partition's scores
 
 
-def unsupported(steps: Sequence[Step], has_metadata: bool) -> str | None:
+def unsupported(steps: Sequence[Step]) -> str | None:
     """Why this selection cannot run partitioned (None: it can)."""
-    if has_metadata:
-        return "it joins metadata"
     for step in steps:
         st = step.stage
         if isinstance(st, Selector) and st.name not in PARTITIONED_SELECTORS:
@@ -122,12 +128,28 @@ class PartWorker:
         self.con = connect(self.dir, memory)
         self.extra = selector_columns(steps)
         self.shuffled = 0  # bytes this partition sent to the dedup reducers
+        self.peaks: dict[str, float] = {}  # step -> peak RSS (GiB) once it ran
 
     def load(self) -> int:
         from curate.select.selection import load
 
         load(self.con, self.extra, self.source, self.part.base)
+        self._mark("load")
         return self.kept()
+
+    def check_metadata(self, metadata: SelectMetadata, taken: set[str]) -> None:
+        """The checks of the metadata itself (run on one partition: they read the metadata,
+        not the pool)."""
+        from curate.select.metadata import check_metadata
+
+        check_metadata(self.con, metadata.config, metadata.files, taken)
+
+    def join_metadata(self, metadata: SelectMetadata) -> None:
+        """This partition's rows LEFT JOINed with their metadata rows."""
+        from curate.select.metadata import join_metadata
+
+        join_metadata(self.con, self.table, metadata.config, metadata.files)
+        self._mark("metadata")
 
     def kept(self) -> int:
         return int(self.con.execute(
@@ -140,16 +162,17 @@ class PartWorker:
 
     def rule(self, i: int) -> int:
         st: Rule = self.steps[i].stage  # type: ignore[assignment]
-        return self.drop(literal(st.reason),
-                         f"NOT coalesce(({st.keep_sql(self.table)})::BOOLEAN, FALSE)")
+        n = self.drop(literal(st.reason),
+                      f"NOT coalesce(({st.keep_sql(self.table)})::BOOLEAN, FALSE)")
+        self._mark("rules")
+        return n
 
     # -- keep the first in pool order -------------------------------------------------------
 
-    def firsts(self, key: str, where: str, buckets: int, with_uid: bool) -> list[Any]:
+    def firsts(self, key: str, where: str, buckets: int, with_uid: bool) -> None:
         """Per key (among rows matching ``where``), this partition's first row (and its uid
-        when ``with_uid``), one table per bucket (``hash(key) % buckets``). On Ray each table
-        goes into the object store as soon as it is made (the list holds their references),
-        so this process holds one bucket at a time."""
+        when ``with_uid``) and its bucket (``hash(key) % buckets``), kept in DuckDB until
+        ``drop_later``; ``bucket_firsts`` hands them out one wave of buckets at a time."""
         uid = "arg_min(uid, _row)" if with_uid else "CAST(NULL AS VARCHAR)"
         self.con.execute(f"""
             CREATE OR REPLACE TEMP TABLE _firsts AS
@@ -158,49 +181,68 @@ class PartWorker:
                    CAST(hash({key}) % {buckets} AS INTEGER) AS bucket
             FROM {self.table} WHERE ({where}) AND {key} IS NOT NULL GROUP BY {key}
         """)
-        out: list[Any] = []
-        try:
-            for b in range(buckets):
-                t = self.con.sql("SELECT key, first_row, first_uid, part FROM _firsts "
-                                 f"WHERE bucket = {b}").to_arrow_table()
-                self.shuffled += t.nbytes
-                if self.on_ray:
-                    import ray
+        self.con.execute("CREATE OR REPLACE TEMP TABLE _remote_firsts AS SELECT key, first_row, "
+                         "first_uid FROM _firsts LIMIT 0")
+        self._mark("dedup_map")
 
-                    out.append(ray.put(t))
-                    del t
-                else:
-                    out.append(t)
-        finally:
-            self.con.execute("DROP TABLE IF EXISTS _firsts")
+    def bucket_firsts(self, lo: int, hi: int) -> list[Any]:
+        """This partition's firsts of buckets ``lo`` to ``hi - 1``, one table per bucket. On
+        Ray each table goes into the object store as soon as it is made (the list holds their
+        references)."""
+        out: list[Any] = []
+        for b in range(lo, hi):
+            t = self.con.sql("SELECT key, first_row, first_uid, part FROM _firsts "
+                             f"WHERE bucket = {b}").to_arrow_table()
+            self.shuffled += t.nbytes
+            if self.on_ray:
+                import ray
+
+                out.append(ray.put(t))
+                del t
+            else:
+                out.append(t)
+        self._mark("dedup_map")
         return out
 
     def reduce_firsts(self, parts: int, *tables: pa.Table) -> list[pa.Table]:
         """``global_firsts`` on this worker (each worker reduces its share of the buckets,
         one at a time)."""
-        return global_firsts(parts, *tables)
+        out = global_firsts(parts, *tables)
+        self._mark("dedup_reduce")
+        return out
 
-    def drop_later(self, key: str, where: str, reason: str, mark: bool,
-                   *remote: pa.Table) -> int:
+    def take_firsts(self, *remote: pa.Table) -> int:
+        """Keep the global firsts the reducers sent this partition (keys whose first is in
+        another partition) in DuckDB, where they may spill, until ``drop_later``."""
+        given = [r for r in remote if r.num_rows]
+        for k, t in enumerate(given):
+            self.con.register(f"_given{k}", t)
+            try:
+                self.con.execute(f"INSERT INTO _remote_firsts SELECT key, first_row, first_uid "
+                                 f"FROM _given{k}")
+            finally:
+                self.con.unregister(f"_given{k}")
+        self._mark("dedup_reduce")
+        return sum(t.num_rows for t in given)
+
+    def drop_later(self, key: str, where: str, reason: str, mark: bool) -> int:
         """Drop every row matching ``where`` but the first of its key in pool order: the
-        global first from ``remote`` (keys whose first is in an earlier partition), else this
-        partition's own; ``mark`` records the first's uid in ``duplicate_of``."""
-        given = pa.concat_tables([r for r in remote if r.num_rows]) if any(
-            r.num_rows for r in remote) else None
+        global first from the reducers (keys whose first is in an earlier partition), else
+        this partition's own; ``mark`` records the first's uid in ``duplicate_of``."""
         t = self.table
-        join = ""
-        if given is not None:
-            self.con.register("_remote_firsts", given)
-            join = "LEFT JOIN _remote_firsts AS g ON g.key = k.key"
-        g_row = "g.first_row" if given is not None else "NULL"
-        g_uid = "g.first_uid" if given is not None else "NULL"
         dup = ", duplicate_of = d.first_uid" if mark else ""
+        exchanged = bool(self.con.execute(  # no exchange with one partition
+            "SELECT count(*) FROM duckdb_tables() WHERE temporary AND table_name = "
+            "'_remote_firsts'").fetchall()[0][0])
+        join = "LEFT JOIN _remote_firsts AS g ON g.key = k.key" if exchanged else \
+            "LEFT JOIN (SELECT NULL AS key, NULL::BIGINT AS first_row, NULL::VARCHAR AS " \
+            "first_uid) AS g ON FALSE"
         try:
             row = self.con.execute(f"""
                 UPDATE {t} SET reason = {literal(reason)}{dup}
                 FROM (
-                    SELECT k._row, coalesce({g_row}, k.own_row) AS first_row,
-                           coalesce({g_uid}, k.own_uid) AS first_uid
+                    SELECT k._row, coalesce(g.first_row, k.own_row) AS first_row,
+                           coalesce(g.first_uid, k.own_uid) AS first_uid
                     FROM (SELECT _row, {key} AS key,
                                  first_value(_row) OVER w AS own_row,
                                  first_value(uid) OVER w AS own_uid
@@ -211,35 +253,57 @@ class PartWorker:
                 WHERE {t}._row = d._row AND d._row <> d.first_row AND {t}.reason IS NULL
             """).fetchone()
         finally:
-            if given is not None:
-                self.con.unregister("_remote_firsts")
+            self.con.execute("DROP TABLE IF EXISTS _firsts")
+            self.con.execute("DROP TABLE IF EXISTS _remote_firsts")
+        self._mark("dedup_drop")
         return int(row[0]) if row else 0
 
     # -- top_fraction -----------------------------------------------------------------------
 
-    def _values(self, column: str, where: str) -> np.ndarray:
+    def _values(self, column: str, where: str) -> Iterator[np.ndarray]:
+        """The column's non-null values among ``where`` as float64, ``VALUE_CHUNK`` rows at a
+        time (a partition's whole column would be 8 bytes per row in this process)."""
         col = ident(column)
-        got = self.con.execute(f"SELECT CAST({col} AS DOUBLE) AS v FROM {self.table} "
-                               f"WHERE {col} IS NOT NULL AND ({where})").fetchnumpy()
-        return np.asarray(got["v"], dtype=np.float64)
+        reader = self.con.sql(f"SELECT CAST({col} AS DOUBLE) AS v FROM {self.table} "
+                              f"WHERE {col} IS NOT NULL AND ({where})"
+                              ).to_arrow_reader(VALUE_CHUNK)
+        for batch in reader:
+            if batch.num_rows:
+                yield batch.column(0).to_numpy(zero_copy_only=False).astype(np.float64,
+                                                                            copy=False)
 
     def value_range(self, column: str, where: str) -> tuple[int, float, float]:
-        v = self._values(column, where)
-        return (len(v), float(v.min()), float(v.max())) if len(v) else (0, math.inf, -math.inf)
+        n, lows, highs = 0, [], []
+        for v in self._values(column, where):
+            n += len(v)
+            lows.append(v.min())
+            highs.append(v.max())
+        result = (n, float(np.min(lows)), float(np.max(highs))) if n \
+            else (0, math.inf, -math.inf)
+        self._mark("top_fraction")
+        return result
 
     def bucket_counts(self, column: str, where: str, bracket: Bracket,
                       edges: np.ndarray) -> np.ndarray:
-        v = bracket.inside(self._values(column, where))
-        b = np.clip(np.searchsorted(edges, v, side="right") - 1, 0, len(edges) - 2)
-        return np.bincount(b, minlength=len(edges) - 1)
+        counts = np.zeros(len(edges) - 1, dtype=np.int64)
+        for chunk in self._values(column, where):
+            v = bracket.inside(chunk)
+            b = np.clip(np.searchsorted(edges, v, side="right") - 1, 0, len(edges) - 2)
+            counts += np.bincount(b, minlength=len(edges) - 1)
+        self._mark("top_fraction")
+        return counts
 
     def values_in(self, column: str, where: str, bracket: Bracket) -> np.ndarray:
-        return bracket.inside(self._values(column, where))
+        got = [bracket.inside(v) for v in self._values(column, where)]
+        self._mark("top_fraction")
+        return np.concatenate(got) if got else np.zeros(0, dtype=np.float64)
 
     # -- metaclip_balance ----------------------------------------------------------------------
 
     def metaclip_count(self, i: int) -> dict[str, Any]:
-        return self.steps[i].stage.count(self.con, self.table)  # type: ignore[attr-defined]
+        out = self.steps[i].stage.count(self.con, self.table)  # type: ignore[attr-defined]
+        self._mark("metaclip")
+        return out  # type: ignore[no-any-return]
 
     def metaclip_sample(self, i: int, rows_in: int) -> pa.Array:
         from curate.stages.metaclip_balance import _sample_rows
@@ -248,7 +312,21 @@ class PartWorker:
         return _sample_rows(self.con, ident(self.table), col, rows_in)
 
     def metaclip_draw(self, i: int, plan: dict[str, Any]) -> dict[str, Any]:
-        return self.steps[i].stage.draw(self.con, self.table, plan)  # type: ignore[attr-defined]
+        out = self.steps[i].stage.draw(self.con, self.table, plan)  # type: ignore[attr-defined]
+        self._mark("metaclip")
+        return out  # type: ignore[no-any-return]
+
+    # -- metaclip2_balance ---------------------------------------------------------------------
+
+    def metaclip2_count(self, i: int) -> dict[str, Any]:
+        out = self.steps[i].stage.count(self.con, self.table)  # type: ignore[attr-defined]
+        self._mark("metaclip2")
+        return out  # type: ignore[no-any-return]
+
+    def metaclip2_draw(self, i: int, plan: dict[str, Any]) -> dict[str, Any]:
+        out = self.steps[i].stage.draw(self.con, self.table, plan)  # type: ignore[attr-defined]
+        self._mark("metaclip2")
+        return out  # type: ignore[no-any-return]
 
     # -- results ---------------------------------------------------------------------------
 
@@ -268,13 +346,18 @@ class PartWorker:
 
         write_query(self.con, MANIFEST_SQL.format(table=self.table),
                     Path(directory) / part_name(k, parts), row_group=ROW_GROUP)
+        self._mark("manifest")
+
+    def _mark(self, step: str) -> None:
+        """Record this process's peak RSS so far against ``step`` (the first step at which the
+        peak reached its final value is where the memory went)."""
+        self.peaks[step] = round(_peak_rss_gib(), 3)
 
     def stats(self) -> dict[str, Any]:
-        """This process's peak RSS (GiB) and the bytes it sent to the dedup reducers."""
-        import resource
-
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
-        return {"peak_rss_gib": peak, "bytes_shuffled": self.shuffled}
+        """This process's peak RSS (GiB), the peak after each kind of step, and the bytes it
+        sent to the dedup reducers."""
+        return {"peak_rss_gib": _peak_rss_gib(), "peak_after": dict(self.peaks),
+                "bytes_shuffled": self.shuffled}
 
     def close(self) -> None:
         from curate.select.selection import remove_database
@@ -364,6 +447,20 @@ class Workers:
         shared = [ray.put(a) for a in args]  # each argument sent once, whatever the count
         return ray.get([getattr(w, method).remote(*shared) for w in self.workers])
 
+    def first(self, method: str, *args: Any) -> Any:
+        """``method(*args)`` on the first partition only; a CurateError it raises on Ray is
+        raised here as itself (its message, not Ray's traceback)."""
+        if not self.on_ray:
+            return getattr(self.workers[0], method)(*args)
+        import ray
+
+        try:
+            return ray.get(getattr(self.workers[0], method).remote(*args))
+        except ray.exceptions.RayTaskError as exc:
+            if isinstance(exc.cause, CurateError):
+                raise exc.cause from None
+            raise
+
     def fold(self, method: str, args: tuple[Any, ...],
              combine: Callable[[Any, Any], Any]) -> Any:
         """``method(*args)`` on every partition, combined as the results arrive (the driver
@@ -395,28 +492,36 @@ class Workers:
 
     def first_in_pool_order(self, key: str, where: str, reason: str, mark: bool) -> int:
         """Drop all rows matching ``where`` but the first of each key (see the module docs);
-        the number dropped. The rows exchanged go worker to worker, never to the driver."""
+        the number dropped. The rows exchanged go worker to worker, never to the driver, one
+        wave of buckets at a time (one bucket per partition: a partition holds at most about
+        ``KEYS_PER_BUCKET`` keys of the exchange at once, however large the pool)."""
         n = self.n
-        if n == 1:  # nothing to exchange
-            return sum(self.call("drop_later", key, where, reason, mark))
-        # enough buckets that one holds at most about KEYS_PER_BUCKET keys; worker b % n
-        # reduces bucket b
-        buckets = max(n, math.ceil(self.rows / KEYS_PER_BUCKET))
+        if n > 1:
+            # enough buckets that one holds at most about KEYS_PER_BUCKET keys; worker b % n
+            # reduces bucket b
+            buckets = max(n, math.ceil(self.rows / KEYS_PER_BUCKET))
+            self.call("firsts", key, where, buckets, mark)
+            for lo in range(0, buckets, n):
+                self._exchange(lo, min(lo + n, buckets))
+        return sum(self.call("drop_later", key, where, reason, mark))
+
+    def _exchange(self, lo: int, hi: int) -> None:
+        """Buckets ``lo`` to ``hi - 1``: mapped on every partition, reduced, delivered."""
+        n = self.n
         if not self.on_ray:
-            mapped = self.call("firsts", key, where, buckets, mark)
-            reduced = [global_firsts(n, *(m[b] for m in mapped)) for b in range(buckets)]
-            return sum(w.drop_later(key, where, reason, mark, *(r[k] for r in reduced))
-                       for k, w in enumerate(self.workers))
+            mapped = self.call("bucket_firsts", lo, hi)
+            reduced = [global_firsts(n, *(m[b] for m in mapped)) for b in range(hi - lo)]
+            for k, w in enumerate(self.workers):
+                w.take_firsts(*(r[k] for r in reduced))
+            return
         import ray
 
-        mapped = ray.get([w.firsts.remote(key, where, buckets, mark) for w in self.workers])
-        reduced = [self.workers[b % n].reduce_firsts.options(num_returns=n).remote(
-            n, *(m[b] for m in mapped)) for b in range(buckets)]
-        if n == 1:  # pragma: no cover - n > 1 here; num_returns=1 gives one reference
-            reduced = [[r] for r in reduced]
-        return sum(ray.get([w.drop_later.remote(key, where, reason, mark,
-                                                *(r[k] for r in reduced))
-                            for k, w in enumerate(self.workers)]))
+        mapped = ray.get([w.bucket_firsts.remote(lo, hi) for w in self.workers])
+        reduced = [self.workers[(lo + b) % n].reduce_firsts.options(num_returns=n).remote(
+            n, *(m[b] for m in mapped)) for b in range(hi - lo)]
+        ray.get([w.take_firsts.remote(*(r[k] for r in reduced))
+                 for k, w in enumerate(self.workers)])
+        del mapped, reduced  # this wave's objects can go before the next is made
 
     def close(self) -> None:
         if not self.on_ray:
@@ -529,6 +634,13 @@ def run_steps(workers: Workers, steps: Sequence[Step], ctx: SelectContext,
                                                                "nested": plan["nested"]}), merge)
                     sel.finish([drawn], plan, ctx)  # type: ignore[attr-defined]
                     n = left - drawn["rows_kept"] if counting else 0
+                elif sel.name == "metaclip2_balance":
+                    merge = sel.merge  # type: ignore[attr-defined]
+                    counted = workers.fold("metaclip2_count", (i,), merge)
+                    plan = sel.plan([counted], ctx)  # type: ignore[attr-defined]
+                    drawn = workers.fold("metaclip2_draw", (i, {"probs": plan["probs"]}), merge)
+                    sel.finish([drawn], plan, ctx)  # type: ignore[attr-defined]
+                    n = left - drawn["rows_kept"] if counting else 0
                 else:  # pragma: no cover - excluded by unsupported()
                     raise CurateError(f"selector {sel.name} has no partitioned form")
             order.extend(sel.reasons())
@@ -545,6 +657,12 @@ def write_manifest(workers: Workers, directory: Path) -> None:
     nothing passes through the driver."""
     workers.call_each("write_manifest", [(str(directory), k, workers.n)
                                          for k in range(workers.n)])
+
+
+def _peak_rss_gib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
 
 
 def cpu_count() -> int:

@@ -145,9 +145,9 @@ def select(steps: Sequence[Step], source: PoolSource, out_dir: Path,
     has no partitioned form yet runs in one process, whatever ``workers`` says."""
     from curate.select.partitioned import unsupported
 
-    why = unsupported(steps, metadata is not None)
+    why = unsupported(steps)
     if why is None:
-        return _select_partitioned(steps, source, out_dir, note, workers, on_ray)
+        return _select_partitioned(steps, source, out_dir, metadata, note, workers, on_ray)
     if (workers > 1 or on_ray) and note is not None:
         note(f"selecting in one process: {why}")
     con = connect(out_dir)
@@ -164,6 +164,7 @@ MANIFEST_SQL = """SELECT uid, shard, key, "index", reason IS NULL AS kept, reaso
 
 
 def _select_partitioned(steps: Sequence[Step], source: PoolSource, out_dir: Path,
+                        metadata: SelectMetadata | None,
                         note: Callable[[str], None] | None, workers: int,
                         on_ray: bool) -> Selection:
     from curate.select.partitioned import Workers, cut, run_steps, write_manifest
@@ -187,6 +188,10 @@ def _select_partitioned(steps: Sequence[Step], source: PoolSource, out_dir: Path
         with _timed(seconds, "load"):
             left = sum(pool.call("load"))
         say(f"selecting: {left} samples loaded in {seconds['load']:.1f}s; {len(steps)} steps")
+        if metadata is not None:
+            with _timed(seconds, "metadata"):
+                pool.first("check_metadata", metadata, set(source.columns()))
+                pool.call("join_metadata", metadata)
         ctx = SelectContext(out_dir, source.sidecars(), source.versions)
         order, stage_of = run_steps(pool, steps, ctx, lambda name: _timed(seconds, name), say,
                                     counting)

@@ -135,11 +135,24 @@ class Metaclip2Balance(Selector):
                 "metaclip2_keep_p": pa.float64()}
 
     def apply(self, con: Any, table: str, ctx: SelectContext) -> None:
-        from curate.lib.metaclip2 import count_to_prob, p_to_t, t_to_p
+        """``count``, ``plan``, ``draw`` and ``finish`` on one table; a partitioned selection
+        (``curate.select.partitioned``) runs ``count`` and ``draw`` on each partition and
+        ``merge``, ``plan`` and ``finish`` once."""
+        counted = self.count(con, table)
+        plan = self.plan([counted], ctx)
+        self.finish([self.draw(con, table, plan)], plan, ctx)
 
+    def count(self, con: Any, table: str) -> dict[str, Any]:
+        """One partition's share of step 1: rows, rows without a match, texts, matches per
+        (language, entry), and the metadata digests of its kept rows."""
         prm: Metaclip2BalanceParams = self.params  # type: ignore[assignment]
         t_, col, langs = ident(table), ident(prm.column), ident(prm.langs_column)
-        mdir = self._metadata(con, table, prm, ctx)
+        have = con.sql(f"SELECT * FROM {t_} LIMIT 0").columns
+        if prm.metadata_column not in have:
+            return {"has_metadata_column": False}
+        digests = sorted(d for (d,) in con.execute(
+            f"SELECT DISTINCT {ident(prm.metadata_column)} FROM {t_} WHERE reason IS "
+            f"NULL AND {ident(prm.metadata_column)} IS NOT NULL").fetchall())
         rows_in, unmatched, texts_in = con.execute(f"""
             SELECT count(*), count(*) FILTER (WHERE coalesce(len(flatten({col})), 0) = 0),
                    coalesce(sum(len({col})), 0)
@@ -150,22 +163,60 @@ class Metaclip2Balance(Selector):
                     SELECT unnest({langs}) AS l, unnest({col}) AS es FROM {t_}
                     WHERE reason IS NULL) WHERE l IS NOT NULL)
             GROUP BY l, e ORDER BY l, e""").fetchall()
+        return {"has_metadata_column": True, "digests": digests, "rows_in": int(rows_in),
+                "unmatched": int(unmatched), "texts_in": int(texts_in),
+                "counts": _dense(found)}
+
+    @staticmethod
+    def merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+        """Two partitions' ``count`` (or ``draw``) results as one: sums, and per language one
+        array of entry counts (the metadata's size, however many partitions report)."""
+        if not (a.get("has_metadata_column", True) and b.get("has_metadata_column", True)):
+            return {"has_metadata_column": False}
+        out: dict[str, Any] = {k: a[k] + b[k] for k in ("rows_in", "unmatched", "texts_in",
+                                                        "rows_kept") if k in a}
+        out["counts"] = _add(a["counts"], b["counts"])
+        if "digests" in a:
+            out.update(has_metadata_column=True,
+                       digests=sorted(set(a["digests"]) | set(b["digests"])))
+        return out
+
+    def plan(self, parts: Sequence[dict[str, Any]], ctx: SelectContext) -> dict[str, Any]:
+        """Step 2 over the partitions' counts: the metadata check, t per language and the
+        entry probabilities."""
+        from curate.lib.metaclip2 import count_to_prob, p_to_t, t_to_p
+
+        prm: Metaclip2BalanceParams = self.params  # type: ignore[assignment]
+        total = parts[0]
+        for part in parts[1:]:
+            total = self.merge(total, part)
+        mdir = self._metadata(total, prm, ctx)
         counts: dict[str, np.ndarray] = {}
-        for lang in sorted({r[0] for r in found}):
+        for lang in sorted(total["counts"]):
             if lang not in mdir.files:
                 raise CurateError(f"metaclip2_balance: texts of language {lang!r} were matched "
                                   f"but {mdir.path} has no {lang}.json",
                                   "balance with the metadata directory matching used")
             counts[lang] = np.zeros(len(mdir.entries(lang)), dtype=np.int64)
-        for lang, e, c in found:
-            counts[lang][e] = c
+            got = total["counts"][lang]
+            counts[lang][np.flatnonzero(got)] = got[got > 0]
         en = counts.get("en", np.zeros(0, dtype=np.int64))
         # nothing matched at all: every row is dropped, no t is needed
         tail_share = t_to_p(en, prm.t_en) if counts else None
         ts = {lang: prm.t_en if lang == "en" else p_to_t(c, tail_share)
               for lang, c in counts.items()}
         probs = {lang: count_to_prob(c, ts[lang]) for lang, c in counts.items()}
-        seed = prm.seed
+        return {"mdir": mdir, "counts": counts, "ts": ts, "tail_share": tail_share,
+                "probs": probs, "rows_in": total["rows_in"], "unmatched": total["unmatched"],
+                "texts_in": total["texts_in"]}
+
+    def draw(self, con: Any, table: str, plan: Mapping[str, Any]) -> dict[str, Any]:
+        """Step 3 on one partition (it needs ``plan["probs"]`` only): each kept row's text
+        choice and keep draw (by its uid: the same whatever the partition); the entry counts
+        of the chosen texts and the rows kept after."""
+        prm: Metaclip2BalanceParams = self.params  # type: ignore[assignment]
+        t_, col, langs = ident(table), ident(prm.column), ident(prm.langs_column)
+        probs, seed = plan["probs"], prm.seed
 
         def choice_udf(uids: pa.ChunkedArray, entries: pa.ChunkedArray) -> pa.Array:
             got = choose(seed, uids.combine_chunks(), entries.combine_chunks())
@@ -198,30 +249,41 @@ class Metaclip2Balance(Selector):
         finally:
             for f in ("_mc2_choice", "_mc2_p", "_mc2_u"):
                 con.remove_function(f)
-        after = {lang: np.zeros_like(c) for lang, c in counts.items()}
-        for lang, e, c in con.execute(f"""
+        after = con.execute(f"""
                 SELECT metaclip2_lang, e, count(*) FROM (
                     SELECT metaclip2_lang, unnest({col}[metaclip2_text + 1]) AS e FROM {t_}
-                    WHERE reason IS NULL) GROUP BY 1, 2""").fetchall():
-            after[lang][e] = c
+                    WHERE reason IS NULL) GROUP BY 1, 2""").fetchall()
         rows_kept = con.execute(f"SELECT count(*) FROM {t_} WHERE reason IS NULL").fetchall()[0][0]
-        self._write(ctx, mdir, counts, after, probs, ts, tail_share, {
-            "t_en": prm.t_en, "seed": seed, "tail_share": tail_share,
-            "rows_in": int(rows_in), "rows_kept": int(rows_kept),
-            "rows_without_match": int(unmatched), "texts_in": int(texts_in),
-            "metadata_dir": str(mdir.path.resolve()), "metadata_digest": self._digest})
+        return {"counts": _dense(after), "rows_kept": int(rows_kept)}
 
-    def _metadata(self, con: Any, table: str, prm: Metaclip2BalanceParams,
+    def finish(self, parts: Sequence[dict[str, Any]], plan: Mapping[str, Any],
+               ctx: SelectContext) -> None:
+        """The entry counts after, summed over the partitions; the table and the report."""
+        prm: Metaclip2BalanceParams = self.params  # type: ignore[assignment]
+        total = parts[0]
+        for part in parts[1:]:
+            total = self.merge(total, part)
+        counts = plan["counts"]
+        after = {lang: np.zeros_like(c) for lang, c in counts.items()}
+        for lang, got in total["counts"].items():
+            after[lang][np.flatnonzero(got)] = got[got > 0]
+        self._write(ctx, plan["mdir"], counts, after, plan["probs"], plan["ts"],
+                    plan["tail_share"], {
+                        "t_en": prm.t_en, "seed": prm.seed, "tail_share": plan["tail_share"],
+                        "rows_in": plan["rows_in"], "rows_kept": total["rows_kept"],
+                        "rows_without_match": plan["unmatched"],
+                        "texts_in": plan["texts_in"],
+                        "metadata_dir": str(plan["mdir"].path.resolve()),
+                        "metadata_digest": self._digest})
+
+    def _metadata(self, counted: Mapping[str, Any], prm: Metaclip2BalanceParams,
                   ctx: SelectContext) -> Any:
         from curate.lib.metaclip2 import MetadataDir
 
-        have = con.sql(f"SELECT * FROM {ident(table)} LIMIT 0").columns
-        if prm.metadata_column not in have:
+        if not counted["has_metadata_column"]:
             raise CurateError(f"metaclip2_balance: the pool has no column "
                               f"{prm.metadata_column!r}", "score the pool with metaclip2_match")
-        digests = sorted(d for (d,) in con.execute(
-            f"SELECT DISTINCT {ident(prm.metadata_column)} FROM {ident(table)} WHERE reason IS "
-            f"NULL AND {ident(prm.metadata_column)} IS NOT NULL").fetchall())
+        digests = counted["digests"]
         if len(digests) > 1:
             raise CurateError(f"metaclip2_balance: the rows were matched against "
                               f"{len(digests)} different metadata directories",
@@ -268,3 +330,25 @@ class Metaclip2Balance(Selector):
                    "matches_after": int(after[lang].sum()),
                    "head_entries": int((counts[lang] > ts[lang]).sum())} for lang in langs}
         ctx.report("metaclip2_balance", summary)
+
+
+def _dense(rows: Sequence[tuple[str, int, int]]) -> dict[str, np.ndarray]:
+    """(language, entry id, count) rows as one count array per language, indexed by id."""
+    out: dict[str, np.ndarray] = {}
+    for lang in {r[0] for r in rows}:
+        ids = np.array([e for lang_, e, _c in rows if lang_ == lang], dtype=np.int64)
+        counts = np.array([c for lang_, _e, c in rows if lang_ == lang], dtype=np.int64)
+        out[lang] = np.zeros(int(ids.max()) + 1, dtype=np.int64)
+        np.add.at(out[lang], ids, counts)
+    return out
+
+
+def _add(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    for lang in sorted(set(a) | set(b)):
+        x, y = a.get(lang, np.zeros(0, np.int64)), b.get(lang, np.zeros(0, np.int64))
+        total = np.zeros(max(len(x), len(y)), dtype=np.int64)
+        total[:len(x)] += x
+        total[:len(y)] += y
+        out[lang] = total
+    return out
