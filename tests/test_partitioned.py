@@ -3,10 +3,10 @@ and selector outputs are identical to the one-process algorithm's, whether the p
 into 1, 4 or 7 partitions in this process or run on 4 Ray actors (2 on the demo pool); with
 metadata joined per partition, every global step that has a partitioned form (duplicate uids,
 top_fraction over the pool and over the kept rows, exact_dedup, metaclip_balance,
-metaclip2_balance) and planted cases that cross partitions: duplicates whose first is in another
-partition, ties and nulls at the top_fraction threshold; with more dedup buckets than
-partitions, and top_fraction's search in rounds. The manifest is a dataset of one part per
-partition that DuckDB, pyarrow and Ray Data read as one table."""
+centroid_target, metaclip2_balance) and planted cases that cross partitions: duplicates whose
+first is in another partition, ties and nulls at the top_fraction threshold; with more dedup
+buckets than partitions, and top_fraction's search in rounds. The manifest is a dataset of one
+part per partition that DuckDB, pyarrow and Ray Data read as one table."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import json
 import random
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -42,6 +43,8 @@ def _pool(root: Path) -> PoolSource:
     for lang, entries in MC2.items():
         (root / "mc2" / f"{lang}.json").write_text(json.dumps(entries), "utf-8")
     mc2_digest = MetadataDir(root / "mc2").digest()
+    np.save(root / "centroids.npy", np.eye(6, dtype=np.float32))  # centroid_target's files
+    np.save(root / "targets.npy", np.eye(6, dtype=np.float32)[[0, 2, 3, 3]])
     rows = []
     for s in range(SHARDS):
         for i in range(PER_SHARD):
@@ -66,13 +69,15 @@ def _pool(root: Path) -> PoolSource:
                 "clip_score": score,
                 "metaclip_entries": rnd.sample(range(12), rnd.randrange(3)),
                 "metaclip_metadata": digest,
+                "centroid": None if k % 41 == 0 else rnd.randrange(6),
                 "metaclip2_langs": langs, "metaclip2_entries": entries,
                 "metaclip2_metadata": mc2_digest,
             })
     return write_store(root, rows, {
         "url_caption_sha256": pa.string(), "caption_chars": pa.int32(),
         "clip_score": pa.float32(), "metaclip_entries": pa.list_(pa.int32()),
-        "metaclip_metadata": pa.string(), "metaclip2_langs": pa.list_(pa.string()),
+        "metaclip_metadata": pa.string(), "centroid": pa.int32(),
+        "metaclip2_langs": pa.list_(pa.string()),
         "metaclip2_entries": pa.list_(pa.list_(pa.int32())), "metaclip2_metadata": pa.string()})
 
 
@@ -88,9 +93,12 @@ STEPS = [
 
 
 def _steps(source: PoolSource) -> list:
+    root: Path = source.store.local_root  # type: ignore[assignment]
     mc2 = {"selector": "metaclip2_balance", "t_en": 25, "seed": 5,
-           "metadata_dir": str(source.store.local_root / "mc2")}  # type: ignore[operator]
-    return selection_from_dict({"name": "t", "select": [*STEPS, mc2]}).select
+           "metadata_dir": str(root / "mc2")}
+    target = {"selector": "centroid_target", "centroids": str(root / "centroids.npy"),
+              "targets": [str(root / "targets.npy")], "device": "cpu"}
+    return selection_from_dict({"name": "t", "select": [*STEPS, target, mc2]}).select
 
 
 def _metadata(root: Path, source: PoolSource, duplicate: bool = False) -> SelectMetadata:
@@ -122,6 +130,9 @@ def _same(a: Path, b: Path) -> None:
         ta, tb = pq.read_table(a / name), pq.read_table(b / name)
         assert ta.schema == tb.schema, name
         assert ta.equals(tb), name
+    for report in ("centroid_target", "metaclip2_balance"):
+        name = f"reports/{report}.json"
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
 
 
 @pytest.mark.timeout(600)
@@ -136,7 +147,7 @@ def test_every_partitioning_gives_the_one_process_answer(tmp_path: Path, ray_loc
     assert funnel["duplicate_uid"] > 0 and funnel["error:read"] > 0
     assert min(funnel[r] for r in ("short", "low_meta", "low_pool", "duplicate_image",
                                    "duplicate_url_caption", "low_kept", "metaclip_balance",
-                                   "metaclip2_balance")) > 0
+                                   "not_near_target_centroid", "metaclip2_balance")) > 0
     manifest = pq.read_table(tmp_path / "ref" / "manifest").to_pylist()
     firsts = {r["duplicate_of"] for r in manifest if r["reason"] == "duplicate_image"}
     shard_of = {r["uid"]: r["shard"] for r in manifest}

@@ -110,9 +110,11 @@ def write_query(con: duckdb.DuckDBPyConnection, query: str, dest: str | Path,
     nullable (see the module's notes). The rows stream through Arrow into a second DuckDB
     connection's writer: a scan of Arrow batches carries no statistics, so nothing is marked
     required, and DuckDB's writer keeps its encodings (a third smaller than pyarrow's here)."""
-    reader = con.sql(query).to_arrow_reader()
+    threads = con.execute("SELECT current_setting('threads')").fetchall()[0][0]
+    reader = con.sql(query).to_arrow_reader(row_group or 122_880)  # small batches in flight
     out = duckdb.connect()
     try:
+        out.execute(f"SET threads = {int(threads)}")  # the reading connection's share
         out.execute("SET preserve_insertion_order = true")
         out.register("_rows", reader)
         group = f", ROW_GROUP_SIZE {int(row_group)}" if row_group else ""

@@ -25,10 +25,12 @@ partition independently. Global steps exchange only what they need, through Ray'
   seeded by its uid (``curate.stages.metaclip_balance``), so the subset does not depend on the
   partitioning. ``metaclip2_balance`` the same, per language (entry counts per language
   summed, t and p per language computed once, each row's text choice and keep draw by uid).
+* ``centroid_target``: the target centroids computed once (from the centroids and target files,
+  not the pool), sent to every partition, which drops its own rows.
 
 Every answer depends only on the data: the manifest is identical for any number of partitions,
 in this process or on Ray, on one node or many (tested). Selectors without a partitioned form
-yet (the embedding selectors and ``near_dedup``) run in one process
+yet (``near_dedup``, ``semdedup``, ``mode_clusters``, ``clipcov``) run in one process
 (``curate.select.selection``). ``metadata:`` is joined per partition (each reads the metadata
 rows of its own uids; the checks of the metadata itself run once, on the first partition).
 
@@ -64,7 +66,8 @@ from curate.store.store import PoolShard, Store, Version
 BUCKETS = 1024  # top_fraction: buckets per round
 GATHER_MAX = 1_000_000  # top_fraction: values gathered once the bracket holds at most this
 KEYS_PER_BUCKET = 2_000_000  # dedup exchange: buckets hold about this many keys at most
-PARTITIONED_SELECTORS = ("exact_dedup", "metaclip_balance", "metaclip2_balance")
+PARTITIONED_SELECTORS = ("exact_dedup", "metaclip_balance", "metaclip2_balance",
+                         "centroid_target")
 ROW_GROUP = 122_880  # rows per row group of a partition's manifest part
 VALUE_CHUNK = 1 << 20  # rows per batch when top_fraction reads a partition's scores
 
@@ -327,6 +330,9 @@ class PartWorker:
         out = self.steps[i].stage.draw(self.con, self.table, plan)  # type: ignore[attr-defined]
         self._mark("metaclip2")
         return out  # type: ignore[no-any-return]
+
+    def centroid_drop(self, i: int, ids: np.ndarray) -> int:
+        return self.steps[i].stage.drop(self.con, self.table, ids)  # type: ignore[attr-defined,no-any-return]
 
     # -- results ---------------------------------------------------------------------------
 
@@ -641,6 +647,11 @@ def run_steps(workers: Workers, steps: Sequence[Step], ctx: SelectContext,
                     drawn = workers.fold("metaclip2_draw", (i, {"probs": plan["probs"]}), merge)
                     sel.finish([drawn], plan, ctx)  # type: ignore[attr-defined]
                     n = left - drawn["rows_kept"] if counting else 0
+                elif sel.name == "centroid_target":
+                    ids, figures = sel.target_ids()  # type: ignore[attr-defined]
+                    sel.finish(ctx, figures,  # type: ignore[attr-defined]
+                               sum(workers.call("centroid_drop", i, ids)))
+                    n = left - sum(workers.call("kept")) if counting else 0
                 else:  # pragma: no cover - excluded by unsupported()
                     raise CurateError(f"selector {sel.name} has no partitioned form")
             order.extend(sel.reasons())

@@ -95,13 +95,25 @@ class CentroidTarget(Selector):
                      "n_target_centroids": len(ids), "device": device}
 
     def apply(self, con: Any, table: str, ctx: SelectContext) -> None:
-        p: CentroidTargetParams = self.params  # type: ignore[assignment]
+        """``target_ids`` once, ``drop`` on the table, ``finish``; a partitioned selection
+        (``curate.select.partitioned``) runs ``drop`` on each partition with the same ids."""
         ids, figures = self.target_ids()
+        self.finish(ctx, figures, self.drop(con, table, ids))
+
+    def drop(self, con: Any, table: str, ids: np.ndarray) -> int:
+        """Drop the kept rows whose centroid is not one of ``ids``; the rows that carry this
+        step's reason after."""
+        p: CentroidTargetParams = self.params  # type: ignore[assignment]
         con.register("_target_centroids", pa.table({"id": pa.array(ids.astype(np.int64))}))
         col = ident(p.column)
-        con.execute(f"UPDATE {ident(table)} SET reason = {literal(p.reason)} WHERE reason IS NULL"
-                    f" AND ({col} IS NULL OR {col} NOT IN (SELECT id FROM _target_centroids))")
-        con.unregister("_target_centroids")
-        dropped = con.execute(f"SELECT count(*) FROM {ident(table)} WHERE reason = "
-                              f"{literal(p.reason)}").fetchone()[0]
+        try:
+            con.execute(f"UPDATE {ident(table)} SET reason = {literal(p.reason)} WHERE reason IS "
+                        f"NULL AND ({col} IS NULL OR {col} NOT IN "
+                        "(SELECT id FROM _target_centroids))")
+        finally:
+            con.unregister("_target_centroids")
+        return int(con.execute(f"SELECT count(*) FROM {ident(table)} WHERE reason = "
+                               f"{literal(p.reason)}").fetchone()[0])
+
+    def finish(self, ctx: SelectContext, figures: dict[str, Any], dropped: int) -> None:
         ctx.report(self.name, {**figures, "dropped": int(dropped)})
