@@ -1,6 +1,8 @@
 """A 3-node ``ray.cluster_utils.Cluster`` (a head without CPUs, as on real clusters, and two
 1-CPU workers) runs the demo pipeline (basic filtering, dedup, the demo filter network's CLIP
-score) and gives the same manifest and output shards as a single-node run.
+score) and gives the same manifest and output shards as a single-node run; every partitioned
+global step of selection gives the one-process manifest there (the synthetic pool of
+``test_partitioned``).
 
 * A store on a plain path may exist on the driver's machine only: the workers (none can run on
   the CPU-less head) send their results to the driver, which commits them.
@@ -45,8 +47,26 @@ try:
                                              "output": {"dir": out_dir, "write_shards": True}})
         p.store = store
         run(p, out, address=cluster.address, progress=False)
+    # Every partitioned global step on the synthetic pool of tests/test_partitioned.py, on the
+    # cluster (2 partitions, one per worker node) against the one-process algorithm.
+    sys.path.insert(0, args["tests"])
+    from pathlib import Path
+    from test_partitioned import _metadata, _one_process, _pool, _same, _steps
+
+    from curate.select import selection
+
+    root = Path(args["synthetic"])
+    source = _pool(root / "store")
+    meta = _metadata(root / "meta", source)
+    _one_process(source, root / "ref", meta)
+    if not ray.is_initialized():
+        ray.init(address=cluster.address)
+    got = selection.select(_steps(source), source, root / "cluster", meta, workers=2,
+                           on_ray=True)
+    _same(root / "ref", root / "cluster")
     print(json.dumps({"head": cluster.head_node.node_id,
-                      "workers": [w.node_id for w in workers]}))
+                      "workers": [w.node_id for w in workers],
+                      "synthetic": {"partitions": got.partitions, "on_ray": got.on_ray}}))
 finally:
     ray.shutdown()
     cluster.shutdown()
@@ -76,7 +96,8 @@ def test_cluster_run_matches_single_node_run(demo_pool: Path, demo_filter: Path,
     out, shared, run2 = tmp_path / "run", tmp_path / "shared", tmp_path / "run2"
     args = {"pipeline": str(demo_yaml(tmp_path, demo_filter)),
             "shards": str(demo_pool / "*.tar"), "run": str(out), "shared": f"file://{shared}",
-            "run2": str(run2), "shared_store": f"file://{tmp_path / 'shared_store'}"}
+            "run2": str(run2), "shared_store": f"file://{tmp_path / 'shared_store'}",
+            "tests": str(REPO / "tests"), "synthetic": str(tmp_path / "synthetic")}
     res = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(args)],
                          capture_output=True, text=True, timeout=500)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -103,6 +124,11 @@ def test_cluster_run_matches_single_node_run(demo_pool: Path, demo_filter: Path,
         assert chosen and all(e["on_ray"] and e["partitions"] == 2 for e in chosen)
     single = [e for e in log_of(single_node_run / "log.jsonl") if e["event"] == "selected"]
     assert single and all(not e["on_ray"] and e["partitions"] == 1 for e in single)
+    # The synthetic pool with metadata and every partitioned global step (duplicate uids,
+    # top_fraction twice, exact_dedup, metaclip_balance, centroid_target, metaclip2_balance):
+    # the same manifest, entry counts and reports on 2 partitions of the cluster as in one
+    # process (the script compared them).
+    assert nodes["synthetic"] == {"partitions": 2, "on_ray": True}
 
     # Scoring ran on the workers only (the head has no CPU).
     scored_on = set(pq.read_table(sel / "shards.parquet").column("node").to_pylist())

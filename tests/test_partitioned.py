@@ -238,3 +238,29 @@ def test_the_demo_pool_selected_on_two_ray_actors_is_the_one_process_selection(
                 ) == 2
     err = capsys.readouterr().err.splitlines()
     assert err[0] == "error: --workers 0: give at least 1" and err[1].startswith("hint: ")
+
+
+def test_working_directories_of_killed_partitions_are_removed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A partition killed mid-selection (an actor runs no cleanup when killed) leaves its
+    DuckDB directory in the node's temp dir; the next partition started there removes it, and
+    leaves the directories of live partitions alone."""
+    import tempfile
+
+    source = _pool(tmp_path / "store")
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    dead = temp / "curate-select-dead"  # its process is gone: nothing holds its lock
+    dead.mkdir()
+    (dead / ".lock").touch()
+    (dead / ".selection.duckdb").write_bytes(b"x" * 1000)
+    live = temp / "curate-select-live"  # a partition of another selection, running
+    live.mkdir()
+    held = partitioned._hold(live)
+    steps = selection_from_dict({"name": "t", "select": STEPS[:1]}).select
+    got = selection.select(steps, source, tmp_path / "sel", workers=2)
+    assert got.samples == SHARDS * PER_SHARD
+    assert sorted(p.name for p in temp.iterdir()) == ["curate-select-live"]
+    held.close()  # that selection ends without cleaning up (killed): the next one removes it
+    assert partitioned.remove_orphans(temp) == 1 and not any(temp.iterdir())

@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate.io.atomic import current_umask
-from curate.sql import glob_escape, literal, path_literal
+from curate.sql import glob_escape, ident, literal, path_literal
 
 MANIFEST = "manifest"  # a selection's manifest: a dataset directory
 LEGACY_MANIFEST = "manifest.parquet"  # the one-file manifest of older selections
@@ -107,21 +107,18 @@ def num_rows(path: str | Path) -> int:
 def write_query(con: duckdb.DuckDBPyConnection, query: str, dest: str | Path,
                 row_group: int | None = None) -> None:
     """Write ``query``'s rows, in its order, to the Parquet file ``dest`` with every column
-    nullable (see the module's notes). The rows stream through Arrow into a second DuckDB
-    connection's writer: a scan of Arrow batches carries no statistics, so nothing is marked
-    required, and DuckDB's writer keeps its encodings (a third smaller than pyarrow's here)."""
-    threads = con.execute("SELECT current_setting('threads')").fetchall()[0][0]
-    reader = con.sql(query).to_arrow_reader(row_group or 122_880)  # small batches in flight
-    out = duckdb.connect()
-    try:
-        out.execute(f"SET threads = {int(threads)}")  # the reading connection's share
-        out.execute("SET preserve_insertion_order = true")
-        out.register("_rows", reader)
-        group = f", ROW_GROUP_SIZE {int(row_group)}" if row_group else ""
-        out.execute(f"COPY _rows TO {literal(str(dest))} (FORMAT parquet, COMPRESSION zstd"
-                    f"{group})")
-    finally:
-        out.close()
+    nullable (see the module's notes), with DuckDB's own writer (parallel, and within the
+    connection's memory limit). DuckDB writes a column as required when its statistics prove
+    it holds no null; each column is therefore passed through ``CASE WHEN never THEN NULL``,
+    where ``never`` (``random() < 0``) is false for every row but cannot be folded away by the
+    optimizer: the values are unchanged and no column is provably non-null."""
+    cols = con.sql(query).columns
+    picked = ", ".join(f"CASE WHEN _never THEN NULL ELSE {ident(c)} END AS {ident(c)}"
+                       for c in cols)
+    group = f", ROW_GROUP_SIZE {int(row_group)}" if row_group else ""
+    con.execute(f"COPY (SELECT {picked} FROM (SELECT *, random() < 0 AS _never "
+                f"FROM ({query}))) TO {literal(str(dest))} (FORMAT parquet, "
+                f"COMPRESSION zstd{group})")
 
 
 def rewrite_parts(path: Path, query: Callable[[str], str],

@@ -127,7 +127,13 @@ class PartWorker:
         self.source = PoolSource(Store(store), reader, part.shards, versions)
         self.part = part
         self.own_dir = work_dir is None
-        self.dir = Path(work_dir or tempfile.mkdtemp(prefix="curate-select-"))
+        self._lock: Any = None
+        if work_dir is None:
+            self.dir = Path(tempfile.mkdtemp(prefix=WORK_PREFIX))
+            self._lock = _hold(self.dir)
+            remove_orphans(self.dir.parent)
+        else:
+            self.dir = Path(work_dir)
         self.con = connect(self.dir, memory)
         self.extra = selector_columns(steps)
         self.shuffled = 0  # bytes this partition sent to the dedup reducers
@@ -371,8 +377,47 @@ class PartWorker:
         self.con.close()
         if self.own_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
+            if self._lock is not None:
+                self._lock.close()
         else:
             remove_database(self.dir)
+
+
+WORK_PREFIX = "curate-select-"  # a partition's working directory in its node's temp dir
+
+
+def _hold(directory: Path) -> Any:
+    """An exclusive lock on ``directory/.lock``, held while the partition lives: the kernel
+    drops it when the process dies, however it dies (a killed actor runs no cleanup)."""
+    import fcntl
+
+    f = open(directory / ".lock.new", "w")
+    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.rename(directory / ".lock.new", directory / ".lock")  # appears already locked
+    return f
+
+
+def remove_orphans(temp: Path) -> int:
+    """Delete the working directories of partitions whose process is gone (their lock is
+    free), left in ``temp`` by actors that were killed; returns how many. A directory without
+    a lock file is one being created this instant (or not ours): left alone."""
+    import fcntl
+
+    removed = 0
+    for d in temp.glob(WORK_PREFIX + "*"):
+        try:
+            f = open(d / ".lock")
+        except OSError:
+            continue
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # held: a live partition
+            f.close()
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+        f.close()
+        removed += 1
+    return removed
 
 
 @dataclass(frozen=True)
