@@ -83,7 +83,8 @@ def unsupported(steps: Sequence[Step]) -> str | None:
 
 @dataclass(frozen=True)
 class Part:
-    """One partition: a contiguous range of the pool's shards, and the rows before it."""
+    """One partition: a contiguous range of the pool's shards, and the rows before it as the
+    pool's records count them (for balancing; the rows are numbered from exact counts)."""
 
     index: int
     shards: list[PoolShard]
@@ -139,10 +140,16 @@ class PartWorker:
         self.shuffled = 0  # bytes this partition sent to the dedup reducers
         self.peaks: dict[str, float] = {}  # step -> peak RSS (GiB) once it ran
 
-    def load(self) -> int:
+    def row_count(self) -> int:
+        """This partition's rows (its shards' base file footers, read here, on its node)."""
+        return sum(self.source.row_counts())
+
+    def load(self, base: int) -> int:
+        """Load this partition's rows, numbered in pool order from ``base`` (the rows of the
+        partitions before it)."""
         from curate.select.selection import load
 
-        load(self.con, self.extra, self.source, self.part.base)
+        load(self.con, self.extra, self.source, base)
         self._mark("load")
         return self.kept()
 

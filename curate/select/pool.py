@@ -145,10 +145,14 @@ class PoolSource:
         return base, scores
 
     def row_counts(self, threads: int = 8) -> list[int]:
-        """Rows of each shard's base file (their footers, read on threads)."""
+        """Rows of each shard's base file (their footers, read on threads, once)."""
         from concurrent.futures import ThreadPoolExecutor
 
         import pyarrow.parquet as pq
+
+        cached: list[int] | None = getattr(self, "_row_counts", None)
+        if cached is not None:
+            return cached
 
         def rows(s: PoolShard) -> int:
             assert s.digest is not None
@@ -156,7 +160,8 @@ class PoolSource:
                 return int(pq.read_metadata(f).num_rows)
 
         with ThreadPoolExecutor(max_workers=threads) as pool:
-            return list(pool.map(rows, self.shards))
+            self._row_counts = list(pool.map(rows, self.shards))
+        return self._row_counts
 
 
 def _scoring_now(store: Store) -> str:

@@ -172,8 +172,10 @@ def _select_partitioned(steps: Sequence[Step], source: PoolSource, out_dir: Path
     seconds: dict[str, float] = {}
     say = note or (lambda _message: None)
     counting = bool(getattr(note, "enabled", note is not None))
-    rows = source.row_counts()
-    parts = cut(source.shards, rows, workers)
+    # balanced by the pool's recorded sample counts: the driver reads no file per shard (each
+    # partition reads its own shards' footers; their exact row counts number the rows below)
+    parts = cut(source.shards, [s.samples if s.samples is not None else 1
+                                for s in source.shards], workers)
     where = f"{len(parts)} partitions on Ray" if on_ray else (
         f"{len(parts)} partitions in this process" if len(parts) > 1 else "")
     say(f"selecting: loading {len(source.shards)} shards from the store"
@@ -186,7 +188,11 @@ def _select_partitioned(steps: Sequence[Step], source: PoolSource, out_dir: Path
                    out_dir, on_ray)
     try:
         with _timed(seconds, "load"):
-            left = sum(pool.call("load"))
+            bases, total = [], 0
+            for n in pool.call("row_count"):
+                bases.append(total)
+                total += n
+            left = sum(pool.call_each("load", [(b,) for b in bases]))
         say(f"selecting: {left} samples loaded in {seconds['load']:.1f}s; {len(steps)} steps")
         if metadata is not None:
             with _timed(seconds, "metadata"):
